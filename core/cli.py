@@ -1,0 +1,152 @@
+"""The ``wherevit`` command line: a thin layer of click over library functions.
+
+Every command turns options into one library call and prints its result; anything the CLI can do,
+a Python user can do with the same function. Heavy libraries are imported inside the commands, so
+``wherevit --help`` is fast and the runtime commands work without torch.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+
+import click
+
+from wherevit import __version__
+
+# Errors a user can fix: shown as one clear line, not a traceback.
+_USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, PermissionError, KeyError)
+
+
+def _run(fn, *args, **kwargs):
+    try:
+        return fn(*args, **kwargs)
+    except _USER_ERRORS as e:
+        msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
+        raise click.ClickException(f"{type(e).__name__}: {msg}") from e
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="wherevit")
+@click.option("-v", "--verbose", is_flag=True, help="Log debug messages.")
+def main(verbose: bool) -> None:
+    """wherevit: pretrain spatially aware ViTs, export them to ONNX / TensorRT, and serve features.
+
+    \b
+    The train-then-export workflow:
+      wherevit train --config quickstart --out runs/qs      # DINO + SP on generated scenes (CPU ok)
+      wherevit eval spatial runs/qs                          # position/scale probe on frozen features
+      wherevit export runs/qs --format onnx --out art/qs     # ONNX + sidecar, parity-checked
+      wherevit export runs/qs --format engine --out art/qs   # TensorRT(-RTX) engine + sidecar
+      wherevit bench art/qs/model.onnx                       # latency / throughput table
+      wherevit serve art/qs/model.onnx                       # KServe v2 HTTP on 127.0.0.1:8000
+    """
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+
+
+@main.command()
+@click.option("-c", "--config", "config", default="quickstart", show_default=True,
+              help="Preset name (see `wherevit presets`) or path to a YAML config.")
+@click.option("-s", "--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="Override a config value, e.g. --set total_steps=100 --set plugins.sp.weight=1.0 (repeatable).")
+@click.option("-o", "--out", "out", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Run directory (checkpoints, metrics.jsonl, backbone.safetensors). Default: runs/<config name>.")
+@click.option("--resume", is_flag=True, help="Continue the run in --out from its newest checkpoint (exactly).")
+@click.option("--stop-at", type=int, default=None, help="Stop at this step (schedules still span total_steps).")
+@click.option("--no-plugins", is_flag=True, help="Drop every plug-in from the config (a plain DINO run).")
+@click.option("--no-progress", is_flag=True, help="No progress bar (metrics still go to metrics.jsonl).")
+def train(config: str, overrides: tuple[str, ...], out: Path | None, resume: bool, stop_at: int | None,
+          no_plugins: bool, no_progress: bool) -> None:
+    """Pretrain a ViT with DINO self-distillation and the configured spatial plug-ins.
+
+    Runs as one process, or as many under torchrun (DDP; world size from the environment):
+
+    \b
+      torchrun --nproc_per_node 8 -m wherevit.cli train --config vit_s16_dino_sp --set data.path=/data/in1k/train
+    """
+    from wherevit.config import ConfigError
+    from wherevit.train.config import load_train_config
+    from wherevit.train.loop import train as train_fn
+
+    if resume and out is not None and (out / "config.yaml").is_file() and config == "quickstart" and not overrides:
+        config = str(out / "config.yaml")  # resume with the run's own config by default
+    cfg = _run(load_train_config, config, list(overrides))
+    if no_plugins:
+        cfg.plugins = {}
+    out = out or Path("runs") / Path(config).stem
+    try:
+        result = _run(train_fn, cfg, out, resume=resume, stop_at=stop_at, progress=not no_progress)
+    except ConfigError as e:
+        raise click.ClickException(str(e)) from e
+    if result.backbone is not None:
+        click.echo(f"done: step {result.step}; backbone -> {result.backbone}; metrics -> {out / 'metrics.jsonl'}")
+        if result.skipped_images:
+            click.echo(f"{len(result.skipped_images)} unreadable image(s) were skipped", err=True)
+
+
+@main.command()
+def presets() -> None:
+    """List the config presets shipped in configs/."""
+    from wherevit.train.config import preset_names
+
+    for name in preset_names():
+        click.echo(name)
+
+
+@main.group(name="eval")
+def eval_group() -> None:
+    """Evaluate frozen features."""
+
+
+@eval_group.command(name="spatial")
+@click.argument("checkpoint")
+@click.option("--which", type=click.Choice(["teacher", "student"]), default="teacher", show_default=True,
+              help="Network to evaluate when CHECKPOINT is a training checkpoint.")
+@click.option("--random-init", is_flag=True, help="Same architecture, random weights (the floor).")
+@click.option("--n-images", type=int, default=400, show_default=True, help="Held-out generated scenes.")
+@click.option("--crop-size", type=int, default=32, show_default=True, help="Patch size fed to the backbone.")
+@click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Also write the full result as JSON here.")
+def eval_spatial(checkpoint: str, which: str, random_init: bool, n_images: int, crop_size: int, json_out: Path | None) -> None:
+    """SP's position-and-scale prediction (MAE, R^2) and 8-way relative location on patch pairs.
+
+    CHECKPOINT is a run directory, a checkpoint directory, a backbone.safetensors or a timm model name.
+    """
+    from wherevit.io import atomic_write_text
+    from wherevit.train.checkpoint import load_backbone
+    from wherevit.train.evals.spatial import SpatialEvalConfig, evaluate_spatial
+
+    model, info = _run(load_backbone, checkpoint, which=which, random_init=random_init)
+    res = _run(evaluate_spatial, model, SpatialEvalConfig(n_images=n_images, crop_size=crop_size))
+    res["backbone"] = {k: info.get(k) for k in ("model", "source", "step", "file")}
+    ps, rl = res["position_scale"], res["relative_location"]
+    click.echo(f"backbone: {info['model']} ({info['source']}, step {info.get('step')})")
+    click.echo(f"position/scale  MAE dx {ps['mae_dx']:.4f}  dy {ps['mae_dy']:.4f}  log-scale {ps['mae_logscale']:.4f}  "
+               f"R^2 dx {ps['r2_dx']:.3f}  dy {ps['r2_dy']:.3f}  log-scale {ps['r2_logscale']:.3f}  mean {ps['r2_mean']:.3f}")
+    click.echo(f"relative location (8-way) accuracy {rl['acc_8way']:.3f}  (chance {rl['chance']:.3f})")
+    if json_out:
+        atomic_write_text(json_out, json.dumps(res, indent=2))
+
+
+@main.group()
+def data() -> None:
+    """Generated data for tests, demos and the quickstart."""
+
+
+@data.command(name="synth")
+@click.argument("out", type=click.Path(file_okay=False, path_type=Path))
+@click.option("-n", "--count", type=int, default=256, show_default=True)
+@click.option("--size", type=int, default=96, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+def data_synth(out: Path, count: int, size: int, seed: int) -> None:
+    """Write COUNT generated scenes as PNG files into OUT (deterministic from --seed)."""
+    from wherevit.train.data.synthetic import write_synthetic_folder
+
+    paths = _run(write_synthetic_folder, out, count, size, seed)
+    click.echo(f"wrote {len(paths)} images to {out}")
+
+
+if __name__ == "__main__":  # `python -m wherevit.cli` (what torchrun runs)
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Export: ONNX models and TensorRT engines with self-describing sidecars."""

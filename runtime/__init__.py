@@ -1,0 +1,1 @@
+"""Torch-free runtime: load exported artifacts and serve features."""

@@ -1,0 +1,159 @@
+"""Image decoding and preprocessing shared by training, export parity and the runtime (torch-free).
+
+One decoder for every entry point, so a model sees the same pixels at training time, in the export
+parity check and behind the server: OpenCV decode, then conversion to 8-bit RGB whatever the file
+held (grayscale, RGBA, 16-bit).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import cv2
+import numpy as np
+
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "ImageDecodeError",
+    "decode_image",
+    "read_image",
+    "to_rgb_uint8",
+    "Preprocess",
+]
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class ImageDecodeError(ValueError):
+    """An image file or buffer that OpenCV cannot decode (corrupt, truncated or not an image)."""
+
+
+def to_rgb_uint8(img: np.ndarray, color_order: str = "BGR") -> np.ndarray:
+    """Convert a decoded image (HxW, HxWx1/3/4; uint8/uint16/float) to contiguous HxWx3 uint8 RGB.
+
+    ``color_order`` says how a 3- or 4-channel input is ordered ("BGR" as OpenCV decodes, or
+    "RGB"). Alpha is dropped (composited on black would tint edges; ViTs were trained on opaque
+    images). 16-bit data is scaled by 1/257 so 65535 maps to 255.
+    """
+    if img.ndim not in (2, 3):
+        raise ImageDecodeError(f"expected an HxW or HxWxC image, got shape {img.shape}")
+    if img.dtype == np.uint16:
+        img = (img.astype(np.float32) / 257.0 + 0.5).astype(np.uint8)
+    elif img.dtype in (np.float32, np.float64):
+        img = np.clip(img * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    elif img.dtype != np.uint8:
+        raise ImageDecodeError(f"unsupported image dtype {img.dtype}")
+    if img.ndim == 2 or img.shape[2] == 1:
+        return np.ascontiguousarray(cv2.cvtColor(img.reshape(img.shape[0], img.shape[1]), cv2.COLOR_GRAY2RGB))
+    c = img.shape[2]
+    if c == 4:
+        code = cv2.COLOR_BGRA2RGB if color_order.upper() == "BGR" else cv2.COLOR_RGBA2RGB
+        return np.ascontiguousarray(cv2.cvtColor(img, code))
+    if c == 3:
+        if color_order.upper() == "BGR":
+            return np.ascontiguousarray(cv2.cvtColor(img, cv2.COLOR_BGR2RGB))
+        return np.ascontiguousarray(img)
+    raise ImageDecodeError(f"unsupported channel count {c}")
+
+
+def decode_image(data: bytes | bytearray | memoryview | np.ndarray, what: str = "image buffer") -> np.ndarray:
+    """Decode an encoded image (JPEG/PNG/WebP/BMP bytes) to HxWx3 uint8 RGB."""
+    buf = np.frombuffer(data, dtype=np.uint8) if not isinstance(data, np.ndarray) else data.reshape(-1).view(np.uint8)
+    if buf.size == 0:
+        raise ImageDecodeError(f"{what}: empty")
+    img = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
+    if img is None:
+        raise ImageDecodeError(f"{what}: not a decodable image (corrupt, truncated or unsupported format)")
+    return to_rgb_uint8(img, "BGR")
+
+
+def read_image(path: str | os.PathLike) -> np.ndarray:
+    """Read and decode an image file to HxWx3 uint8 RGB; raises ``ImageDecodeError`` naming the file."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise ImageDecodeError(f"{path}: cannot read ({e.strerror or e})") from e
+    return decode_image(data, what=str(path))
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """The exact preprocessing an artifact expects; recorded in every sidecar.
+
+    ``resize`` is "stretch" (resize to size x size, the training crops' convention) or
+    "shorter_center" (resize the shorter side then centre-crop).
+    """
+
+    size: tuple[int, int] = (224, 224)
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    resize: str = "stretch"
+    interpolation: str = "area"  # cv2.INTER_AREA when shrinking, linear when enlarging
+    color_order: str = "RGB"
+    layout: str = "NCHW"
+
+    def to_dict(self) -> dict:
+        return {
+            "size": list(self.size),
+            "mean": list(self.mean),
+            "std": list(self.std),
+            "resize": self.resize,
+            "interpolation": self.interpolation,
+            "color_order": self.color_order,
+            "layout": self.layout,
+            "scale": "pixel values / 255, then (x - mean) / std",
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Preprocess":
+        return cls(
+            size=tuple(int(v) for v in d["size"]),
+            mean=tuple(float(v) for v in d["mean"]),
+            std=tuple(float(v) for v in d["std"]),
+            resize=d.get("resize", "stretch"),
+            interpolation=d.get("interpolation", "area"),
+            color_order=d.get("color_order", "RGB"),
+            layout=d.get("layout", "NCHW"),
+        )
+
+    def resize_rgb(self, img: np.ndarray) -> np.ndarray:
+        """Resize one HxWx3 uint8 RGB image to the model's input size."""
+        h, w = self.size
+        if self.resize == "shorter_center":
+            s = max(h / img.shape[0], w / img.shape[1])
+            nh, nw = max(h, round(img.shape[0] * s)), max(w, round(img.shape[1] * s))
+            img = _resize(img, nh, nw, self.interpolation)
+            y0, x0 = (nh - h) // 2, (nw - w) // 2
+            return img[y0 : y0 + h, x0 : x0 + w]
+        if self.resize != "stretch":
+            raise ValueError(f"unknown resize mode {self.resize!r}")
+        return _resize(img, h, w, self.interpolation)
+
+    def __call__(self, images: Sequence[np.ndarray]) -> np.ndarray:
+        """HxWx3 uint8 RGB images -> float32 NCHW batch, normalised."""
+        batch = np.stack([self.resize_rgb(im) for im in images]).astype(np.float32)
+        batch *= 1.0 / 255.0
+        batch -= np.asarray(self.mean, np.float32)
+        batch /= np.asarray(self.std, np.float32)
+        return np.ascontiguousarray(batch.transpose(0, 3, 1, 2))
+
+
+def _resize(img: np.ndarray, h: int, w: int, interpolation: str) -> np.ndarray:
+    if img.shape[0] == h and img.shape[1] == w:
+        return img
+    if interpolation == "area":
+        shrinking = h < img.shape[0] or w < img.shape[1]
+        flag = cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR
+    elif interpolation == "linear":
+        flag = cv2.INTER_LINEAR
+    elif interpolation == "cubic":
+        flag = cv2.INTER_CUBIC
+    else:
+        raise ValueError(f"unknown interpolation {interpolation!r}")
+    return cv2.resize(img, (w, h), interpolation=flag)

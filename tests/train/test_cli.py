@@ -1,0 +1,40 @@
+import json
+
+from click.testing import CliRunner
+
+from wherevit.cli import main
+
+
+def test_help_lists_the_workflow():
+    res = CliRunner().invoke(main, ["--help"])
+    assert res.exit_code == 0
+    for cmd in ("train", "eval", "presets"):
+        assert cmd in res.output
+
+
+def test_train_reports_config_errors_without_traceback(tmp_path):
+    res = CliRunner().invoke(main, ["train", "--set", "optim.lrr=1", "--out", str(tmp_path)])
+    assert res.exit_code != 0
+    assert "unknown config key 'optim.lrr'" in res.output
+    assert "Traceback" not in res.output
+
+
+def test_train_reports_missing_data_folder(tmp_path):
+    res = CliRunner().invoke(main, ["train", "--set", "data.source=folder", "--set", f"data.path={tmp_path}/nope",
+                                    "--out", str(tmp_path / "run")])
+    assert res.exit_code != 0 and "data folder does not exist" in res.output
+
+
+def test_eval_spatial_on_random_tiny_model(tmp_path, tiny_cfg):
+    from wherevit.train.loop import train
+
+    train(tiny_cfg(total_steps=2, plugins={}), tmp_path / "run", progress=False)
+    out = tmp_path / "eval.json"
+    res = CliRunner().invoke(main, ["eval", "spatial", str(tmp_path / "run"), "--n-images", "40", "--crop-size", "16",
+                                    "--json", str(out)])
+    assert res.exit_code == 0, res.output
+    data = json.loads(out.read_text())
+    ps = data["position_scale"]
+    assert set(ps) >= {"mae_dx", "mae_dy", "mae_logscale", "r2_dx", "r2_dy", "r2_logscale"}
+    assert 0 <= data["relative_location"]["acc_8way"] <= 1
+    assert data["backbone"]["step"] == 2

@@ -1,0 +1,1 @@
+"""Pretraining: DINO self-distillation host with spatial plug-ins (needs torch and timm)."""

@@ -1,0 +1,196 @@
+"""Checkpoints: safetensors weights + a weights-only resumable state, written atomically.
+
+Layout of a run directory::
+
+    run/config.yaml                         resolved config
+    run/checkpoints/step_00000500/model.safetensors   student, teacher, DINO centre (+ config in metadata)
+    run/checkpoints/step_00000500/state.pt            optimizer, step, RNG states (torch.load(weights_only=True))
+    run/checkpoints/latest                  name of the newest complete checkpoint
+    run/backbone.safetensors                backbone-only weights for export (teacher by default)
+
+A checkpoint directory is written under a temporary name and renamed when complete; ``latest`` is
+replaced atomically afterwards, so a crash at any point leaves the previous checkpoint usable.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, safe_open, save_file
+
+from wherevit import __version__
+from wherevit.io import atomic_write_text, atomic_write_with, check_writable_dir
+from wherevit.train.backbone import create_backbone, describe_backbone
+
+__all__ = [
+    "CheckpointError", "save_checkpoint", "load_checkpoint", "latest_checkpoint",
+    "save_backbone", "load_backbone", "BACKBONE_FORMAT",
+]
+
+BACKBONE_FORMAT = "wherevit.backbone/1"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that is missing, corrupt, or does not match the model it is loaded into."""
+
+
+def latest_checkpoint(run_dir: str | Path) -> Path | None:
+    """The newest complete checkpoint directory of a run, or None."""
+    ptr = Path(run_dir) / "checkpoints" / "latest"
+    if not ptr.is_file():
+        return None
+    ckpt = ptr.parent / ptr.read_text().strip()
+    return ckpt if (ckpt / "model.safetensors").is_file() else None
+
+
+def save_checkpoint(run_dir: str | Path, step: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                    config: dict, keep: int = 2) -> Path:
+    """Write checkpoint ``step`` atomically and prune all but the newest ``keep``."""
+    root = check_writable_dir(Path(run_dir) / "checkpoints")
+    name = f"step_{step:08d}"
+    final = root / name
+    tmp = root / f".{name}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    meta = {"config": json.dumps(config), "step": str(step), "wherevit_version": __version__}
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(tmp / "model.safetensors"), metadata=meta)
+    resumable: dict[str, Any] = {"step": step, "optimizer": optimizer.state_dict(), "torch_rng": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        resumable["cuda_rng"] = torch.cuda.get_rng_state_all()
+    torch.save(resumable, tmp / "state.pt")
+    if final.exists():
+        shutil.rmtree(final)
+    tmp.rename(final)
+    atomic_write_text(root / "latest", name + "\n")
+    done = sorted(p for p in root.glob("step_*") if p.is_dir())
+    for old in done[: max(0, len(done) - keep)]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def _load_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint file not found: {path}")
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            meta = fh.metadata() or {}
+        return load_file(str(path)), meta
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"{path}: not a readable safetensors file ({e}); is it truncated or corrupt?") from e
+
+
+def load_checkpoint(ckpt_dir: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None = None) -> int:
+    """Restore weights (and optimizer, RNG) from a checkpoint directory; returns its step."""
+    ckpt_dir = Path(ckpt_dir)
+    state, _meta = _load_safetensors(ckpt_dir / "model.safetensors")
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        raise CheckpointError(f"{ckpt_dir}: weights do not match this model's config:\n{e}") from e
+    st_path = ckpt_dir / "state.pt"
+    if not st_path.is_file():
+        raise CheckpointError(f"{ckpt_dir}: missing state.pt (optimizer/step); cannot resume from it")
+    try:
+        st = torch.load(st_path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises several types for corrupt or unsafe files
+        raise CheckpointError(f"{st_path}: unreadable resumable state ({e})") from e
+    if optimizer is not None:
+        optimizer.load_state_dict(st["optimizer"])
+    torch.set_rng_state(st["torch_rng"])
+    if "cuda_rng" in st and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(st["cuda_rng"])
+    return int(st["step"])
+
+
+def save_backbone(path: str | Path, backbone: torch.nn.Module, model_name: str, timm_kwargs: dict,
+                  preprocess: dict, source: str, step: int | None = None, train_config: dict | None = None) -> Path:
+    """Backbone-only safetensors with everything export needs to rebuild it in its metadata."""
+    info = {
+        "format": BACKBONE_FORMAT,
+        "model": model_name,
+        "timm_kwargs": {k: v for k, v in timm_kwargs.items() if k != "drop_path_rate"},
+        "arch": describe_backbone(backbone),
+        "preprocess": preprocess,
+        "source": source,
+        "step": step,
+        "wherevit_version": __version__,
+    }
+    meta = {"wherevit": json.dumps(info)}
+    if train_config is not None:
+        meta["train_config"] = json.dumps(train_config)
+    state = {k: v.detach().cpu().contiguous() for k, v in backbone.state_dict().items()}
+    return atomic_write_with(path, lambda tmp: save_file(state, str(tmp), metadata=meta))
+
+
+def _resolve_backbone_file(spec: Path) -> Path:
+    if spec.is_file():
+        return spec
+    if spec.is_dir():
+        if (spec / "backbone.safetensors").is_file():
+            return spec / "backbone.safetensors"
+        if (spec / "model.safetensors").is_file():
+            return spec / "model.safetensors"
+        ckpt = latest_checkpoint(spec)
+        if ckpt is not None:
+            return ckpt / "model.safetensors"
+        raise CheckpointError(f"{spec}: no backbone.safetensors, model.safetensors or checkpoints/latest inside")
+    raise CheckpointError(f"checkpoint not found: {spec}")
+
+
+def load_backbone(spec: str | Path, which: str = "teacher", dynamic_img_size: bool = True,
+                  expect_model: str | None = None, random_init: bool = False) -> tuple[torch.nn.Module, dict]:
+    """Load a backbone for export or evaluation, returning ``(model in eval mode, info)``.
+
+    ``spec`` is a ``backbone.safetensors``, a training checkpoint directory or run directory (the
+    ``which`` network of its newest checkpoint), or a timm model name (random weights, for trying
+    export without training). ``expect_model`` guards against exporting the wrong architecture.
+    ``random_init`` keeps the architecture and discards the weights (the floor in evaluations).
+    """
+    path = Path(spec)
+    if not path.exists() and "/" not in str(spec) and not str(spec).endswith(".safetensors"):
+        model = create_backbone(str(spec), pretrained=False, dynamic_img_size=dynamic_img_size).eval()
+        size = list(model.patch_embed.img_size)
+        info = {"format": BACKBONE_FORMAT, "model": str(spec), "timm_kwargs": {}, "source": "random-init",
+                "step": None, "arch": describe_backbone(model),
+                "preprocess": {"size": size}}
+        return model, info
+    file = _resolve_backbone_file(path)
+    state, meta = _load_safetensors(file)
+    if "wherevit" in meta:
+        info = json.loads(meta["wherevit"])
+    elif "config" in meta:  # a full training checkpoint: pick the requested network's backbone
+        if which not in ("teacher", "student"):
+            raise ValueError(f"which must be 'teacher' or 'student', got {which!r}")
+        cfg = json.loads(meta["config"])
+        from wherevit.config import from_dict
+        from wherevit.train.backbone import timm_kwargs
+        from wherevit.train.config import TrainConfig
+
+        tc = from_dict(TrainConfig, cfg)
+        prefix = f"{which}.backbone."
+        state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+        kw = {k: v for k, v in timm_kwargs(tc.model).items() if k != "drop_path_rate"}
+        info = {"format": BACKBONE_FORMAT, "model": tc.model.name, "timm_kwargs": kw, "source": which,
+                "step": int(meta.get("step", 0)), "preprocess": {"size": [tc.model.img_size] * 2}}
+    else:
+        raise CheckpointError(f"{file}: safetensors file without wherevit metadata (not a wherevit backbone or checkpoint)")
+    if expect_model and info["model"] != expect_model:
+        raise CheckpointError(f"{file} holds a {info['model']} backbone, but {expect_model} was requested")
+    model = create_backbone(info["model"], pretrained=False, dynamic_img_size=dynamic_img_size, **info["timm_kwargs"])
+    if random_init:
+        info.update(source="random-init", step=None, file=str(file))
+        info["arch"] = describe_backbone(model)
+        return model.eval(), info
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        raise CheckpointError(f"{file}: weights do not match {info['model']} with {info['timm_kwargs']}:\n{e}") from e
+    info["arch"] = describe_backbone(model)
+    info["file"] = str(file)
+    return model.eval(), info

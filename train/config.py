@@ -1,0 +1,180 @@
+"""Training configuration: validated dataclasses loaded from YAML (see ``configs/``).
+
+Every field has a default that is sensible at ImageNet/ViT-S scale; the presets in ``configs/``
+override what differs. Unknown keys are errors (``wherevit.config.from_dict``). Plug-in sections
+are validated by each plug-in's own config dataclass when the plug-in is created.
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+from wherevit.config import ConfigError, apply_overrides, from_dict, load_yaml, to_dict
+
+__all__ = [
+    "ModelConfig", "CropConfig", "DataConfig", "DinoConfig", "OptimConfig", "TrainConfig",
+    "load_train_config", "preset_names",
+]
+
+
+@dataclass
+class ModelConfig:
+    """A timm VisionTransformer by name, with overrides (None keeps timm's value)."""
+
+    name: str = "vit_small_patch16_224"
+    img_size: int = 224
+    patch_size: Optional[int] = None
+    embed_dim: Optional[int] = None
+    depth: Optional[int] = None
+    num_heads: Optional[int] = None
+    drop_path_rate: float = 0.1
+    pretrained: bool = False  # True downloads timm weights: never in tests or CI
+    kwargs: dict[str, Any] = field(default_factory=dict)  # any other timm VisionTransformer argument
+
+    def validate(self) -> None:
+        if self.img_size <= 0:
+            raise ValueError(f"img_size must be positive, got {self.img_size}")
+        if not 0 <= self.drop_path_rate < 1:
+            raise ValueError(f"drop_path_rate must be in [0, 1), got {self.drop_path_rate}")
+
+
+@dataclass
+class CropConfig:
+    """DINO multi-crop: global views go to student and teacher, local views to the student only."""
+
+    n_global: int = 2
+    global_size: int = 224
+    global_scale: tuple[float, float] = (0.32, 1.0)
+    n_local: int = 8
+    local_size: int = 96
+    local_scale: tuple[float, float] = (0.05, 0.32)
+    flip_p: float = 0.5
+    color_jitter_p: float = 0.8
+    grayscale_p: float = 0.2
+    blur_p: float = 0.5
+    solarize_p: float = 0.1
+
+    def validate(self) -> None:
+        if self.n_global < 2:
+            raise ValueError("n_global must be >= 2 (DINO compares different views)")
+        for name in ("global_scale", "local_scale"):
+            lo, hi = getattr(self, name)
+            if not 0 < lo <= hi <= 1:
+                raise ValueError(f"{name} must satisfy 0 < min <= max <= 1, got {(lo, hi)}")
+
+
+@dataclass
+class DataConfig:
+    """Where images come from and how they are batched."""
+
+    source: Literal["folder", "synthetic"] = "folder"
+    path: Optional[str] = None  # folder of images (recursive) when source == "folder"
+    synthetic_count: int = 4096
+    synthetic_size: int = 128
+    synthetic_seed: int = 0
+    global_batch_size: int = 256  # summed over all ranks; must divide by the world size
+    num_workers: int = 8
+    crops: CropConfig = field(default_factory=CropConfig)
+
+    def validate(self) -> None:
+        if self.source == "folder" and not self.path:
+            raise ValueError("data.path is required when data.source is 'folder'")
+        if self.global_batch_size <= 0:
+            raise ValueError("global_batch_size must be positive")
+
+
+@dataclass
+class DinoConfig:
+    """DINO head, loss and teacher schedules (METHODS.md defaults)."""
+
+    weight: float = 1.0
+    out_dim: int = 65536
+    hidden_dim: int = 2048
+    bottleneck_dim: int = 256
+    n_layers: int = 3
+    norm_last_layer: bool = True
+    student_temp: float = 0.1
+    teacher_temp: float = 0.07
+    warmup_teacher_temp: float = 0.04
+    warmup_teacher_temp_steps: int = 0  # 0: 30% of the run
+    center_momentum: float = 0.9
+    momentum_teacher: float = 0.996  # cosine to momentum_teacher_end
+    momentum_teacher_end: float = 1.0
+    freeze_last_layer_steps: int = 0
+
+
+@dataclass
+class OptimConfig:
+    """AdamW with cosine schedules; lr = base_lr * global_batch_size / 256."""
+
+    base_lr: float = 5e-4
+    min_lr: float = 1e-6
+    warmup_steps: int = 0  # 0: 10% of the run
+    weight_decay: float = 0.04
+    weight_decay_end: float = 0.4
+    betas: tuple[float, float] = (0.9, 0.999)
+    clip_grad: float = 3.0  # 0 disables
+
+
+@dataclass
+class TrainConfig:
+    """A whole pretraining run."""
+
+    seed: int = 0
+    total_steps: int = 1000
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    precision: Literal["auto", "bf16", "fp32"] = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
+    compile: bool = False
+    log_every: int = 10
+    ckpt_every: int = 500
+    keep_ckpts: int = 2
+    export_from: Literal["teacher", "student"] = "teacher"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    dino: DinoConfig = field(default_factory=DinoConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    plugins: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def validate(self) -> None:
+        if self.total_steps <= 0:
+            raise ValueError("total_steps must be positive")
+        from wherevit.train.plugins import registered_plugins
+
+        known = registered_plugins()
+        for name in self.plugins:
+            if name not in known:
+                raise ConfigError(f"unknown plug-in 'plugins.{name}'; registered plug-ins: {', '.join(sorted(known))}")
+            known[name].parse_config(self.plugins[name] or {}, path=f"plugins.{name}")
+
+    def to_dict(self) -> dict:
+        return to_dict(self)
+
+
+def preset_names() -> list[str]:
+    """Names of the YAML presets shipped in ``configs/``."""
+    root = importlib.resources.files("wherevit.configs")
+    return sorted(p.name[:-5] for p in root.iterdir() if p.name.endswith(".yaml"))
+
+
+def _resolve(config: str | Path) -> Path | None:
+    p = Path(config)
+    if p.suffix in (".yaml", ".yml") or p.exists():
+        return p
+    root = importlib.resources.files("wherevit.configs")
+    cand = root / f"{config}.yaml"
+    return Path(str(cand)) if cand.is_file() else None
+
+
+def load_train_config(config: str | Path | None, overrides: list[str] | None = None) -> TrainConfig:
+    """Load a preset by name (``quickstart``) or a YAML path, apply ``key=value`` overrides, validate."""
+    data: dict = {}
+    if config is not None:
+        path = _resolve(config)
+        if path is None:
+            raise ConfigError(f"no config file or preset named {config!r}; presets: {', '.join(preset_names())}")
+        data = load_yaml(path)
+    apply_overrides(data, list(overrides or []))
+    return from_dict(TrainConfig, data)

@@ -1,0 +1,1 @@
+"""Data: image sources, generated scenes, and crop sampling that tracks boxes."""

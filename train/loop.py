@@ -1,0 +1,233 @@
+"""The training loop: flat, over precomputed schedules (schedule -> step -> EMA -> log -> checkpoint)."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+from wherevit.config import ConfigError, from_dict, to_dict
+from wherevit.io import atomic_write_text, check_writable_dir
+from wherevit.runtime.image import IMAGENET_MEAN, IMAGENET_STD
+from wherevit.train.backbone import timm_kwargs
+from wherevit.train.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint, save_backbone, save_checkpoint
+from wherevit.train.config import TrainConfig
+from wherevit.train.data.dataset import MultiCrop, SSLDataset, StepBatchSampler
+from wherevit.train.data.sources import ImageFolder, ImageSource
+from wherevit.train.data.synthetic import SyntheticScenes
+from wherevit.train.data.views import ViewSpec
+from wherevit.train.distributed import DistInfo, barrier, init_distributed
+from wherevit.train.meta_arch import SSLMetaArch
+from wherevit.train.metrics import MetricLogger
+from wherevit.train.schedules import Schedules
+
+__all__ = ["TrainResult", "train", "resolve_device", "build_source", "build_optimizer", "build_loader"]
+
+log = logging.getLogger("wherevit.train")
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    step: int
+    backbone: Path | None
+    last_logs: dict[str, float]
+    skipped_images: list[str]
+
+
+def resolve_device(cfg: TrainConfig, local_rank: int = 0) -> torch.device:
+    if cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available()):
+        if not torch.cuda.is_available():
+            raise RuntimeError("device: cuda was requested but no CUDA GPU is visible to torch")
+        torch.cuda.set_device(local_rank)
+        return torch.device("cuda", local_rank)
+    return torch.device("cpu")
+
+
+def build_source(cfg: TrainConfig) -> ImageSource:
+    d = cfg.data
+    if d.source == "synthetic":
+        return SyntheticScenes(d.synthetic_count, d.synthetic_size, d.synthetic_seed)
+    return ImageFolder(d.path)
+
+
+def build_optimizer(student: torch.nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
+    """AdamW; biases, norms, tokens and position embeddings get no weight decay."""
+    decay, no_decay = [], []
+    for name, p in student.named_parameters():
+        if not p.requires_grad:
+            continue
+        skip = p.ndim <= 1 or name.endswith((".bias", "pos_embed", "cls_token", "reg_token"))
+        (no_decay if skip else decay).append(p)
+    groups = [{"params": decay, "apply_wd": True}, {"params": no_decay, "apply_wd": False}]
+    fused = next(student.parameters()).is_cuda
+    return torch.optim.AdamW(groups, lr=0.0, betas=cfg.optim.betas, weight_decay=0.0, fused=fused or None)
+
+
+def build_loader(cfg: TrainConfig, meta: SSLMetaArch, dist_info: DistInfo, start_step: int, pin: bool):
+    c = cfg.data.crops
+    aug = dict(flip_p=c.flip_p, color_jitter_p=c.color_jitter_p, grayscale_p=c.grayscale_p)
+    transform = MultiCrop(
+        ViewSpec(c.global_size, c.global_scale, blur_p=c.blur_p, solarize_p=c.solarize_p, **aug), c.n_global,
+        ViewSpec(c.local_size, c.local_scale, blur_p=c.blur_p / 2, **aug), c.n_local,
+        extra=meta.view_samplers(),
+    )
+    source = build_source(cfg)
+    dataset = SSLDataset(source, transform)
+    sampler = StepBatchSampler(len(dataset), cfg.data.global_batch_size, cfg.seed,
+                               dist_info.rank, dist_info.world_size, start_step)
+    nw = cfg.data.num_workers
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_sampler=sampler, num_workers=nw, pin_memory=pin,
+        persistent_workers=nw > 0, prefetch_factor=4 if nw > 0 else None,
+    )
+    return loader, source
+
+
+def _to_device(batch: Any, device: torch.device) -> Any:
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, dict):
+        return {k: _to_device(v, device) for k, v in batch.items()}
+    return batch
+
+
+def _prepare_run_dir(cfg: TrainConfig, run_dir: Path, resume: bool, is_main: bool) -> None:
+    cfg_file = run_dir / "config.yaml"
+    has_ckpt = latest_checkpoint(run_dir) is not None
+    if resume:
+        if not has_ckpt:
+            raise CheckpointError(f"--resume: no checkpoint in {run_dir}/checkpoints to resume from")
+        if cfg_file.is_file():
+            saved = from_dict(TrainConfig, yaml.safe_load(cfg_file.read_text()))
+            diff = _diff(to_dict(saved), to_dict(cfg))
+            if diff:
+                raise ConfigError(f"--resume: config differs from the run's {cfg_file} at {', '.join(diff)}; "
+                                  "resume with the run's own config (omit --config) or start a new --out")
+    elif has_ckpt:
+        raise CheckpointError(f"{run_dir} already holds checkpoints; pass --resume to continue it or choose another output directory")
+    if is_main:
+        check_writable_dir(run_dir)
+        atomic_write_text(cfg_file, yaml.safe_dump(to_dict(cfg), sort_keys=False))
+
+
+def _diff(a: Any, b: Any, path: str = "") -> list[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        return [d for k in sorted(set(a) | set(b)) for d in _diff(a.get(k), b.get(k), f"{path}.{k}" if path else k)]
+    return [] if a == b else [path]
+
+
+def train(cfg: TrainConfig, run_dir: str | Path, resume: bool = False, stop_at: int | None = None,
+          progress: bool = True) -> TrainResult:
+    """Pretrain per ``cfg`` into ``run_dir``; ``stop_at`` ends early at that step (schedules unchanged).
+
+    Run under ``torchrun`` for several processes; the same call is a single process otherwise.
+    """
+    run_dir = Path(run_dir)
+    local_rank = int(__import__("os").environ.get("LOCAL_RANK", "0"))
+    device = resolve_device(cfg, local_rank)
+    dist_info = init_distributed(device)
+    _prepare_run_dir(cfg, run_dir, resume, dist_info.is_main)
+    barrier()
+
+    torch.manual_seed(cfg.seed)  # identical init on every rank (DDP also broadcasts rank 0's)
+    meta = SSLMetaArch(cfg).to(device)
+    optimizer = build_optimizer(meta.student, cfg)
+    start = 0
+    if resume:
+        start = load_checkpoint(latest_checkpoint(run_dir), meta, optimizer)
+    if dist_info.enabled:
+        torch.manual_seed(cfg.seed + 1000 * dist_info.rank + start)  # independent drop-path per rank
+    if cfg.compile:
+        meta.student.backbone.compile()
+        meta.teacher.backbone.compile()
+    student_fn = DDP(meta.student, device_ids=[device.index] if device.type == "cuda" else None) if dist_info.enabled else meta.student
+
+    sched = Schedules.from_config(cfg)
+    stop = min(stop_at or cfg.total_steps, cfg.total_steps)
+    loader, source = build_loader(cfg, meta, dist_info, start, pin=device.type == "cuda")
+    use_bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and device.type == "cuda")
+    autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if use_bf16 else contextlib.nullcontext
+    logger = MetricLogger(run_dir, cfg.total_steps, start, enabled=dist_info.is_main, progress=progress)
+    logger.message(f"data: {source.describe()}; model: {cfg.model.name}; plug-ins: {', '.join(meta.plugins) or 'none'}; "
+                   f"device: {device}{' x' + str(dist_info.world_size) if dist_info.enabled else ''}; "
+                   f"precision: {'bf16' if use_bf16 else 'fp32'}; steps {start} -> {stop}")
+
+    skipped: dict[str, None] = {}
+    logs_f: dict[str, float] = {}
+    params = [p for p in meta.student.parameters() if p.requires_grad]
+    last_layer = meta.student.dino_head.last_layer
+    it = iter(loader)
+    t_last, n_last = time.perf_counter(), 0
+    step = start
+    try:
+        while step < stop:
+            batch = next(it)
+            for msg in (m for s in batch.pop("skipped") for m in s.split("\n") if m):
+                if msg not in skipped:
+                    skipped[msg] = None
+                    logger.message(f"warning: skipped unreadable image: {msg}")
+            batch = _to_device(batch, device)
+            for g in optimizer.param_groups:
+                g["lr"] = float(sched.lr[step])
+                g["weight_decay"] = float(sched.weight_decay[step]) if g["apply_wd"] else 0.0
+            with autocast():
+                total, logs = meta.forward_losses(batch, float(sched.teacher_temp[step]), student_fn)
+            optimizer.zero_grad(set_to_none=True)
+            total.backward()
+            if step < cfg.dino.freeze_last_layer_steps:
+                last_layer.weight.grad = None
+            if cfg.optim.clip_grad > 0:
+                logs["grad_norm"] = torch.nn.utils.clip_grad_norm_(params, cfg.optim.clip_grad).detach()
+            optimizer.step()
+            meta.update_teacher(float(sched.momentum[step]))
+            step += 1
+            n_last += 1
+            logger.step()
+
+            if step % cfg.log_every == 0 or step == stop:
+                if device.type == "cuda":
+                    torch.cuda.synchronize()
+                now = time.perf_counter()
+                logs_f = {k: float(v) for k, v in logs.items()}
+                if not all(map(_finite, logs_f.values())):
+                    raise FloatingPointError(f"non-finite loss at step {step}: {logs_f}; lower optim.base_lr or check the data")
+                logs_f.update({
+                    "lr": float(sched.lr[step - 1]), "wd": float(sched.weight_decay[step - 1]),
+                    "momentum": float(sched.momentum[step - 1]), "teacher_temp": float(sched.teacher_temp[step - 1]),
+                    "step_time": (now - t_last) / n_last,
+                    "img/s": n_last * cfg.data.global_batch_size / (now - t_last),
+                    "skipped_images": len(skipped),
+                })
+                logger.log(step, logs_f)
+                t_last, n_last = now, 0
+            if step % cfg.ckpt_every == 0 or step == stop:
+                if dist_info.is_main:
+                    save_checkpoint(run_dir, step, meta, optimizer, to_dict(cfg), cfg.keep_ckpts)
+                barrier()
+    finally:
+        logger.close()
+
+    backbone_path = None
+    if dist_info.is_main:
+        net = meta.teacher if cfg.export_from == "teacher" else meta.student
+        c = cfg.data.crops
+        preprocess = {"size": [cfg.model.img_size] * 2, "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD),
+                      "resize": "stretch", "color_order": "RGB", "train_global_size": c.global_size}
+        backbone_path = save_backbone(run_dir / "backbone.safetensors", net.backbone, cfg.model.name,
+                                      timm_kwargs(cfg.model), preprocess, cfg.export_from, step, to_dict(cfg))
+        if skipped:
+            logger.message(f"{len(skipped)} unreadable image(s) were skipped (listed above)")
+    barrier()
+    return TrainResult(run_dir, step, backbone_path, logs_f, list(skipped))
+
+
+def _finite(v: float) -> bool:
+    return v == v and abs(v) != float("inf")

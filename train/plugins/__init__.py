@@ -1,0 +1,9 @@
+"""Spatial plug-ins for the DINO host, behind a registry (``@register_plugin``).
+
+Importing this package registers the built-in plug-ins.
+"""
+
+from wherevit.train.plugins.base import Plugin, PluginConfig, create_plugin, register_plugin, registered_plugins
+from wherevit.train.plugins import sp  # noqa: F401  (registers "sp")
+
+__all__ = ["Plugin", "PluginConfig", "create_plugin", "register_plugin", "registered_plugins"]

@@ -1,0 +1,154 @@
+"""SP -- Spatial Prediction: regress the relative position and scale of two disentangled local views.
+
+From "Learning to Perceive Where" (abstract); the formulation is ours (METHODS.md, SP section).
+For boxes a, b in original-image coordinates, normalised (cx, cy, w, h):
+
+    dx = (cx_b - cx_a) / w_a,  dy = (cy_b - cy_a) / h_a,  ds_w = log(w_b / w_a),  ds_h = log(h_b / h_a)
+
+("crop" normalisation; "image" normalisation uses dx = cx_b - cx_a, dy = cy_b - cy_a). Each view
+is embedded on its own with the standard, crop-agnostic position embedding, so the target cannot
+be read off the input; flips are disabled for the pair because a mirrored crop would contradict
+dx. An MLP over [z_a, z_b, z_a - z_b] predicts the 4 numbers; smooth-L1 (or MSE) loss.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal, Mapping
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from wherevit.train.backbone import BackboneFeatures
+from wherevit.train.data.dataset import stack_views
+from wherevit.train.data.views import ViewSpec, box_iou, make_view, sample_box
+from wherevit.train.plugins.base import Plugin, PluginConfig, register_plugin
+
+__all__ = ["SPConfig", "SpatialPrediction", "sp_target", "sp_inverse", "sample_disentangled_pair"]
+
+
+@dataclass
+class SPConfig(PluginConfig):
+    weight: float = 0.5
+    crop_size: int = 96
+    scale: tuple[float, float] = (0.05, 0.32)
+    ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    max_iou: float = 0.1  # "disentangled": pairs overlapping more than this are resampled
+    max_tries: int = 50
+    normalize: Literal["crop", "image"] = "crop"
+    embedding: Literal["cls", "mean"] = "cls"
+    hidden_dim: int = 2048
+    n_layers: int = 3
+    loss: Literal["smooth_l1", "mse"] = "smooth_l1"
+    beta: float = 1.0  # smooth-L1 transition point
+    n_pairs: int = 1
+
+    def validate(self) -> None:
+        if self.weight < 0:
+            raise ValueError("weight must be >= 0")
+        if not 0 <= self.max_iou < 1:
+            raise ValueError(f"max_iou must be in [0, 1), got {self.max_iou}")
+        if self.n_layers < 1 or self.n_pairs < 1:
+            raise ValueError("n_layers and n_pairs must be >= 1")
+
+
+def sp_target(box_a: np.ndarray | torch.Tensor, box_b: np.ndarray | torch.Tensor, normalize: str = "crop"):
+    """The SP target for boxes (..., 4) as (cx, cy, w, h): returns (..., 4) = (dx, dy, ds_w, ds_h)."""
+    lib = torch if isinstance(box_a, torch.Tensor) else np
+    dx = box_b[..., 0] - box_a[..., 0]
+    dy = box_b[..., 1] - box_a[..., 1]
+    if normalize == "crop":
+        dx, dy = dx / box_a[..., 2], dy / box_a[..., 3]
+    elif normalize != "image":
+        raise ValueError(f"unknown SP normalisation {normalize!r}")
+    dsw = lib.log(box_b[..., 2] / box_a[..., 2])
+    dsh = lib.log(box_b[..., 3] / box_a[..., 3])
+    return lib.stack([dx, dy, dsw, dsh], -1)
+
+
+def sp_inverse(t, normalize: str = "crop"):
+    """The target of (b, a) given the target of (a, b): the inverse transform."""
+    lib = torch if isinstance(t, torch.Tensor) else np
+    dx, dy, dsw, dsh = t[..., 0], t[..., 1], t[..., 2], t[..., 3]
+    if normalize == "crop":  # (cx_a - cx_b) / w_b = -dx * w_a / w_b = -dx * exp(-ds_w)
+        return lib.stack([-dx * lib.exp(-dsw), -dy * lib.exp(-dsh), -dsw, -dsh], -1)
+    return lib.stack([-dx, -dy, -dsw, -dsh], -1)
+
+
+def sample_disentangled_pair(rng: np.random.Generator, img_hw: tuple[int, int], cfg: SPConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Two boxes with IoU <= ``max_iou``; after ``max_tries`` the least-overlapping candidate is kept."""
+    a = sample_box(rng, img_hw, cfg.scale, cfg.ratio)
+    best, best_iou = None, 2.0
+    for _ in range(cfg.max_tries):
+        b = sample_box(rng, img_hw, cfg.scale, cfg.ratio)
+        iou = box_iou(a, b)
+        if iou <= cfg.max_iou:
+            return a, b
+        if iou < best_iou:
+            best, best_iou = b, iou
+    return a, best
+
+
+class SPViewSampler:
+    """Data-side half of SP (picklable for data-loader workers): ``n_pairs`` unflipped view pairs."""
+
+    def __init__(self, cfg: SPConfig, color_jitter_p: float = 0.8, grayscale_p: float = 0.2):
+        self.cfg = cfg
+        self.spec = ViewSpec(size=cfg.crop_size, scale=cfg.scale, ratio=cfg.ratio, flip_p=0.0,
+                             color_jitter_p=color_jitter_p, grayscale_p=grayscale_p)
+
+    def __call__(self, img: np.ndarray, rng: np.random.Generator) -> dict:
+        views = []
+        for _ in range(self.cfg.n_pairs):
+            a, b = sample_disentangled_pair(rng, img.shape[:2], self.cfg)
+            views.append(make_view(img, self.spec, rng, box=a))
+            views.append(make_view(img, self.spec, rng, box=b))
+        return {"sp": stack_views(views)}  # order: a0, b0, a1, b1, ...
+
+
+def mlp(in_dim: int, hidden: int, out_dim: int, n_layers: int, act_layer: type[nn.Module] = nn.GELU) -> nn.Sequential:
+    """``n_layers`` linear layers with activations between them."""
+    dims = [in_dim] + [hidden] * (n_layers - 1) + [out_dim]
+    layers: list[nn.Module] = []
+    for i in range(n_layers):
+        layers.append(nn.Linear(dims[i], dims[i + 1]))
+        if i < n_layers - 1:
+            layers.append(act_layer())
+    return nn.Sequential(*layers)
+
+
+@register_plugin
+class SpatialPrediction(Plugin):
+    name = "sp"
+    Config = SPConfig
+    student_views = ("sp",)
+
+    def __init__(self, cfg: SPConfig, embed_dim: int):
+        super().__init__(cfg, embed_dim)
+        self.head = mlp(3 * embed_dim, cfg.hidden_dim, 4, cfg.n_layers)
+
+    def view_sampler(self) -> SPViewSampler:
+        return SPViewSampler(self.cfg)
+
+    def predict(self, z_a: torch.Tensor, z_b: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.cat([z_a, z_b, z_a - z_b], dim=-1))
+
+    def forward(self, student: Mapping[str, BackboneFeatures], teacher: Mapping[str, BackboneFeatures],
+                batch: Mapping[str, Any]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        feats = student["sp"]  # view-major: (2 * n_pairs * B, ...) in order a0, b0, a1, b1, ...
+        boxes = batch["sp"]["boxes"]  # (B, 2 * n_pairs, 4)
+        B = boxes.shape[0]
+        z = feats.pooled(self.cfg.embedding).float().reshape(2 * self.cfg.n_pairs, B, -1)
+        z_a, z_b = z[0::2].reshape(-1, z.shape[-1]), z[1::2].reshape(-1, z.shape[-1])
+        bx = boxes.transpose(0, 1).double()  # (2P, B, 4)
+        target = sp_target(bx[0::2], bx[1::2], self.cfg.normalize).reshape(-1, 4).float()
+        pred = self.predict(z_a, z_b)
+        if self.cfg.loss == "smooth_l1":
+            loss = F.smooth_l1_loss(pred, target, beta=self.cfg.beta)
+        else:
+            loss = F.mse_loss(pred, target)
+        with torch.no_grad():
+            mae = (pred - target).abs().mean(0)
+        return loss, {"sp/mae_dx": mae[0], "sp/mae_dy": mae[1], "sp/mae_ds": mae[2:].mean()}
