@@ -130,6 +130,62 @@ def eval_spatial(checkpoint: str, which: str, random_init: bool, n_images: int, 
         atomic_write_text(json_out, json.dumps(res, indent=2))
 
 
+@main.command()
+@click.argument("checkpoint")
+@click.option("-f", "--format", "fmt", type=click.Choice(["onnx", "engine"]), default="onnx", show_default=True,
+              help="onnx: ONNX + sidecar. engine: also a TensorRT plan built from it.")
+@click.option("-p", "--precision", type=click.Choice(["fp32", "fp16", "bf16"]), default="fp32", show_default=True)
+@click.option("-b", "--batch", default="1:8:64", show_default=True,
+              help="min:opt:max batch for the dynamic batch axis and the TensorRT profile (opt = typical batch).")
+@click.option("--imgsz", type=int, default=None, help="Input size (square). Default: the backbone's training size.")
+@click.option("-o", "--out", "out", type=click.Path(file_okay=False, path_type=Path), default=Path("artifacts"), show_default=True)
+@click.option("--which", type=click.Choice(["teacher", "student"]), default="teacher", show_default=True,
+              help="Network to export from a training checkpoint.")
+@click.option("--dynamic-hw", is_flag=True, help="Also make height/width dynamic (ONNX only; engines use fixed sizes).")
+@click.option("--no-pooled", is_flag=True, help="Omit the `pooled` (mean patch token) output.")
+@click.option("--trt-lib", type=click.Choice(["auto", "tensorrt", "tensorrt_rtx"]), default="auto", show_default=True)
+@click.option("--cc", "ccs", default=None, help="TensorRT-RTX target compute capabilities, e.g. 8.6,8.9,12.0 "
+              "(default 8.0,8.6,8.9,12.0).")
+@click.option("--strongly-typed/--weakly-typed", "strongly_typed", default=None,
+              help="TensorRT 10.x only: build from a typed ONNX instead of precision flags.")
+@click.option("--workspace-mb", type=int, default=4096, show_default=True)
+@click.option("--rtol", type=float, default=None, help="Parity tolerance on relative L2 error (default by precision).")
+@click.option("--model", "expect_model", default=None, help="Fail unless the checkpoint holds this timm model.")
+def export(checkpoint: str, fmt: str, precision: str, batch: str, imgsz: int | None, out: Path, which: str,
+           dynamic_hw: bool, no_pooled: bool, trt_lib: str, ccs: str | None, strongly_typed: bool | None,
+           workspace_mb: int, rtol: float | None, expect_model: str | None) -> None:
+    """Export a backbone to ONNX (and a TensorRT engine), parity-checked, each with a sidecar JSON.
+
+    CHECKPOINT is a run directory, checkpoint directory, backbone.safetensors, or a timm model
+    name such as vit_small_patch16_224 (random weights: try export without training).
+    """
+    from wherevit.export.api import ExportRequest, export_artifacts, parse_batch
+    from wherevit.export.trt_builder import parse_compute_capabilities
+
+    req = ExportRequest(
+        checkpoint=checkpoint, out_dir=out, format=fmt, precision=precision, batch=_run(parse_batch, batch),
+        imgsz=imgsz, which=which, dynamic_hw=dynamic_hw, pooled=not no_pooled, trt_lib=trt_lib,
+        compute_capabilities=_run(parse_compute_capabilities, ccs), strongly_typed=strongly_typed,
+        workspace_mb=workspace_mb, rtol=rtol, expect_model=expect_model,
+    )
+    if dynamic_hw and fmt == "engine":
+        raise click.UsageError("--dynamic-hw is for ONNX only; engines are built for one input size (use --imgsz)")
+    click.echo(f"exporting {checkpoint} -> {out} ({fmt}, {precision}, batch {req.batch[0]}:{req.batch[1]}:{req.batch[2]})", err=True)
+    try:
+        res = _run(export_artifacts, req)
+    except RuntimeError as e:  # ParityError, EngineBuildError, OnnxParseError
+        raise click.ClickException(f"{type(e).__name__}: {e}") from e
+    if res.parity is not None:
+        click.echo(res.parity.summary())
+    for note in res.notes:
+        click.echo(f"note: {note}", err=True)
+    click.echo(f"onnx:   {res.onnx}")
+    if res.engine:
+        click.echo(f"engine: {res.engine}")
+    for sc in res.sidecars:
+        click.echo(f"sidecar: {sc}")
+
+
 @main.group()
 def data() -> None:
     """Generated data for tests, demos and the quickstart."""

@@ -196,12 +196,20 @@ def build_engine(onnx_path: Path, out: Path, plan: BuildPlan, input_name: str, i
         "onnx_precision": plan.onnx_precision,
         "network_flags": list(plan.network_flags),
         "builder_flags": list(plan.builder_flags),
-        "compute_capabilities": [f"{cc[2:-1]}.{cc[-1]}" for cc in plan.compute_capabilities],
+        # RTX: the requested targets; full TensorRT: the GPU it was built on (engines are tied to it)
+        "compute_capabilities": [f"{cc[2:-1]}.{cc[-1]}" for cc in plan.compute_capabilities] or _build_gpu_cc(),
         "profile": {"input": input_name, "min": [batch[0], c, h, w], "opt": [batch[1], c, h, w], "max": [batch[2], c, h, w]},
         "workspace_mb": workspace_mb,
         "build_seconds": round(time.perf_counter() - t0, 2),
         "warnings": logger.warnings[-10:],
     }
+
+
+def _build_gpu_cc() -> list[str]:
+    from wherevit.runtime.backends.cuda import device_compute_capability
+
+    cc = device_compute_capability()
+    return [cc] if cc else []
 
 
 class _CapturingLogger:

@@ -1,0 +1,116 @@
+"""The backend interface: one small class per inference library (Polygraphy's runner shape).
+
+Public ``activate / infer / deactivate`` check state and inputs, then delegate to ``*_impl``.
+Optional libraries (onnxruntime providers, tensorrt, cuda-python) are imported inside the backend
+that needs them; ``unavailable_reason`` says, without raising, why a backend cannot run here.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import ClassVar, Mapping
+
+import numpy as np
+
+__all__ = ["Backend", "BackendUnavailable", "InputError", "register_backend", "registered_backends", "NP_DTYPES"]
+
+NP_DTYPES = {"float32": np.float32, "float16": np.float16, "uint8": np.uint8, "int64": np.int64, "int32": np.int32}
+
+_BACKENDS: dict[str, type["Backend"]] = {}
+
+
+class BackendUnavailable(RuntimeError):
+    """The backend cannot run here (library missing, no GPU, unsupported compute capability)."""
+
+
+class InputError(ValueError):
+    """An input tensor with the wrong name, dtype or shape."""
+
+
+def register_backend(cls: type["Backend"]) -> type["Backend"]:
+    _BACKENDS[cls.name] = cls
+    return cls
+
+
+def registered_backends() -> dict[str, type["Backend"]]:
+    return dict(_BACKENDS)
+
+
+class Backend(ABC):
+    name: ClassVar[str]
+    kinds: ClassVar[tuple[str, ...]]  # artifact kinds it runs: "onnx", "engine"
+    device: ClassVar[str] = "cpu"
+
+    def __init__(self, artifact: Path, meta: dict):
+        self.artifact = Path(artifact)
+        self.meta = meta
+        self.active = False
+        self.inputs = {i["name"]: i for i in meta["inputs"]}
+        self.output_names = [o["name"] for o in meta["outputs"]]
+        self.batch = meta.get("batch", {"min": 1, "opt": 1, "max": 1})
+
+    @classmethod
+    def unavailable_reason(cls, meta: dict) -> str | None:
+        """None when the backend can run ``meta``'s artifact here, else a sentence saying why not."""
+        if meta.get("kind") not in cls.kinds:
+            return f"{cls.name} runs {'/'.join(cls.kinds)} artifacts, not {meta.get('kind')}"
+        return cls._unavailable_impl(meta)
+
+    @classmethod
+    def _unavailable_impl(cls, meta: dict) -> str | None:
+        return None
+
+    def activate(self) -> "Backend":
+        if not self.active:
+            reason = self.unavailable_reason(self.meta)
+            if reason:
+                raise BackendUnavailable(f"backend {self.name}: {reason}")
+            self._activate_impl()
+            self.active = True
+        return self
+
+    def deactivate(self) -> None:
+        if self.active:
+            self._deactivate_impl()
+            self.active = False
+
+    def __enter__(self) -> "Backend":
+        return self.activate()
+
+    def __exit__(self, *exc) -> None:
+        self.deactivate()
+
+    def check_inputs(self, feeds: Mapping[str, np.ndarray]) -> None:
+        """Names, dtypes and shapes against the sidecar, and the batch against the profile."""
+        missing = set(self.inputs) - set(feeds)
+        extra = set(feeds) - set(self.inputs)
+        if missing or extra:
+            raise InputError(f"inputs must be exactly {sorted(self.inputs)}; missing {sorted(missing)}, unexpected {sorted(extra)}")
+        for name, spec in self.inputs.items():
+            x = feeds[name]
+            want = NP_DTYPES[spec["dtype"]]
+            if x.dtype != want:
+                raise InputError(f"input {name!r}: dtype {x.dtype}, expected {np.dtype(want)}")
+            shape = spec["shape"]
+            if x.ndim != len(shape) or any(s not in (-1, d) for s, d in zip(shape, x.shape)):
+                raise InputError(f"input {name!r}: shape {list(x.shape)}, expected {shape} (-1 = any)")
+            if not self.batch["min"] <= x.shape[0] <= self.batch["max"]:
+                raise InputError(f"input {name!r}: batch {x.shape[0]} outside the artifact's range "
+                                 f"{self.batch['min']}..{self.batch['max']}")
+
+    def infer(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Run one batch; inputs are checked first. Returns outputs by name."""
+        if not self.active:
+            raise RuntimeError(f"backend {self.name} is not activated; call activate() or use it as a context manager")
+        self.check_inputs(feeds)
+        return self._infer_impl(feeds)
+
+    @abstractmethod
+    def _activate_impl(self) -> None: ...
+
+    @abstractmethod
+    def _infer_impl(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]: ...
+
+    def _deactivate_impl(self) -> None:
+        pass

@@ -1,0 +1,150 @@
+"""``wherevit.runtime.load(path)``: an exported artifact as one object with ``embed(images)``.
+
+The sidecar beside the artifact supplies everything: input name and size, preprocessing
+(OpenCV resize, mean/std, colour order), output names, batch range. Inputs larger than the
+artifact's max batch are split; a batch smaller than the profile's minimum is padded only up to
+that minimum and the padding is dropped from the outputs.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Sequence, Union
+
+import numpy as np
+
+from wherevit.runtime.backends import AUTO_ORDER, Backend, BackendUnavailable, InputError, registered_backends
+from wherevit.runtime.image import ImageDecodeError, Preprocess, decode_image, read_image, to_rgb_uint8
+from wherevit.runtime.sidecar import read_sidecar
+
+__all__ = ["Model", "Features", "load", "ImageLike", "available_backends"]
+
+ImageLike = Union[str, os.PathLike, bytes, bytearray, memoryview, np.ndarray]
+
+
+@dataclass
+class Features:
+    """Outputs by name (``cls``, ``patch_tokens``, ``pooled``), plus the patch grid size."""
+
+    outputs: dict[str, np.ndarray]
+    grid: tuple[int, int] | None
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        return self.outputs[name]
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.outputs
+
+    @property
+    def cls(self) -> np.ndarray:
+        return self.outputs["cls"]
+
+    @property
+    def patch_tokens(self) -> np.ndarray:
+        return self.outputs["patch_tokens"]
+
+    def patch_grid(self) -> np.ndarray:
+        """Patch tokens as (B, grid_h, grid_w, D), ready for a dense head."""
+        if self.grid is None:
+            raise ValueError("this artifact has a dynamic input size; reshape patch_tokens with your own grid")
+        t = self.patch_tokens
+        return t.reshape(t.shape[0], self.grid[0], self.grid[1], t.shape[-1])
+
+
+def available_backends(meta: dict) -> dict[str, str | None]:
+    """Every registered backend -> None if it can run this artifact here, else why not."""
+    return {name: cls.unavailable_reason(meta) for name, cls in registered_backends().items()}
+
+
+class Model:
+    """An artifact opened on one backend. Use ``embed`` for images, ``run`` for preprocessed batches."""
+
+    def __init__(self, artifact: str | os.PathLike, backend: str = "auto", **backend_opts):
+        self.artifact = Path(artifact)
+        self.meta = read_sidecar(self.artifact)
+        self.preprocess = Preprocess.from_dict(self.meta["preprocess"])
+        self.input_name = self.meta["inputs"][0]["name"]
+        self.output_names = [o["name"] for o in self.meta["outputs"]]
+        grid = next((o.get("grid") for o in self.meta["outputs"] if o["name"] == "patch_tokens"), None)
+        self.grid = tuple(grid) if grid else None
+        self.batch = self.meta["batch"]
+        self.backend = self._open_backend(backend, backend_opts)
+
+    def _open_backend(self, name: str, opts: dict) -> Backend:
+        backends = registered_backends()
+        if name != "auto":
+            if name not in backends:
+                raise ValueError(f"unknown backend {name!r}; known: {', '.join(backends)}")
+            return backends[name](self.artifact, self.meta, **opts).activate()
+        reasons = []
+        for cand in AUTO_ORDER:
+            reason = backends[cand].unavailable_reason(self.meta)
+            if reason is None:
+                return backends[cand](self.artifact, self.meta, **opts).activate()
+            reasons.append(f"{cand}: {reason}")
+        raise BackendUnavailable(f"no backend can run {self.artifact.name} here:\n  " + "\n  ".join(reasons))
+
+    def close(self) -> None:
+        self.backend.deactivate()
+
+    def __enter__(self) -> "Model":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    @property
+    def max_batch(self) -> int:
+        return int(self.batch["max"])
+
+    def load_images(self, images: Iterable[ImageLike], color_order: str = "RGB") -> list[np.ndarray]:
+        """Paths, encoded bytes or HWC arrays (uint8/uint16/float in [0, 1]) -> HWC uint8 RGB.
+
+        ``color_order`` applies to arrays only ("RGB", or "BGR" for OpenCV-loaded arrays);
+        files and bytes are decoded to RGB.
+        """
+        out = []
+        for i, im in enumerate(images):
+            if isinstance(im, (str, os.PathLike)):
+                out.append(read_image(im))
+            elif isinstance(im, (bytes, bytearray, memoryview)):
+                out.append(decode_image(im, what=f"image {i}"))
+            elif isinstance(im, np.ndarray):
+                if im.ndim == 3 and im.shape[0] in (1, 3, 4) and im.shape[-1] not in (1, 3, 4):
+                    raise InputError(f"image {i}: shape {im.shape} looks CHW; pass HWC arrays")
+                out.append(to_rgb_uint8(im, color_order))
+            else:
+                raise InputError(f"image {i}: unsupported type {type(im).__name__} (path, bytes or HWC array)")
+        return out
+
+    def embed(self, images: Sequence[ImageLike] | ImageLike, color_order: str = "RGB") -> Features:
+        """Features for images given as paths, encoded bytes or HWC arrays (see ``load_images``)."""
+        if isinstance(images, (str, os.PathLike, bytes, bytearray, memoryview)) or (
+                isinstance(images, np.ndarray) and images.ndim in (2, 3)):
+            images = [images]
+        rgb = self.load_images(images, color_order)
+        if not rgb:
+            raise InputError("no images given")
+        return self.run(self.preprocess(rgb))
+
+    def run(self, batch: np.ndarray) -> Features:
+        """Features for an already preprocessed float32 NCHW batch of any size."""
+        if not isinstance(batch, np.ndarray) or batch.ndim != 4:
+            raise InputError(f"expected a float32 NCHW array, got {getattr(batch, 'shape', type(batch).__name__)}")
+        chunks = []
+        lo, hi = int(self.batch["min"]), self.max_batch
+        for start in range(0, batch.shape[0], hi):
+            x = batch[start : start + hi]
+            n = x.shape[0]
+            if n < lo:  # pad only to the profile minimum
+                x = np.concatenate([x, np.repeat(x[-1:], lo - n, axis=0)])
+            out = self.backend.infer({self.input_name: x})
+            chunks.append({k: v[:n] for k, v in out.items()})
+        return Features({k: np.concatenate([c[k] for c in chunks]) for k in self.output_names}, self.grid)
+
+
+def load(artifact: str | os.PathLike, backend: str = "auto", **backend_opts) -> Model:
+    """Open an exported artifact (its sidecar beside it) on ``backend`` ("auto" picks the fastest available)."""
+    return Model(artifact, backend, **backend_opts)
