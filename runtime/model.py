@@ -145,6 +145,11 @@ class Model:
         return Features({k: np.concatenate([c[k] for c in chunks]) for k in self.output_names}, self.grid)
 
 
+    # The server's batcher needs plain arrays by name.
+    def run_outputs(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        return self.run(batch).outputs
+
+
 def load(artifact: str | os.PathLike, backend: str = "auto", **backend_opts) -> Model:
     """Open an exported artifact (its sidecar beside it) on ``backend`` ("auto" picks the fastest available)."""
     return Model(artifact, backend, **backend_opts)

@@ -1,0 +1,174 @@
+"""KServe v2 / Open Inference Protocol tensors over HTTP: request parsing and response encoding.
+
+Pure functions (no server): JSON tensors, and the binary tensor data extension where the body is
+a JSON header of ``Inference-Header-Content-Length`` bytes followed by raw tensor bytes in input
+order (that length may equal the whole body: then no tensor is binary). BYTES tensors are binary
+as 4-byte little-endian lengths + contents, or in JSON as base64 strings (our convention: raw
+image bytes are not valid JSON strings).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import struct
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+__all__ = ["ProtocolError", "InferRequest", "RequestedOutput", "parse_infer_request", "encode_infer_response",
+           "DATATYPES", "datatype_of", "triton_type"]
+
+DATATYPES: dict[str, Any] = {
+    "BOOL": np.bool_, "UINT8": np.uint8, "UINT16": np.uint16, "UINT32": np.uint32, "UINT64": np.uint64,
+    "INT8": np.int8, "INT16": np.int16, "INT32": np.int32, "INT64": np.int64,
+    "FP16": np.float16, "FP32": np.float32, "FP64": np.float64, "BYTES": object,
+}
+_NP_TO_DT = {np.dtype(v): k for k, v in DATATYPES.items() if v is not object}
+
+
+class ProtocolError(ValueError):
+    """A request that is not valid KServe v2 (HTTP 400); the message names the problem."""
+
+
+def datatype_of(arr: np.ndarray) -> str:
+    return _NP_TO_DT[arr.dtype]
+
+
+def triton_type(datatype: str) -> str:
+    """KServe datatype -> Triton model-config type (FP32 -> TYPE_FP32, BYTES -> TYPE_STRING)."""
+    return "TYPE_STRING" if datatype == "BYTES" else f"TYPE_{datatype}"
+
+
+@dataclass
+class RequestedOutput:
+    name: str
+    binary: bool
+
+
+@dataclass
+class InferRequest:
+    id: str | None
+    inputs: dict[str, np.ndarray | list[bytes]]
+    datatypes: dict[str, str]
+    outputs: list[RequestedOutput] | None  # None: all outputs
+    binary_output_default: bool = False
+    parameters: dict = field(default_factory=dict)
+
+
+def _split_bytes(buf: bytes, name: str) -> list[bytes]:
+    out, i = [], 0
+    while i < len(buf):
+        if i + 4 > len(buf):
+            raise ProtocolError(f"input {name!r}: truncated BYTES element length at offset {i}")
+        (n,) = struct.unpack_from("<I", buf, i)
+        i += 4
+        if i + n > len(buf):
+            raise ProtocolError(f"input {name!r}: BYTES element of {n} bytes overruns the tensor data")
+        out.append(buf[i : i + n])
+        i += n
+    return out
+
+
+def parse_infer_request(body: bytes, header_length: int | None) -> InferRequest:
+    """Parse an infer request body; ``header_length`` is the Inference-Header-Content-Length value."""
+    if header_length is not None:
+        if header_length < 0 or header_length > len(body):
+            raise ProtocolError(f"Inference-Header-Content-Length {header_length} is outside the body's {len(body)} bytes")
+        header_bytes, binary = body[:header_length], memoryview(body)[header_length:]
+    else:
+        header_bytes, binary = body, memoryview(b"")
+    try:
+        header = json.loads(header_bytes)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ProtocolError(f"request header is not valid JSON: {e}") from None
+    if not isinstance(header, dict) or not isinstance(header.get("inputs"), list) or not header["inputs"]:
+        raise ProtocolError("request must be a JSON object with a non-empty 'inputs' list")
+    inputs, dtypes, offset = {}, {}, 0
+    for spec in header["inputs"]:
+        if not isinstance(spec, dict):
+            raise ProtocolError("each input must be an object with name, shape, datatype")
+        name, shape, dt = spec.get("name"), spec.get("shape"), spec.get("datatype")
+        if not isinstance(name, str):
+            raise ProtocolError("an input has no 'name'")
+        if dt not in DATATYPES:
+            raise ProtocolError(f"input {name!r}: unknown datatype {dt!r}")
+        if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
+            raise ProtocolError(f"input {name!r}: 'shape' must be a list of non-negative integers")
+        count = int(np.prod(shape)) if shape else 1
+        params = spec.get("parameters") or {}
+        if "binary_data_size" in params:
+            size = params["binary_data_size"]
+            if not isinstance(size, int) or size < 0 or offset + size > len(binary):
+                raise ProtocolError(f"input {name!r}: binary_data_size {size} exceeds the {len(binary) - offset} bytes left in the body")
+            raw = bytes(binary[offset : offset + size])
+            offset += size
+            if dt == "BYTES":
+                arr = _split_bytes(raw, name)
+                if len(arr) != count:
+                    raise ProtocolError(f"input {name!r}: shape {shape} needs {count} BYTES elements, got {len(arr)}")
+            else:
+                itemsize = np.dtype(DATATYPES[dt]).itemsize
+                if size != count * itemsize:
+                    raise ProtocolError(f"input {name!r}: shape {shape} of {dt} needs {count * itemsize} bytes, got {size}")
+                arr = np.frombuffer(raw, DATATYPES[dt]).reshape(shape)
+        elif "data" in spec:
+            data = spec["data"]
+            if dt == "BYTES":
+                flat = np.array(data, dtype=object).reshape(-1).tolist()
+                if len(flat) != count:
+                    raise ProtocolError(f"input {name!r}: shape {shape} needs {count} elements, got {len(flat)}")
+                try:
+                    arr = [base64.b64decode(s, validate=True) if isinstance(s, str) else bytes(s) for s in flat]
+                except (ValueError, TypeError):
+                    raise ProtocolError(f"input {name!r}: JSON BYTES elements must be base64 strings") from None
+            else:
+                try:
+                    flat = np.asarray(data, dtype=DATATYPES[dt]).reshape(-1)
+                except (ValueError, TypeError):
+                    raise ProtocolError(f"input {name!r}: 'data' is not a list of {dt} values") from None
+                if flat.size != count:
+                    raise ProtocolError(f"input {name!r}: shape {shape} needs {count} elements, got {flat.size}")
+                arr = flat.reshape(shape)
+        else:
+            raise ProtocolError(f"input {name!r}: neither 'data' nor parameters.binary_data_size given")
+        if name in inputs:
+            raise ProtocolError(f"input {name!r} given twice")
+        inputs[name], dtypes[name] = arr, dt
+    if offset != len(binary):
+        raise ProtocolError(f"{len(binary) - offset} bytes of binary data are not claimed by any input")
+    outputs = None
+    if header.get("outputs") is not None:
+        if not isinstance(header["outputs"], list):
+            raise ProtocolError("'outputs' must be a list")
+        outputs = []
+        for o in header["outputs"]:
+            if not isinstance(o, dict) or not isinstance(o.get("name"), str):
+                raise ProtocolError("each requested output needs a 'name'")
+            outputs.append(RequestedOutput(o["name"], bool((o.get("parameters") or {}).get("binary_data", False))))
+    params = header.get("parameters") or {}
+    return InferRequest(header.get("id"), inputs, dtypes, outputs, bool(params.get("binary_data_output", False)), params)
+
+
+def encode_infer_response(model: str, version: str, request: InferRequest, outputs: dict[str, np.ndarray]) -> tuple[bytes, dict[str, str]]:
+    """Encode outputs (those requested, or all) as JSON, with binary data where asked."""
+    wanted = request.outputs or [RequestedOutput(n, request.binary_output_default) for n in outputs]
+    header: dict[str, Any] = {"model_name": model, "model_version": version, "outputs": []}
+    if request.id is not None:
+        header["id"] = request.id
+    blobs = []
+    for ro in wanted:
+        arr = np.ascontiguousarray(outputs[ro.name])
+        entry: dict[str, Any] = {"name": ro.name, "datatype": datatype_of(arr), "shape": list(arr.shape)}
+        if ro.binary:
+            blob = arr.tobytes()
+            entry["parameters"] = {"binary_data_size": len(blob)}
+            blobs.append(blob)
+        else:
+            entry["data"] = arr.reshape(-1).tolist()
+        header["outputs"].append(entry)
+    head = json.dumps(header, separators=(",", ":")).encode()
+    if not blobs:
+        return head, {"Content-Type": "application/json"}
+    return head + b"".join(blobs), {"Content-Type": "application/octet-stream", "Inference-Header-Content-Length": str(len(head))}
