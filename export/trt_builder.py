@@ -179,7 +179,7 @@ def build_engine(onnx_path: Path, out: Path, plan: BuildPlan, input_name: str, i
     profile.set_shape(input_name, (batch[0], c, h, w), (batch[1], c, h, w), (batch[2], c, h, w))
     config.add_optimization_profile(profile)
     cache = None
-    if timing_cache is not None and hasattr(config, "create_timing_cache"):
+    if timing_cache is not None and not plan.flavour.is_rtx and hasattr(config, "create_timing_cache"):  # RTX: no-op
         blob = timing_cache.read_bytes() if timing_cache.is_file() else b""
         cache = config.create_timing_cache(blob)
         config.set_timing_cache(cache, False)

@@ -46,3 +46,24 @@ def tiny_cfg():
         return from_dict(TrainConfig, tiny_train_dict(**over))
 
     return make
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory):
+    """A tiny DINO+SP run (3 steps): a real training checkpoint for export and runtime tests."""
+    from wherevit.config import from_dict
+    from wherevit.train.config import TrainConfig
+    from wherevit.train.loop import train
+
+    run = tmp_path_factory.mktemp("run")
+    train(from_dict(TrainConfig, tiny_train_dict(total_steps=3, ckpt_every=3)), run, progress=False)
+    return run
+
+
+@pytest.fixture(scope="session")
+def onnx_artifact(trained_run, tmp_path_factory):
+    """fp32 ONNX (batch 1:4:8) + sidecar exported from ``trained_run``."""
+    from wherevit.export.api import ExportRequest, export_artifacts
+
+    out = tmp_path_factory.mktemp("art")
+    return export_artifacts(ExportRequest(str(trained_run), out, batch=(1, 4, 8))).onnx

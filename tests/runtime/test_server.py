@@ -1,0 +1,206 @@
+"""A live `wherevit serve` process on loopback, driven by the real tritonclient.http client."""
+
+import concurrent.futures as cf
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import cv2
+import numpy as np
+import pytest
+
+th = pytest.importorskip("tritonclient.http", reason="tritonclient[http] is not installed")
+from tritonclient.utils import InferenceServerException  # noqa: E402
+
+from wherevit import runtime  # noqa: E402
+from wherevit.train.data.synthetic import render_scene  # noqa: E402
+
+MODEL = "vit_tiny_patch16_224"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    def __init__(self, artifact, *args):
+        self.port = _free_port()
+        self.url = f"127.0.0.1:{self.port}"
+        self.proc = subprocess.Popen([sys.executable, "-m", "wherevit.cli", "serve", str(artifact), "--port", str(self.port), *args],
+                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        client = th.InferenceServerClient(self.url)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited: {self.proc.stdout.read()}")
+            try:
+                if client.is_server_ready():
+                    return
+            except Exception:
+                pass
+            time.sleep(0.2)
+        self.stop()
+        raise TimeoutError("server did not become ready")
+
+    def stop(self, sig=signal.SIGTERM, timeout=30):
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            self.proc.wait(timeout)
+        return self.proc.returncode
+
+
+@pytest.fixture(scope="module")
+def server(onnx_artifact):
+    s = Server(onnx_artifact, "--max-wait-ms", "5")
+    yield s
+    s.stop()
+
+
+def _infer(client, x, binary=True, outputs=("cls",)):
+    inp = th.InferInput("images", list(x.shape), "FP32")
+    inp.set_data_from_numpy(x, binary_data=binary)
+    outs = [th.InferRequestedOutput(o, binary_data=binary) for o in outputs]
+    return client.infer(MODEL, [inp], outputs=outs)
+
+
+def test_metadata_and_config(server):
+    c = th.InferenceServerClient(server.url)
+    assert c.is_server_live() and c.is_server_ready() and c.is_model_ready(MODEL)
+    md = c.get_model_metadata(MODEL)
+    assert md["inputs"] == [{"name": "images", "datatype": "FP32", "shape": [-1, 3, 32, 32]}]
+    assert [o["name"] for o in md["outputs"]] == ["cls", "patch_tokens", "pooled"]
+    cfg = c.get_model_config(MODEL)
+    assert cfg["max_batch_size"] == 8 and cfg["input"][0]["dims"] == [3, 32, 32] and cfg["output"][1]["dims"] == [16, 64]
+    assert c.get_model_metadata(MODEL + "_images")["inputs"][0]["datatype"] == "BYTES"
+    with pytest.raises(InferenceServerException, match="unknown model"):
+        c.get_model_metadata("nope")
+
+
+def test_json_and_binary_infer_match_the_library(server, onnx_artifact):
+    c = th.InferenceServerClient(server.url)
+    x = np.random.default_rng(1).standard_normal((3, 3, 32, 32)).astype(np.float32)
+    with runtime.load(onnx_artifact) as model:
+        ref = model.run(x)
+    for binary in (True, False):
+        r = _infer(c, x, binary, outputs=("cls", "patch_tokens"))
+        np.testing.assert_allclose(r.as_numpy("cls"), ref.cls, rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(r.as_numpy("patch_tokens"), ref.patch_tokens, rtol=1e-5, atol=1e-5)
+    # encoded images through the _images model
+    img = render_scene(5, 48)
+    ok, png = cv2.imencode(".png", cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
+    inp = th.InferInput("image_bytes", [1], "BYTES")
+    inp.set_data_from_numpy(np.array([png.tobytes()], dtype=object))
+    r = c.infer(MODEL + "_images", [inp])
+    with runtime.load(onnx_artifact) as model:
+        np.testing.assert_allclose(r.as_numpy("cls"), model.embed([img]).cls, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("shape,dtype,name,msg", [
+    ((1, 3, 16, 16), "FP32", "images", r"shape \[1, 3, 16, 16\], expected \[-1, 3, 32, 32\]"),
+    ((1, 3, 32, 32), "FP16", "images", "datatype FP16, expected FP32"),
+    ((1, 3, 32, 32), "FP32", "pixels", "takes exactly one input 'images'"),
+])
+def test_bad_requests_get_400_naming_the_problem(server, shape, dtype, name, msg):
+    c = th.InferenceServerClient(server.url)
+    inp = th.InferInput(name, list(shape), dtype)
+    inp.set_data_from_numpy(np.zeros(shape, np.float16 if dtype == "FP16" else np.float32))
+    with pytest.raises(InferenceServerException, match=msg) as e:
+        c.infer(MODEL, [inp])
+    assert e.value.status() == "400"
+
+
+def _post(url, body, headers):
+    req = urllib.request.Request(url, data=body, headers=headers, method="POST")
+    try:
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
+
+
+def test_raw_bad_bodies_and_images(server):
+    url = f"http://{server.url}/v2/models/{MODEL}/infer"
+    assert _post(url, b"{oops", {})[0] == 400
+    head = b'{"inputs": [{"name": "images", "shape": [1, 3, 32, 32], "datatype": "FP32", "parameters": {"binary_data_size": 12288}}]}'
+    status, body = _post(url, head + b"abc", {"Inference-Header-Content-Length": str(len(head))})
+    assert status == 400 and b"binary_data_size" in body
+    inp = th.InferInput("image_bytes", [1], "BYTES")
+    inp.set_data_from_numpy(np.array([b"not an image"], dtype=object))
+    with pytest.raises(InferenceServerException, match=r"image_bytes\[0\]: not a decodable image"):
+        th.InferenceServerClient(server.url).infer(MODEL + "_images", [inp])
+    # the server keeps serving everyone else
+    assert _infer(th.InferenceServerClient(server.url), np.zeros((1, 3, 32, 32), np.float32)).as_numpy("cls").shape == (1, 64)
+
+
+def test_64_concurrent_clients_get_their_own_results_in_batches(server, onnx_artifact):
+    xs = [np.random.default_rng(100 + i).standard_normal((1 + i % 2, 3, 32, 32)).astype(np.float32) for i in range(64)]
+    with runtime.load(onnx_artifact) as model:
+        refs = [model.run(x).cls for x in xs]
+
+    def call(i):
+        return _infer(th.InferenceServerClient(server.url), xs[i]).as_numpy("cls")
+
+    with cf.ThreadPoolExecutor(32) as pool:
+        outs = list(pool.map(call, range(64)))
+    for out, ref in zip(outs, refs):
+        np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-5)
+    metrics = urllib.request.urlopen(f"http://{server.url}/metrics").read().decode()
+    buckets = dict(re.findall(r'wherevit_batch_size_bucket\{le="([0-9.]+)"\} ([0-9.]+)', metrics))
+    count = float(re.search(r"wherevit_batch_size_count ([0-9.]+)", metrics).group(1))
+    assert count - float(buckets["2.0"]) > 0, "no batch larger than 2 was formed"
+    for name in ("wherevit_queue_depth", "wherevit_queue_wait_seconds_quantile", "wherevit_compute_seconds_quantile", "wherevit_rejected"):
+        assert name in metrics
+
+
+def test_overload_gets_503_quickly_while_admitted_requests_complete(onnx_artifact):
+    s = Server(onnx_artifact, "--max-batch", "8", "--max-queue", "2", "--max-wait-ms", "0")
+    try:
+        x = np.random.default_rng(0).standard_normal((8, 3, 32, 32)).astype(np.float32)
+        with runtime.load(onnx_artifact) as model:
+            ref = model.run(x).cls
+
+        def call(_):
+            t0 = time.monotonic()
+            try:
+                return "ok", np.abs(_infer(th.InferenceServerClient(s.url), x).as_numpy("cls") - ref).max(), time.monotonic() - t0
+            except InferenceServerException as e:
+                return e.status(), None, time.monotonic() - t0
+
+        with cf.ThreadPoolExecutor(48) as pool:
+            res = list(pool.map(call, range(96)))
+        ok = [r for r in res if r[0] == "ok"]
+        refused = [r for r in res if r[0] == "503"]
+        assert ok and refused and len(ok) + len(refused) == len(res)
+        assert max(r[1] for r in ok) < 1e-4
+        assert np.median([r[2] for r in refused]) < 1.0
+    finally:
+        s.stop()
+
+
+def test_shutdown_with_queued_requests_answers_everyone(onnx_artifact):
+    s = Server(onnx_artifact, "--max-batch", "2", "--max-wait-ms", "20")
+    x = np.zeros((2, 3, 32, 32), np.float32)
+
+    def call(_):
+        try:
+            _infer(th.InferenceServerClient(s.url, connection_timeout=20, network_timeout=20), x)
+            return "ok"
+        except InferenceServerException as e:
+            return f"error {e.status()}"
+        except Exception as e:  # connection refused/reset once the server is gone
+            return f"error {type(e).__name__}"
+
+    with cf.ThreadPoolExecutor(32) as pool:
+        futs = [pool.submit(call, i) for i in range(64)]
+        time.sleep(0.15)
+        s.proc.send_signal(signal.SIGTERM)
+        results = [f.result(timeout=40) for f in futs]  # none hangs
+    assert s.proc.wait(40) is not None
+    assert len(results) == 64 and "ok" in results
