@@ -87,6 +87,9 @@ def build_loader(cfg: TrainConfig, meta: SSLMetaArch, dist_info: DistInfo, start
     loader = torch.utils.data.DataLoader(
         dataset, batch_sampler=sampler, num_workers=nw, pin_memory=pin,
         persistent_workers=nw > 0, prefetch_factor=4 if nw > 0 else None,
+        # Its own generator: creating the iterator must not draw from the global RNG, or a
+        # resumed run's drop-path stream would be shifted relative to a straight run.
+        generator=torch.Generator().manual_seed(cfg.seed),
     )
     return loader, source
 
@@ -196,7 +199,7 @@ def train(cfg: TrainConfig, run_dir: str | Path, resume: bool = False, stop_at: 
                 if device.type == "cuda":
                     torch.cuda.synchronize()
                 now = time.perf_counter()
-                logs_f = {k: float(v) for k, v in logs.items()}
+                logs_f = _global_mean(logs, dist_info)
                 if not all(map(_finite, logs_f.values())):
                     raise FloatingPointError(f"non-finite loss at step {step}: {logs_f}; lower optim.base_lr or check the data")
                 logs_f.update({
@@ -227,6 +230,16 @@ def train(cfg: TrainConfig, run_dir: str | Path, resume: bool = False, stop_at: 
             logger.message(f"{len(skipped)} unreadable image(s) were skipped (listed above)")
     barrier()
     return TrainResult(run_dir, step, backbone_path, logs_f, list(skipped))
+
+
+def _global_mean(logs: dict[str, torch.Tensor], dist_info: DistInfo) -> dict[str, float]:
+    """Log values averaged over ranks, so the logged loss is the global batch's."""
+    names = sorted(logs)
+    vals = torch.stack([logs[k].detach().float().reshape(()) for k in names])
+    if dist_info.enabled:
+        torch.distributed.all_reduce(vals)
+        vals /= dist_info.world_size
+    return dict(zip(names, vals.tolist()))
 
 
 def _finite(v: float) -> bool:

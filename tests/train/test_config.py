@@ -40,7 +40,7 @@ def test_unknown_plugin_is_named():
 def test_wrong_type_is_named():
     with pytest.raises(ConfigError, match=r"total_steps: expected an integer, got 'many'"):
         load_train_config("quickstart", ["total_steps=many"])
-    with pytest.raises(ConfigError, match=r"model\.drop_path_rate"):
+    with pytest.raises(ConfigError, match=r"model: drop_path_rate must be in \[0, 1\), got 1.5"):
         load_train_config("quickstart", ["model.drop_path_rate=1.5"])
 
 

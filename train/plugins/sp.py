@@ -78,17 +78,19 @@ def sp_inverse(t, normalize: str = "crop"):
 
 
 def sample_disentangled_pair(rng: np.random.Generator, img_hw: tuple[int, int], cfg: SPConfig) -> tuple[np.ndarray, np.ndarray]:
-    """Two boxes with IoU <= ``max_iou``; after ``max_tries`` the least-overlapping candidate is kept."""
-    a = sample_box(rng, img_hw, cfg.scale, cfg.ratio)
+    """Two boxes with IoU <= ``max_iou``. The first box is redrawn every few tries (a large central
+    box may leave no room); after ``max_tries`` the least-overlapping pair seen is kept."""
     best, best_iou = None, 2.0
-    for _ in range(cfg.max_tries):
+    for attempt in range(cfg.max_tries):
+        if attempt % 5 == 0:
+            a = sample_box(rng, img_hw, cfg.scale, cfg.ratio)
         b = sample_box(rng, img_hw, cfg.scale, cfg.ratio)
         iou = box_iou(a, b)
         if iou <= cfg.max_iou:
             return a, b
         if iou < best_iou:
-            best, best_iou = b, iou
-    return a, best
+            best, best_iou = (a, b), iou
+    return best
 
 
 class SPViewSampler:
