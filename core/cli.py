@@ -87,6 +87,20 @@ def train(config: str, overrides: tuple[str, ...], out: Path | None, resume: boo
 
 
 @main.command()
+@click.option("-o", "--out", "out", type=click.Path(file_okay=False, path_type=Path), default=Path("runs/quickstart"), show_default=True)
+@click.option("--steps", type=int, default=None, help="Training steps (default: the quickstart preset's).")
+@click.option("--no-progress", is_flag=True)
+def quickstart(out: Path, steps: int | None, no_progress: bool) -> None:
+    """Pretrain a tiny ViT with DINO + SP on generated scenes, evaluate, export ONNX + engine, bench.
+
+    Minutes on a CPU; nothing is downloaded.
+    """
+    from wherevit.pipeline import quickstart as run_quickstart
+
+    _run(run_quickstart, out, steps, progress=not no_progress, echo=click.echo)
+
+
+@main.command()
 def presets() -> None:
     """List the config presets shipped in configs/."""
     from wherevit.train.config import preset_names
@@ -212,6 +226,41 @@ def serve(artifact: str, host: str, port: int, name: str | None, backend: str, m
     batching = _run(BatchingConfig, mb, max_wait_ms, max_queue, timeout_ms)
     cfg = ServeConfig(host=host, port=port, name=name, batching=batching, max_request_mb=max_request_mb)
     _run(serve_fn, artifact, cfg, backend)
+
+
+@main.command()
+@click.argument("target")
+@click.option("--backends", default="all", show_default=True,
+              help="Comma list of ort-cpu, ort-cuda, ort-trt, tensorrt, torch-eager, torch-compile, torch-compile-cudagraphs.")
+@click.option("--batch", "batches", default="1,8", show_default=True, help="Comma list of batch sizes.")
+@click.option("--precision", "precisions", default="fp32", show_default=True, help="Comma list of fp32, fp16, bf16.")
+@click.option("--reference", default=None, help="Checkpoint for the PyTorch rows and parity (default: the sidecar's).")
+@click.option("--no-copies", is_flag=True, help="Time device work only (inputs already on the GPU) where the backend allows.")
+@click.option("--min-seconds", type=float, default=1.0, show_default=True, help="Minimum timed duration per row.")
+@click.option("--min-iters", type=int, default=10, show_default=True)
+@click.option("--warmup", type=int, default=3, show_default=True)
+@click.option("--imgsz", type=int, default=None, help="Input size when TARGET is a checkpoint.")
+@click.option("-o", "--out", "out", type=click.Path(file_okay=False, path_type=Path), default=Path("bench"), show_default=True)
+def bench(target: str, backends: str, batches: str, precisions: str, reference: str | None, no_copies: bool,
+          min_seconds: float, min_iters: int, warmup: int, imgsz: int | None, out: Path) -> None:
+    """Latency / throughput table across backends for an artifact or a checkpoint.
+
+    TARGET is an exported artifact (its siblings in the same folder join in) or a checkpoint /
+    timm model name, which is exported first. Writes bench.json, bench.csv and bench.png to --out.
+    """
+    from wherevit.runtime.bench import ALL_BACKENDS, BenchRequest, TimingConfig, format_table, run_bench
+
+    names = ALL_BACKENDS if backends == "all" else tuple(b.strip() for b in backends.split(",") if b.strip())
+    try:
+        bs = tuple(int(b) for b in batches.split(","))
+    except ValueError:
+        raise click.BadParameter(f"{batches!r} is not a comma list of integers", param_hint="--batch") from None
+    req = BenchRequest(target, out, names, bs, tuple(p.strip() for p in precisions.split(",")), reference, not no_copies,
+                       TimingConfig(warmup=warmup, min_iters=min_iters, min_seconds=min_seconds), imgsz)
+    rows, paths = _run(run_bench, req)
+    click.echo(format_table(rows))
+    for kind, p in paths.items():
+        click.echo(f"{kind}: {p}")
 
 
 @main.group()

@@ -1,0 +1,373 @@
+"""Latency and throughput of every backend on the same weights, inputs and batch sizes.
+
+Timing rules: warm-up runs are excluded (compilation, engine load, first-call allocation); each
+measurement repeats until both a minimum count and a minimum duration are reached; work on a GPU
+is synchronised before the clock stops; inputs rotate among several distinct random buffers (never
+zeros) so caches do not flatter. Each row also carries parity against the PyTorch fp32 reference.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import platform
+import subprocess
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from wherevit.io import atomic_write_text
+from wherevit.runtime.compare import compare
+
+__all__ = ["BenchRow", "BenchRequest", "TimingConfig", "time_callable", "machine_info", "write_results", "format_table",
+           "run_bench", "ALL_BACKENDS"]
+
+
+@dataclass
+class TimingConfig:
+    warmup: int = 3
+    min_iters: int = 10
+    min_seconds: float = 1.0
+    max_iters: int = 10_000
+    n_buffers: int = 4
+
+
+@dataclass
+class BenchRow:
+    backend: str
+    precision: str
+    batch: int
+    status: str  # ok | skipped | failed
+    reason: str = ""
+    p50_ms: float | None = None
+    p90_ms: float | None = None
+    p99_ms: float | None = None
+    mean_ms: float | None = None
+    throughput_ips: float | None = None
+    iters: int | None = None
+    rel_l2: float | None = None
+    max_abs: float | None = None
+    parity_ok: bool | None = None
+    artifact: str | None = None
+    artifact_bytes: int | None = None
+    h2d_ms: float | None = None
+    compute_ms: float | None = None
+    d2h_ms: float | None = None
+    extra: dict = field(default_factory=dict)
+
+
+def time_callable(fn: Callable[[int], object], cfg: TimingConfig, sync: Callable[[], None] | None = None) -> dict:
+    """Time ``fn(i)`` (i selects the input buffer): warm-up, then until min count and min time."""
+    for i in range(cfg.warmup):
+        fn(i % cfg.n_buffers)
+    if sync:
+        sync()
+    times = []
+    start = time.perf_counter()
+    i = 0
+    while (i < cfg.min_iters or time.perf_counter() - start < cfg.min_seconds) and i < cfg.max_iters:
+        t0 = time.perf_counter()
+        fn(i % cfg.n_buffers)
+        if sync:
+            sync()
+        times.append(time.perf_counter() - t0)
+        i += 1
+    ms = np.array(times) * 1000
+    return {"p50_ms": float(np.percentile(ms, 50)), "p90_ms": float(np.percentile(ms, 90)),
+            "p99_ms": float(np.percentile(ms, 99)), "mean_ms": float(ms.mean()), "iters": int(ms.size)}
+
+
+def parity_fields(reference: dict[str, np.ndarray] | None, got: dict[str, np.ndarray], rtol: float) -> dict:
+    if reference is None:
+        return {}
+    cmp = compare({k: v for k, v in reference.items() if k in got}, got, rtol)
+    return {"rel_l2": cmp.worst_rel_l2, "max_abs": max((o.max_abs for o in cmp.outputs), default=None), "parity_ok": bool(cmp)}
+
+
+def _versions() -> dict:
+    out = {}
+    for mod in ("numpy", "onnxruntime", "torch", "timm", "tensorrt", "tensorrt_rtx", "cv2"):
+        try:
+            m = __import__(mod)
+            out[mod] = str(getattr(m, "__version__", "?"))
+        except Exception:
+            out[mod] = None
+    return out
+
+
+def machine_info() -> dict:
+    info = {"platform": platform.platform(), "python": platform.python_version(), "cpu": platform.processor() or platform.machine(),
+            "cores_available": len(os.sched_getaffinity(0)), "versions": _versions(), "gpu": None}
+    try:
+        with open("/proc/cpuinfo") as fh:
+            info["cpu"] = next((ln.split(":", 1)[1].strip() for ln in fh if ln.startswith("model name")), info["cpu"])
+    except OSError:
+        pass
+    try:
+        q = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version,memory.total,compute_cap", "--format=csv,noheader"],
+                           capture_output=True, text=True, timeout=10)
+        if q.returncode == 0 and q.stdout.strip():
+            info["gpu"] = q.stdout.strip()
+    except (OSError, subprocess.TimeoutExpired):
+        pass
+    return info
+
+
+def format_table(rows: list[BenchRow]) -> str:
+    head = f"{'backend':<26}{'prec':<6}{'batch':>6}  {'status':<8}{'p50 ms':>9}{'p90 ms':>9}{'p99 ms':>9}{'img/s':>10}{'rel_l2':>10}  note"
+    lines = [head, "-" * len(head)]
+    f = lambda v, fmt: format(v, fmt) if v is not None else "-".rjust(int(fmt.split(".")[0]))
+    for r in rows:
+        note = r.reason if r.status != "ok" else ("PARITY FAIL" if r.parity_ok is False else "")
+        lines.append(f"{r.backend:<26}{r.precision:<6}{r.batch:>6}  {r.status:<8}{f(r.p50_ms, '9.3f')}{f(r.p90_ms, '9.3f')}"
+                     f"{f(r.p99_ms, '9.3f')}{f(r.throughput_ips, '10.1f')}{f(r.rel_l2, '10.2e')}  {note}")
+    return "\n".join(lines)
+
+
+def write_results(rows: list[BenchRow], out_dir: Path, meta: dict) -> dict[str, Path]:
+    """bench.json (rows + machine + settings), bench.csv, and bench.png when matplotlib is present."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = {"json": out_dir / "bench.json", "csv": out_dir / "bench.csv"}
+    atomic_write_text(paths["json"], json.dumps({**meta, "rows": [asdict(r) for r in rows]}, indent=2))
+    fields = [k for k in asdict(rows[0]) if k != "extra"] if rows else []
+    import io
+
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=fields, extrasaction="ignore")
+    w.writeheader()
+    for r in rows:
+        w.writerow(asdict(r))
+    atomic_write_text(paths["csv"], buf.getvalue())
+    png = _plot(rows, out_dir / "bench.png")
+    if png:
+        paths["png"] = png
+    return paths
+
+
+def _plot(rows: list[BenchRow], path: Path) -> Path | None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    ok = [r for r in rows if r.status == "ok"]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
+    for key in sorted({(r.backend, r.precision) for r in ok}):
+        pts = sorted((r.batch, r.p50_ms, r.throughput_ips) for r in ok if (r.backend, r.precision) == key)
+        b = [p[0] for p in pts]
+        ax1.plot(b, [p[1] for p in pts], marker="o", label=f"{key[0]} {key[1]}")
+        ax2.plot(b, [p[2] for p in pts], marker="o", label=f"{key[0]} {key[1]}")
+    for ax, title, ylabel in ((ax1, "latency (p50)", "ms"), (ax2, "throughput", "images / s")):
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xlabel("batch size")
+        ax.set_ylabel(ylabel)
+        ax.set_title(title)
+        ax.grid(True, which="both", alpha=0.3)
+    ax2.legend(fontsize=8)
+    fig.tight_layout()
+    tmp = path.with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path
+
+
+# -- orchestration ------------------------------------------------------------------------------
+
+RUNTIME_BACKENDS = ("ort-cpu", "ort-cuda", "ort-trt", "tensorrt")
+TORCH_BACKENDS = ("torch-eager", "torch-compile", "torch-compile-cudagraphs")
+ALL_BACKENDS = RUNTIME_BACKENDS + TORCH_BACKENDS
+
+
+@dataclass
+class BenchRequest:
+    target: str  # an artifact (.onnx/.engine with sidecar) or a checkpoint / timm name
+    out_dir: Path
+    backends: tuple[str, ...] = ALL_BACKENDS
+    batches: tuple[int, ...] = (1, 8)
+    precisions: tuple[str, ...] = ("fp32",)
+    reference: str | None = None  # checkpoint for PyTorch rows and parity (default: from the sidecar)
+    include_copies: bool = True
+    timing: TimingConfig = field(default_factory=TimingConfig)
+    imgsz: int | None = None
+    progress: bool = True
+
+
+def _torch_device() -> str:
+    try:
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    except ImportError:
+        return "cpu"
+
+
+def _artifacts_for(req: BenchRequest) -> tuple[dict[tuple[str, str], Path], str | None]:
+    """(kind, precision) -> artifact path, and the checkpoint for PyTorch rows."""
+    from wherevit.runtime.sidecar import read_sidecar, sidecar_path
+
+    target = Path(req.target)
+    if target.is_file() and sidecar_path(target).is_file():
+        meta = read_sidecar(target)
+        arts = {(meta["kind"], meta["precision"]): target}
+        for other in target.parent.glob("model_*.*"):  # siblings exported together
+            if sidecar_path(other).is_file() and other.suffix in (".onnx", ".engine"):
+                m = read_sidecar(other, verify_hash=False)
+                arts.setdefault((m["kind"], m["precision"]), other)
+        ckpt = req.reference or meta.get("model", {}).get("checkpoint")
+        return arts, ckpt
+    # A checkpoint: export what the requested backends need into out_dir/artifacts.
+    from wherevit.export.api import ExportRequest, export_artifacts
+
+    arts = {}
+    hi = max(req.batches)
+    batch = (1, min(8, hi), hi)
+    want_engine = "tensorrt" in req.backends and _torch_device() == "cuda"
+    for p in req.precisions:
+        fmt = "engine" if want_engine else "onnx"
+        try:
+            res = export_artifacts(ExportRequest(req.target, req.out_dir / "artifacts", format=fmt, precision=p, batch=batch,
+                                                 imgsz=req.imgsz))
+        except Exception as e:
+            if fmt == "engine":
+                res = export_artifacts(ExportRequest(req.target, req.out_dir / "artifacts", precision=p, batch=batch, imgsz=req.imgsz))
+                res.notes.append(f"engine build failed: {e}")
+            else:
+                raise
+        arts[("onnx", p)] = res.onnx
+        if res.engine:
+            arts[("engine", p)] = res.engine
+    return arts, req.reference or req.target
+
+
+def run_bench(req: BenchRequest) -> tuple[list[BenchRow], dict[str, Path]]:
+    """Benchmark every (backend, precision, batch); returns rows and the written files."""
+    from tqdm import tqdm
+
+    from wherevit.runtime.backends import registered_backends
+    from wherevit.runtime.compare import DEFAULT_RTOL
+    from wherevit.runtime.sidecar import read_sidecar
+
+    unknown = set(req.backends) - set(ALL_BACKENDS)
+    if unknown:
+        raise ValueError(f"unknown backend(s) {sorted(unknown)}; choose from {', '.join(ALL_BACKENDS)}")
+    arts, ckpt = _artifacts_for(req)
+    any_art = next(iter(arts.values()))
+    meta0 = read_sidecar(any_art)
+    c, h, w = [int(d) for d in meta0["inputs"][0]["shape"][1:]]
+    rng = np.random.default_rng(0)
+    buffers = {b: [rng.standard_normal((b, c, h, w)).astype(np.float32) for _ in range(req.timing.n_buffers)] for b in req.batches}
+
+    # The PyTorch fp32 reference, once per batch size.
+    ref_out, torch_reason = {}, None
+    try:
+        from wherevit.export.torch_runners import TorchRunner, torch_unavailable_reason
+    except ImportError as e:
+        torch_reason = f"PyTorch is not installed ({e.name}); pip install 'wherevit[export]'"
+    if torch_reason is None and not ckpt:
+        torch_reason = "no checkpoint for the PyTorch reference (pass --reference)"
+    if torch_reason is None:
+        try:
+            ref_runner = TorchRunner(ckpt, "torch-eager", "fp32", "cpu", imgsz=(h, w) if (h, w) != (224, 224) else None)
+            ref_out = {b: ref_runner.infer({"images": buffers[b][0]}) for b in req.batches}
+        except Exception as e:
+            torch_reason = f"cannot load the PyTorch reference {ckpt!r}: {e}"
+    device = _torch_device()
+    rows: list[BenchRow] = []
+    combos = [(p, be) for p in req.precisions for be in req.backends]
+    bar = tqdm(total=len(combos) * len(req.batches), desc="bench", unit="row", disable=not req.progress)
+    for prec, name in combos:
+        rtol = DEFAULT_RTOL[prec]
+
+        def skip(reason: str) -> None:
+            for b in req.batches:
+                rows.append(BenchRow(name, prec, b, "skipped", reason))
+                bar.update()
+
+        if name in TORCH_BACKENDS:
+            if torch_reason:
+                skip(torch_reason)
+                continue
+            reason = torch_unavailable_reason(name, prec, device)
+            if reason:
+                skip(reason)
+                continue
+            try:
+                runner = TorchRunner(ckpt, name, prec, device, imgsz=(h, w) if (h, w) != (224, 224) else None)
+            except Exception as e:
+                skip(f"failed to build: {type(e).__name__}: {e}")
+                continue
+            for b in req.batches:
+                rows.append(_bench_torch(runner, name, prec, b, buffers[b], ref_out.get(b), rtol, req, device))
+                bar.update()
+            continue
+
+        cls = registered_backends()[name]
+        kind = cls.kinds[0]
+        art = arts.get((kind, prec))
+        if art is None:
+            skip(f"no {prec} {kind} artifact (export one with --format {'engine' if kind == 'engine' else 'onnx'} --precision {prec})")
+            continue
+        meta = read_sidecar(art)
+        reason = cls.unavailable_reason(meta)
+        if reason:
+            skip(reason)
+            continue
+        try:
+            backend = cls(art, meta).activate()
+        except Exception as e:
+            skip(f"failed to load: {type(e).__name__}: {e}")
+            continue
+        try:
+            for b in req.batches:
+                if not meta["batch"]["min"] <= b <= meta["batch"]["max"]:
+                    rows.append(BenchRow(name, prec, b, "skipped", f"batch {b} outside the artifact's {meta['batch']['min']}..{meta['batch']['max']}"))
+                else:
+                    rows.append(_bench_backend(backend, name, prec, b, buffers[b], ref_out.get(b), rtol, art, req.timing))
+                bar.update()
+        finally:
+            backend.deactivate()
+    bar.close()
+    settings = {"target": str(req.target), "reference": ckpt, "batches": list(req.batches), "precisions": list(req.precisions),
+                "include_copies": req.include_copies, "timing": asdict(req.timing), "input_shape": [c, h, w],
+                "torch_device": device}
+    return rows, write_results(rows, req.out_dir, {"machine": machine_info(), "settings": settings})
+
+
+def _bench_backend(backend, name, prec, b, bufs, ref, rtol, art: Path, timing: TimingConfig) -> BenchRow:
+    feed = lambda i: backend.infer({backend.meta["inputs"][0]["name"]: bufs[i]})
+    try:
+        t = time_callable(feed, timing)
+        out = feed(0)
+    except Exception as e:
+        return BenchRow(name, prec, b, "failed", f"{type(e).__name__}: {e}")
+    row = BenchRow(name, prec, b, "ok", **t, throughput_ips=b * 1000 / t["mean_ms"], artifact=str(art),
+                   artifact_bytes=art.stat().st_size, **parity_fields(ref, out, rtol))
+    split = getattr(backend, "last_timings", None)
+    if split:
+        row.h2d_ms, row.compute_ms, row.d2h_ms = split.get("h2d_ms"), split.get("compute_ms"), split.get("d2h_ms")
+    return row
+
+
+def _bench_torch(runner, name, prec, b, bufs, ref, rtol, req: BenchRequest, device: str) -> BenchRow:
+    import torch
+
+    try:
+        if req.include_copies:
+            fn = lambda i: runner.infer({"images": bufs[i]})
+        else:
+            dev = [torch.from_numpy(x).to(device) for x in bufs]
+            fn = lambda i: runner.infer_device(dev[i])
+        t = time_callable(fn, req.timing, sync=runner.sync)
+        out = runner.infer({"images": bufs[0]})
+    except Exception as e:
+        return BenchRow(name, prec, b, "failed", f"{type(e).__name__}: {str(e)[:300]}")
+    return BenchRow(name, prec, b, "ok", **t, throughput_ips=b * 1000 / t["mean_ms"], **parity_fields(ref, out, rtol))
+
