@@ -47,8 +47,9 @@ def main(verbose: bool) -> None:
 
 
 @main.command()
-@click.option("-c", "--config", "config", default="quickstart", show_default=True,
-              help="Preset name (see `wherevit presets`) or path to a YAML config.")
+@click.option("-c", "--config", "config", default=None,
+              help="Preset name (see `wherevit presets`) or path to a YAML config. Default: quickstart, or the "
+                   "run's own config.yaml with --resume.")
 @click.option("-s", "--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="Override a config value, e.g. --set total_steps=100 --set plugins.sp.weight=1.0 (repeatable).")
 @click.option("-o", "--out", "out", type=click.Path(file_okay=False, path_type=Path), default=None,
@@ -57,7 +58,7 @@ def main(verbose: bool) -> None:
 @click.option("--stop-at", type=int, default=None, help="Stop at this step (schedules still span total_steps).")
 @click.option("--no-plugins", is_flag=True, help="Drop every plug-in from the config (a plain DINO run).")
 @click.option("--no-progress", is_flag=True, help="No progress bar (metrics still go to metrics.jsonl).")
-def train(config: str, overrides: tuple[str, ...], out: Path | None, resume: bool, stop_at: int | None,
+def train(config: str | None, overrides: tuple[str, ...], out: Path | None, resume: bool, stop_at: int | None,
           no_plugins: bool, no_progress: bool) -> None:
     """Pretrain a ViT with DINO self-distillation and the configured spatial plug-ins.
 
@@ -70,8 +71,9 @@ def train(config: str, overrides: tuple[str, ...], out: Path | None, resume: boo
     from wherevit.train.config import load_train_config
     from wherevit.train.loop import train as train_fn
 
-    if resume and out is not None and (out / "config.yaml").is_file() and config == "quickstart" and not overrides:
-        config = str(out / "config.yaml")  # resume with the run's own config by default
+    if config is None:
+        own = out / "config.yaml" if (resume and out is not None) else None
+        config = str(own) if own is not None and own.is_file() else "quickstart"
     cfg = _run(load_train_config, config, list(overrides))
     if no_plugins:
         cfg.plugins = {}

@@ -149,12 +149,15 @@ def load_backbone(spec: str | Path, which: str = "teacher", dynamic_img_size: bo
 
     ``spec`` is a ``backbone.safetensors``, a training checkpoint directory or run directory (the
     ``which`` network of its newest checkpoint), or a timm model name (random weights, for trying
-    export without training). ``expect_model`` guards against exporting the wrong architecture.
+    export without training; initialised from seed 0, so every call gives the same weights).
+    ``expect_model`` guards against exporting the wrong architecture.
     ``random_init`` keeps the architecture and discards the weights (the floor in evaluations).
     """
     path = Path(spec)
     if not path.exists() and "/" not in str(spec) and not str(spec).endswith(".safetensors"):
-        model = create_backbone(str(spec), pretrained=False, dynamic_img_size=dynamic_img_size).eval()
+        with torch.random.fork_rng(devices=[]):  # seeded: export, bench reference and runtime agree on the weights
+            torch.manual_seed(0)
+            model = create_backbone(str(spec), pretrained=False, dynamic_img_size=dynamic_img_size).eval()
         size = list(model.patch_embed.img_size)
         info = {"format": BACKBONE_FORMAT, "model": str(spec), "timm_kwargs": {}, "source": "random-init",
                 "step": None, "arch": describe_backbone(model),

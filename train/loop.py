@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -134,7 +135,7 @@ def train(cfg: TrainConfig, run_dir: str | Path, resume: bool = False, stop_at: 
     Run under ``torchrun`` for several processes; the same call is a single process otherwise.
     """
     run_dir = Path(run_dir)
-    local_rank = int(__import__("os").environ.get("LOCAL_RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     device = resolve_device(cfg, local_rank)
     dist_info = init_distributed(device)
     _prepare_run_dir(cfg, run_dir, resume, dist_info.is_main)

@@ -3,7 +3,7 @@
 Each image is a small outdoor-like scene: a sky gradient with a sun above a horizon, a ground plane
 with a perspective checkerboard that recedes towards the horizon (texture frequency encodes height
 and depth), fog near the horizon, and objects standing on the ground whose size shrinks with
-distance and whose shading follows the sun. Position and scale are therefore readable from
+distance and whose shading follows the sun, under lens vignetting. Position and scale are therefore readable from
 content, which is what the spatial pretext tasks (and the spatial evaluation) need; a data set of
 pure noise or centred blobs would not let SP learn anything.
 """
@@ -88,6 +88,9 @@ def render_scene(seed: int, size: int | tuple[int, int] = 96) -> np.ndarray:
             cv2.fillPoly(mask, [pts], 1)
         img = np.where(mask[..., None] > 0, color * shade, img)
 
+    # Lens vignetting: light falls off towards the corners, as in real photographs.
+    r2 = ((xn - 0.5) ** 2 + (yn - 0.5) ** 2) / 0.5
+    img = img * (1.0 - rng.uniform(0.25, 0.45) * r2)[..., None]
     img = img + rng.normal(0, 3.0, img.shape)
     return np.clip(img, 0, 255).astype(np.uint8)
 
