@@ -8,12 +8,12 @@ wrote, so no half-made artifact is left behind.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from wherevit.export.onnx_export import FeatureModel, OnnxExportOptions, export_onnx, torch_reference
 from wherevit.export.trt_builder import build_engine, detect_flavour, plan_build
@@ -106,7 +106,7 @@ def _check_parity(ref_model: FeatureModel, onnx_path: Path, preprocess: Preproce
         got = _ort_run(onnx_path, x)
         cmp = compare(ref, got, rtol)
         report[kind] = cmp.to_dict()
-        merged.outputs += [type(o)(**{**o.__dict__, "name": f"{o.name}[{kind}]"}) for o in cmp.outputs]
+        merged.outputs += [dataclasses.replace(o, name=f"{o.name}[{kind}]") for o in cmp.outputs]
         merged.missing += cmp.missing
     return merged, report
 

@@ -17,7 +17,6 @@ import asyncio
 import logging
 import re
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 from aiohttp import web
@@ -26,7 +25,7 @@ from wherevit import __version__
 from wherevit.runtime.backends import InputError
 from wherevit.runtime.batching import BatchingConfig, DeadlineExceeded, DynamicBatcher, QueueFull, ShuttingDown
 from wherevit.runtime.image import ImageDecodeError, decode_image
-from wherevit.runtime.kserve import (ProtocolError, InferRequest, datatype_of, encode_infer_response,
+from wherevit.runtime.kserve import (ProtocolError, InferRequest, encode_infer_response,
                                      parse_infer_request, triton_type)
 from wherevit.runtime.metrics import ServerMetrics
 from wherevit.runtime.model import Model

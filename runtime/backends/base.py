@@ -112,5 +112,5 @@ class Backend(ABC):
     @abstractmethod
     def _infer_impl(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]: ...
 
-    def _deactivate_impl(self) -> None:
-        pass
+    def _deactivate_impl(self) -> None:  # noqa: B027 (optional hook: most backends hold nothing to free)
+        """Release what ``_activate_impl`` acquired (optional)."""

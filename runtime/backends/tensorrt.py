@@ -77,6 +77,8 @@ class TensorrtEngine(Backend):
             raise EngineMismatch(f"{lib} could not deserialise {self.artifact} (see the messages above)")
         self.context = self.engine.create_execution_context()
         self.stream = cuda_check(self.rt.cudaStreamCreate())
+        self.events = [cuda_check(self.rt.cudaEventCreate()) for _ in range(4)]
+        self.last_timings: dict[str, float] | None = None
         self.buffers: dict[str, tuple[int, int]] = {}  # name -> (device pointer, bytes)
         self.io = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
         self.dtypes = {n: np.dtype(trt.nptype(self.engine.get_tensor_dtype(n))) for n in self.io}
@@ -91,8 +93,10 @@ class TensorrtEngine(Backend):
         return ptr
 
     def _infer_impl(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        rt, trt = self.rt, self.trt
+        rt = self.rt
+        ev = self.events
         h2d, d2h = rt.cudaMemcpyKind.cudaMemcpyHostToDevice, rt.cudaMemcpyKind.cudaMemcpyDeviceToHost
+        cuda_check(rt.cudaEventRecord(ev[0], self.stream))
         for name, x in feeds.items():
             x = np.ascontiguousarray(x, dtype=self.dtypes[name])
             self.context.set_input_shape(name, x.shape)
@@ -105,16 +109,24 @@ class TensorrtEngine(Backend):
             out = np.empty(shape, self.dtypes[name])
             self.context.set_tensor_address(name, self._buffer(name, max(out.nbytes, 1)))
             outs[name] = out
+        cuda_check(rt.cudaEventRecord(ev[1], self.stream))
         if not self.context.execute_async_v3(self.stream):
             raise RuntimeError(f"{self.meta['engine']['library']} execution failed")
+        cuda_check(rt.cudaEventRecord(ev[2], self.stream))
         for name, out in outs.items():
             cuda_check(rt.cudaMemcpyAsync(out.ctypes.data, self.buffers[name][0], out.nbytes, d2h, self.stream))
+        cuda_check(rt.cudaEventRecord(ev[3], self.stream))
         cuda_check(rt.cudaStreamSynchronize(self.stream))
+        # trtexec's split: host-to-device copies, GPU compute, device-to-host copies (ms)
+        span = [cuda_check(rt.cudaEventElapsedTime(ev[i], ev[i + 1])) for i in range(3)]
+        self.last_timings = {"h2d_ms": span[0], "compute_ms": span[1], "d2h_ms": span[2]}
         return {k: v.astype(np.float32, copy=False) for k, v in outs.items()}
 
     def _deactivate_impl(self) -> None:
         for ptr, _ in self.buffers.values():
             cuda_check(self.rt.cudaFree(ptr))
         self.buffers.clear()
+        for e in self.events:
+            cuda_check(self.rt.cudaEventDestroy(e))
         cuda_check(self.rt.cudaStreamDestroy(self.stream))
         self.context = self.engine = self.runtime = None

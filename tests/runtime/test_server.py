@@ -1,7 +1,6 @@
 """A live `wherevit serve` process on loopback, driven by the real tritonclient.http client."""
 
 import concurrent.futures as cf
-import os
 import re
 import signal
 import socket
