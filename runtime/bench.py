@@ -13,6 +13,7 @@ import json
 import os
 import platform
 import subprocess
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -335,7 +336,7 @@ def run_bench(req: BenchRequest) -> tuple[list[BenchRow], dict[str, Path]]:
         finally:
             backend.deactivate()
     bar.close()
-    settings = {"target": str(req.target), "reference": ckpt, "batches": list(req.batches), "precisions": list(req.precisions),
+    settings = {"command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]), "target": str(req.target), "reference": ckpt, "batches": list(req.batches), "precisions": list(req.precisions),
                 "include_copies": req.include_copies, "timing": asdict(req.timing), "input_shape": [c, h, w],
                 "torch_device": device}
     return rows, write_results(rows, req.out_dir, {"machine": machine_info(), "settings": settings})
