@@ -28,7 +28,7 @@ from wherevit.io import atomic_write_text, atomic_write_with, check_writable_dir
 from wherevit.train.backbone import create_backbone, describe_backbone
 
 __all__ = [
-    "CheckpointError", "save_checkpoint", "load_checkpoint", "latest_checkpoint",
+    "CheckpointError", "save_checkpoint", "load_checkpoint", "latest_checkpoint", "rng_state",
     "save_backbone", "load_backbone", "BACKBONE_FORMAT",
 ]
 
@@ -48,9 +48,17 @@ def latest_checkpoint(run_dir: str | Path) -> Path | None:
     return ckpt if (ckpt / "model.safetensors").is_file() else None
 
 
+def rng_state() -> dict[str, Any]:
+    """This process's RNG state (drop-path and any other torch randomness)."""
+    return {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state() if torch.cuda.is_initialized() else None}
+
+
 def save_checkpoint(run_dir: str | Path, step: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                    config: dict, keep: int = 2) -> Path:
-    """Write checkpoint ``step`` atomically and prune all but the newest ``keep``."""
+                    config: dict, keep: int = 2, rng_states: list[dict] | None = None) -> Path:
+    """Write checkpoint ``step`` atomically and prune all but the newest ``keep``.
+
+    ``rng_states`` holds one ``rng_state()`` per rank (rank order), so every rank resumes its own stream.
+    """
     root = check_writable_dir(Path(run_dir) / "checkpoints")
     name = f"step_{step:08d}"
     final = root / name
@@ -60,9 +68,7 @@ def save_checkpoint(run_dir: str | Path, step: int, model: torch.nn.Module, opti
     meta = {"config": json.dumps(config), "step": str(step), "wherevit_version": __version__}
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     save_file(state, str(tmp / "model.safetensors"), metadata=meta)
-    resumable: dict[str, Any] = {"step": step, "optimizer": optimizer.state_dict(), "torch_rng": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        resumable["cuda_rng"] = torch.cuda.get_rng_state_all()
+    resumable: dict[str, Any] = {"step": step, "optimizer": optimizer.state_dict(), "rng": rng_states or [rng_state()]}
     torch.save(resumable, tmp / "state.pt")
     if final.exists():
         shutil.rmtree(final)
@@ -85,8 +91,13 @@ def _load_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, st
         raise CheckpointError(f"{path}: not a readable safetensors file ({e}); is it truncated or corrupt?") from e
 
 
-def load_checkpoint(ckpt_dir: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None = None) -> int:
-    """Restore weights (and optimizer, RNG) from a checkpoint directory; returns its step."""
+def load_checkpoint(ckpt_dir: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None = None,
+                    rank: int = 0, world_size: int = 1) -> tuple[int, bool]:
+    """Restore weights, optimizer and this rank's RNG from a checkpoint directory.
+
+    Returns ``(step, rng_restored)``; the RNG is not restored when the checkpoint was written by a
+    different number of ranks (the caller reseeds: the run continues, but not bit for bit).
+    """
     ckpt_dir = Path(ckpt_dir)
     state, _meta = _load_safetensors(ckpt_dir / "model.safetensors")
     try:
@@ -102,10 +113,13 @@ def load_checkpoint(ckpt_dir: str | Path, model: torch.nn.Module, optimizer: tor
         raise CheckpointError(f"{st_path}: unreadable resumable state ({e})") from e
     if optimizer is not None:
         optimizer.load_state_dict(st["optimizer"])
-    torch.set_rng_state(st["torch_rng"])
-    if "cuda_rng" in st and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(st["cuda_rng"])
-    return int(st["step"])
+    states = st.get("rng") or []
+    restored = len(states) == world_size
+    if restored:
+        torch.set_rng_state(states[rank]["torch"])
+        if states[rank].get("cuda") is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state(states[rank]["cuda"])
+    return int(st["step"]), restored
 
 
 def save_backbone(path: str | Path, backbone: torch.nn.Module, model_name: str, timm_kwargs: dict,

@@ -18,7 +18,8 @@ from wherevit.config import ConfigError, from_dict, to_dict
 from wherevit.io import atomic_write_text, check_writable_dir
 from wherevit.runtime.image import IMAGENET_MEAN, IMAGENET_STD
 from wherevit.train.backbone import timm_kwargs
-from wherevit.train.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint, save_backbone, save_checkpoint
+from wherevit.train.checkpoint import (CheckpointError, latest_checkpoint, load_checkpoint, rng_state, save_backbone,
+                                      save_checkpoint)
 from wherevit.train.config import TrainConfig
 from wherevit.train.data.dataset import MultiCrop, SSLDataset, StepBatchSampler
 from wherevit.train.data.sources import ImageFolder, ImageSource
@@ -144,10 +145,12 @@ def train(cfg: TrainConfig, run_dir: str | Path, resume: bool = False, stop_at: 
     torch.manual_seed(cfg.seed)  # identical init on every rank (DDP also broadcasts rank 0's)
     meta = SSLMetaArch(cfg).to(device)
     optimizer = build_optimizer(meta.student, cfg)
-    start = 0
+    start, rng_restored = 0, False
     if resume:
-        start = load_checkpoint(latest_checkpoint(run_dir), meta, optimizer)
-    if dist_info.enabled:
+        start, rng_restored = load_checkpoint(latest_checkpoint(run_dir), meta, optimizer, dist_info.rank, dist_info.world_size)
+        if not rng_restored and dist_info.is_main:
+            log.warning("checkpoint was written by a different number of ranks: RNG streams are reseeded")
+    if dist_info.enabled and not rng_restored:
         torch.manual_seed(cfg.seed + 1000 * dist_info.rank + start)  # independent drop-path per rank
     if cfg.compile:
         meta.student.backbone.compile()
@@ -213,8 +216,9 @@ def train(cfg: TrainConfig, run_dir: str | Path, resume: bool = False, stop_at: 
                 logger.log(step, logs_f)
                 t_last, n_last = now, 0
             if step % cfg.ckpt_every == 0 or step == stop:
+                rngs = _gather(rng_state(), dist_info)
                 if dist_info.is_main:
-                    save_checkpoint(run_dir, step, meta, optimizer, to_dict(cfg), cfg.keep_ckpts)
+                    save_checkpoint(run_dir, step, meta, optimizer, to_dict(cfg), cfg.keep_ckpts, rngs)
                 barrier()
     finally:
         logger.close()
@@ -231,6 +235,15 @@ def train(cfg: TrainConfig, run_dir: str | Path, resume: bool = False, stop_at: 
             logger.message(f"{len(skipped)} unreadable image(s) were skipped (listed above)")
     barrier()
     return TrainResult(run_dir, step, backbone_path, logs_f, list(skipped))
+
+
+def _gather(obj: Any, dist_info: DistInfo) -> list:
+    """``obj`` from every rank, in rank order (a list of one without DDP)."""
+    if not dist_info.enabled:
+        return [obj]
+    out = [None] * dist_info.world_size
+    torch.distributed.all_gather_object(out, obj)
+    return out
 
 
 def _global_mean(logs: dict[str, torch.Tensor], dist_info: DistInfo) -> dict[str, float]:
