@@ -1,0 +1,1 @@
+"""Downstream heads on frozen features: depth, segmentation, relative pose."""

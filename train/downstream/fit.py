@@ -1,0 +1,163 @@
+"""Train a head on frozen features and measure it on held-out scenes (``wherevit train-head``).
+
+Features are extracted once from the frozen backbone (CLS + patch grid per view); the head trains
+on them with AdamW. Every result carries a chance-level baseline computed on the same split:
+depth -> predicting the training set's mean depth everywhere; segmentation -> predicting the most
+frequent training class everywhere; pose -> predicting the mean training rotation and translation.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors.torch import save_file
+from tqdm import tqdm
+
+from wherevit.io import atomic_write_text, atomic_write_with
+from wherevit.runtime.image import IMAGENET_MEAN, IMAGENET_STD
+from wherevit.train.backbone import BackboneFeatures, backbone_features
+from wherevit.train.data.scenes3d import CLASSES
+from wherevit.train.downstream.datasets import folder_splits, synthetic_splits
+from wherevit.train.downstream.heads import DepthBinsHead, LinearSegHead, RelPoseHead, geodesic_loss, silog_loss
+from wherevit.train.evals.dense_metrics import confusion_matrix, depth_metrics, mean_iou, pose_metrics
+
+__all__ = ["HeadTrainConfig", "TASKS", "extract_features", "fit_head", "load_task_data"]
+
+TASKS = ("depth", "seg", "pose")
+
+
+@dataclass
+class HeadTrainConfig:
+    n_train: int = 600  # scene pairs (each gives two views)
+    n_test: int = 200
+    size: int = 64
+    epochs: int = 30
+    batch_size: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    seed: int = 0
+    train_seed: int = 71  # scene seeds: disjoint from each other and from pretraining data
+    test_seed: int = 72
+    cache_dir: str | None = None
+
+
+@torch.no_grad()
+def extract_features(backbone: torch.nn.Module, rgb: np.ndarray, batch_size: int = 128) -> BackboneFeatures:
+    """(N, H, W, 3) uint8 RGB -> frozen features (CPU tensors)."""
+    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    device = next(backbone.parameters()).device
+    cls, patch, grid = [], [], None
+    for i in range(0, len(rgb), batch_size):
+        x = (torch.from_numpy(rgb[i : i + batch_size]).permute(0, 3, 1, 2).float() / 255 - mean) / std
+        f = backbone_features(backbone.eval(), x.to(device))
+        cls.append(f.cls.float().cpu())
+        patch.append(f.patch.float().cpu())
+        grid = f.grid
+    return BackboneFeatures(torch.cat(cls), torch.cat(patch), grid)
+
+
+def _batches(n: int, bs: int, rng: np.random.Generator):
+    idx = rng.permutation(n)
+    for i in range(0, n, bs):
+        yield torch.from_numpy(idx[i : i + bs])
+
+
+def load_task_data(task: str, data: str, cfg: HeadTrainConfig, n_classes: int = len(CLASSES), reduce_zero_label: bool = False):
+    """``data`` is "synthetic" (generated scenes) or a folder in the task's layout -> (train, test) splits."""
+    if data == "synthetic":
+        return synthetic_splits(task, cfg.n_train, cfg.n_test, cfg.size, cfg.train_seed, cfg.test_seed, cfg.cache_dir)
+    return folder_splits(task, data, cfg.size, n_classes, reduce_zero_label)
+
+
+def fit_head(task: str, backbone: torch.nn.Module, cfg: HeadTrainConfig | None = None, progress: bool = True,
+             out_dir: Path | None = None, splits: tuple | None = None, n_classes: int = len(CLASSES),
+             class_names: list[str] | None = None) -> tuple[torch.nn.Module, dict]:
+    """Train head ``task`` ("depth", "seg", "pose") on frozen ``backbone`` features; return (head, metrics).
+
+    ``splits`` is a (train, test) pair from ``load_task_data``; default: generated scenes per ``cfg``.
+    """
+    if task not in TASKS:
+        raise ValueError(f"unknown task {task!r}; choose from {', '.join(TASKS)}")
+    cfg = cfg or HeadTrainConfig()
+    torch.manual_seed(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+    train_split, test_split = splits or load_task_data(task, "synthetic", cfg)
+    dim = int(backbone.embed_dim)
+    hw = tuple((train_split.rgb_a if task == "pose" else train_split.rgb).shape[1:3])
+    class_names = class_names or (list(CLASSES) if n_classes == len(CLASSES) else [str(i) for i in range(n_classes)])
+
+    if task == "pose":
+        feats = {s: [extract_features(backbone, sp.rgb_a), extract_features(backbone, sp.rgb_b)]
+                 for s, sp in (("train", train_split), ("test", test_split))}
+        head = RelPoseHead(dim)
+        T = {s: torch.from_numpy(sp.T_ab.astype(np.float32)) for s, sp in (("train", train_split), ("test", test_split))}
+        n = len(T["train"])
+    else:
+        feats = {s: extract_features(backbone, sp.rgb) for s, sp in (("train", train_split), ("test", test_split))}
+        head = DepthBinsHead(dim) if task == "depth" else LinearSegHead(dim, n_classes)
+        targets = {s: torch.from_numpy(sp.depth.astype(np.float32) if task == "depth" else sp.labels.astype(np.int64))
+                   for s, sp in (("train", train_split), ("test", test_split))}
+        n = len(targets["train"])
+
+    opt = torch.optim.AdamW(head.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, cfg.epochs)
+    losses = []
+    for _ in tqdm(range(cfg.epochs), desc=f"train-head {task}", disable=not progress):
+        head.train()
+        for idx in _batches(n, cfg.batch_size, rng):
+            if task == "pose":
+                fa, fb = (f[idx] for f in feats["train"])
+                R, t = head(fa, fb)
+                Tg = T["train"][idx]
+                loss = geodesic_loss(R, Tg[:, :3, :3]) + F.l1_loss(t, Tg[:, :3, 3])
+            elif task == "depth":
+                loss = silog_loss(head(feats["train"][idx], hw), targets["train"][idx])
+            else:
+                loss = F.cross_entropy(head(feats["train"][idx], hw), targets["train"][idx], ignore_index=255)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            losses.append(loss.item())
+        sched.step()
+
+    head.eval()
+    with torch.no_grad():
+        if task == "pose":
+            R, t = head(*feats["test"])
+            Tg = T["test"].numpy()
+            metrics = pose_metrics(R.numpy(), t.numpy(), Tg[:, :3, :3], Tg[:, :3, 3])
+            Ttr = T["train"].numpy()
+            U, _, Vt = np.linalg.svd(Ttr[:, :3, :3].mean(0))  # chordal mean rotation
+            R_mean = np.broadcast_to(U @ Vt, Tg[:, :3, :3].shape)
+            t_mean = np.broadcast_to(Ttr[:, :3, 3].mean(0), Tg[:, :3, 3].shape)
+            metrics["baseline"] = pose_metrics(R_mean, t_mean, Tg[:, :3, :3], Tg[:, :3, 3])
+        elif task == "depth":
+            pred = torch.cat([head(feats["test"][i : i + 256], hw) for i in range(0, len(targets["test"]), 256)])
+            gt = targets["test"].numpy()
+            metrics = depth_metrics(pred.numpy(), gt)
+            tr = targets["train"].numpy()
+            metrics["baseline"] = depth_metrics(np.full_like(gt, tr[tr > 0].mean()), gt)
+        else:
+            logits = torch.cat([head(feats["test"][i : i + 256], hw) for i in range(0, len(targets["test"]), 256)])
+            gt = targets["test"].numpy()
+            metrics = mean_iou(confusion_matrix(logits.argmax(1).numpy(), gt, n_classes))
+            tr = targets["train"].numpy().reshape(-1)
+            majority = np.bincount(tr[tr != 255], minlength=n_classes).argmax()
+            metrics["baseline"] = mean_iou(confusion_matrix(np.full_like(gt, majority), gt, n_classes))
+            metrics["classes"] = class_names
+    metrics.update({"task": task, "first_loss": losses[0], "last_loss": float(np.mean(losses[-5:])), "config": asdict(cfg)})
+    if out_dir is not None:
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        state = {k: v.detach().contiguous() for k, v in head.state_dict().items()}
+        meta = {"wherevit": json.dumps({"format": "wherevit.head/1", "task": task, "embed_dim": dim, "classes": class_names,
+                                        "n_classes": n_classes, "image_size": list(hw)})}
+        atomic_write_with(out_dir / f"head_{task}.safetensors", lambda tmp: save_file(state, str(tmp), metadata=meta))
+        atomic_write_text(out_dir / f"head_{task}.json", json.dumps(metrics, indent=2))
+    return head, metrics
