@@ -167,9 +167,11 @@ def eval_spatial(checkpoint: str, which: str, random_init: bool, n_images: int, 
 @click.option("--workspace-mb", type=int, default=4096, show_default=True)
 @click.option("--rtol", type=float, default=None, help="Parity tolerance on relative L2 error (default by precision).")
 @click.option("--model", "expect_model", default=None, help="Fail unless the checkpoint holds this timm model.")
+@click.option("--head", default=None, type=click.Path(exists=True, dir_okay=False),
+              help="A head_<task>.safetensors from `wherevit train-head`: export backbone + head as one graph.")
 def export(checkpoint: str, fmt: str, precision: str, batch: str, imgsz: int | None, out: Path, which: str,
            dynamic_hw: bool, no_pooled: bool, trt_lib: str, ccs: str | None, strongly_typed: bool | None,
-           workspace_mb: int, rtol: float | None, expect_model: str | None) -> None:
+           workspace_mb: int, rtol: float | None, expect_model: str | None, head: str | None) -> None:
     """Export a backbone to ONNX (and a TensorRT engine), parity-checked, each with a sidecar JSON.
 
     CHECKPOINT is a run directory, checkpoint directory, backbone.safetensors, or a timm model
@@ -182,7 +184,7 @@ def export(checkpoint: str, fmt: str, precision: str, batch: str, imgsz: int | N
         checkpoint=checkpoint, out_dir=out, format=fmt, precision=precision, batch=_run(parse_batch, batch),
         imgsz=imgsz, which=which, dynamic_hw=dynamic_hw, pooled=not no_pooled, trt_lib=trt_lib,
         compute_capabilities=_run(parse_compute_capabilities, ccs), strongly_typed=strongly_typed,
-        workspace_mb=workspace_mb, rtol=rtol, expect_model=expect_model,
+        workspace_mb=workspace_mb, rtol=rtol, expect_model=expect_model, head=head,
     )
     if dynamic_hw and fmt == "engine":
         raise click.UsageError("--dynamic-hw is for ONNX only; engines are built for one input size (use --imgsz)")

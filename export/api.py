@@ -21,7 +21,7 @@ from wherevit.io import check_writable_dir, sha256_file
 from wherevit.runtime.compare import DEFAULT_RTOL, Comparison, compare
 from wherevit.runtime.image import IMAGENET_MEAN, IMAGENET_STD, Preprocess
 from wherevit.runtime.sidecar import sidecar_path, write_sidecar
-from wherevit.train.checkpoint import load_backbone
+from wherevit.train.checkpoint import CheckpointError, load_backbone
 
 __all__ = ["ExportRequest", "ExportResult", "ParityError", "parse_batch", "export_artifacts", "parity_inputs"]
 
@@ -69,6 +69,7 @@ class ExportRequest:
     rtol: float | None = None
     expect_model: str | None = None
     opset: int = 18
+    head: str | None = None  # head_<task>.safetensors from `wherevit train-head`: export backbone + head as one graph
 
 
 @dataclass
@@ -80,30 +81,32 @@ class ExportResult:
     notes: list[str] = field(default_factory=list)
 
 
-def parity_inputs(preprocess: Preprocess, batch: int = 3, seed: int = 0) -> dict[str, np.ndarray]:
-    """Fresh random images and generated scenes, preprocessed exactly as the runtime does."""
+def parity_inputs(preprocess: Preprocess, input_names: list[str], batch: int = 3, seed: int = 0) -> dict[str, dict[str, np.ndarray]]:
+    """Fresh random images and generated scenes per input, preprocessed exactly as the runtime does."""
     from wherevit.train.data.synthetic import render_scene
 
     rng = np.random.default_rng(seed)
     h, w = preprocess.size
-    random = rng.standard_normal((batch, 3, h, w)).astype(np.float32)
-    scenes = preprocess([render_scene(10_000 + seed * 97 + i, (h, w)) for i in range(batch)])
+    random = {n: rng.standard_normal((batch, 3, h, w)).astype(np.float32) for n in input_names}
+    scenes = {n: preprocess([render_scene(10_000 + seed * 97 + 13 * k + i, (h, w)) for i in range(batch)])
+              for k, n in enumerate(input_names)}
     return {"random": random, "scenes": scenes}
 
 
-def _ort_run(path: Path, images: np.ndarray) -> dict[str, np.ndarray]:
+def _ort_run(path: Path, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     import onnxruntime as ort
 
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     names = [o.name for o in sess.get_outputs()]
-    return dict(zip(names, sess.run(names, {sess.get_inputs()[0].name: images})))
+    return dict(zip(names, sess.run(names, feeds)))
 
 
-def _check_parity(ref_model: FeatureModel, onnx_path: Path, preprocess: Preprocess, rtol: float) -> tuple[Comparison, dict]:
+def _check_parity(ref_model, onnx_path: Path, preprocess: Preprocess, rtol: float) -> tuple[Comparison, dict]:
+    """Float outputs are compared (integer outputs such as argmax labels derive from them)."""
     report, merged = {}, Comparison()
-    for kind, x in parity_inputs(preprocess).items():
-        ref = torch_reference(ref_model, x)
-        got = _ort_run(onnx_path, x)
+    for kind, feeds in parity_inputs(preprocess, ref_model.input_names).items():
+        ref = {k: v for k, v in torch_reference(ref_model, feeds).items() if np.issubdtype(v.dtype, np.floating)}
+        got = _ort_run(onnx_path, feeds)
         cmp = compare(ref, got, rtol)
         report[kind] = cmp.to_dict()
         merged.outputs += [dataclasses.replace(o, name=f"{o.name}[{kind}]") for o in cmp.outputs]
@@ -139,13 +142,24 @@ def export_artifacts(req: ExportRequest) -> ExportResult:
     pp_info = info.get("preprocess", {})
     preprocess = Preprocess(size=size, mean=tuple(pp_info.get("mean", IMAGENET_MEAN)), std=tuple(pp_info.get("std", IMAGENET_STD)),
                             resize=pp_info.get("resize", "stretch"))
-    ref_model = FeatureModel(copy.deepcopy(model), "fp32", req.pooled).eval()
+    head = head_meta = None
+    if req.head:
+        from wherevit.export.head_models import HeadModel, load_head
+
+        head, head_meta = load_head(req.head)
+        if head_meta["embed_dim"] != int(model.embed_dim):
+            raise CheckpointError(f"{req.head} is a head for width {head_meta['embed_dim']}, the backbone is {model.embed_dim} wide")
+        make = lambda bb, prec: HeadModel(bb, copy.deepcopy(head), head_meta, prec).eval()
+    else:
+        make = lambda bb, prec: FeatureModel(bb, prec, req.pooled).eval()
+    ref_model = make(copy.deepcopy(model), "fp32")
     onnx_precision = plan.onnx_precision if plan else req.precision
     rtol = req.rtol or DEFAULT_RTOL[onnx_precision]
-    result = ExportResult(onnx=out_dir / f"model_{onnx_precision}.onnx")
+    stem = head_meta["task"] if head_meta else "model"
+    result = ExportResult(onnx=out_dir / f"{stem}_{onnx_precision}.onnx")
     written: list[Path] = []
     try:
-        fm = FeatureModel(model, onnx_precision, req.pooled).eval()
+        fm = make(model, onnx_precision)
         opts = OnnxExportOptions(onnx_precision, batch, size, req.dynamic_hw, req.pooled, req.opset)
         written.append(result.onnx)
         facts = export_onnx(fm, result.onnx, opts)
@@ -162,15 +176,15 @@ def export_artifacts(req: ExportRequest) -> ExportResult:
             result.notes.append(parity["skipped"])
         d = int(model.embed_dim)
         gh, gw = size[0] // p[0], size[1] // p[1]
-        meta = _feature_meta(info, req, preprocess, batch, onnx_precision, d, (gh, gw), parity)
+        meta = _artifact_meta(fm, info, req, preprocess, batch, onnx_precision, d, (gh, gw), parity, head_meta)
         meta["onnx"] = facts
         written.append(sidecar_path(result.onnx))
         result.sidecars.append(write_sidecar(result.onnx, {"kind": "onnx", **meta}))
 
         if plan is not None:
-            result.engine = out_dir / f"model_{req.precision}.engine"
+            result.engine = out_dir / f"{stem}_{req.precision}.engine"
             written.append(result.engine)
-            eng = build_engine(result.onnx, result.engine, plan, "images", (3, *size), batch, req.workspace_mb,
+            eng = build_engine(result.onnx, result.engine, plan, fm.input_names, (3, *size), batch, req.workspace_mb,
                                timing_cache=out_dir / f".timing_cache.{plan.flavour.module}.bin")
             emeta = {**meta, "precision": req.precision, "engine": eng, "onnx": facts}
             emeta["parity"] = {"onnx": parity, "engine": {"passed": None, "skipped": "engine parity runs where the engine runs (wherevit bench on its GPU)"}}
@@ -183,25 +197,22 @@ def export_artifacts(req: ExportRequest) -> ExportResult:
     return result
 
 
-def _feature_meta(info: dict, req: ExportRequest, pre: Preprocess, batch, precision: str, dim: int, grid, parity) -> dict:
+def _artifact_meta(model, info: dict, req: ExportRequest, pre: Preprocess, batch, precision: str, dim: int, grid, parity,
+                   head_meta: dict | None) -> dict:
     h, w = pre.size
-    outputs = [
-        {"name": "cls", "dtype": "float32", "shape": [-1, dim], "meaning": "CLS token after the final norm"},
-        {"name": "patch_tokens", "dtype": "float32", "shape": [-1, -1 if req.dynamic_hw else grid[0] * grid[1], dim],
-         "grid": None if req.dynamic_hw else list(grid),
-         "meaning": "patch tokens after the final norm, row-major over the patch grid"},
-    ]
-    if req.pooled:
-        outputs.append({"name": "pooled", "dtype": "float32", "shape": [-1, dim], "meaning": "mean of patch_tokens"})
-    return {
-        "task": "features",
+    hw = [-1, -1] if req.dynamic_hw else [h, w]
+    meta = {
+        "task": head_meta["task"] if head_meta else "features",
         "model": {k: info.get(k) for k in ("model", "timm_kwargs", "arch", "source", "step")} | {"checkpoint": str(req.checkpoint)},
-        "inputs": [{"name": "images", "dtype": "float32", "shape": [-1, 3, -1 if req.dynamic_hw else h, -1 if req.dynamic_hw else w],
-                    "layout": "NCHW", "meaning": "RGB images, preprocessed as `preprocess` says"}],
-        "outputs": outputs,
+        "inputs": [{"name": n, "dtype": "float32", "shape": [-1, 3, *hw], "layout": "NCHW",
+                    "meaning": "RGB images, preprocessed as `preprocess` says"} for n in model.input_names],
+        "outputs": model.output_meta(dim, None if req.dynamic_hw else grid),
         "preprocess": pre.to_dict(),
         "batch": {"min": batch[0], "opt": batch[1], "max": batch[2]},
         "dynamic_hw": req.dynamic_hw,
         "precision": precision,
         "parity": parity,
     }
+    if head_meta:
+        meta["head"] = {**head_meta, "file": str(req.head)}
+    return meta

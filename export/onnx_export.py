@@ -60,6 +60,20 @@ class FeatureModel(nn.Module):
                     setattr(parent, name.rsplit(".", 1)[-1], FP32LayerNorm(mod))
         self.pooled = pooled
 
+    input_names = ["images"]
+
+    def output_meta(self, dim: int, grid: tuple[int, int] | None) -> list[dict]:
+        """Sidecar entries for the outputs (shape -1 = dynamic)."""
+        n = -1 if grid is None else grid[0] * grid[1]
+        out = [
+            {"name": "cls", "dtype": "float32", "shape": [-1, dim], "meaning": "CLS token after the final norm"},
+            {"name": "patch_tokens", "dtype": "float32", "shape": [-1, n, dim], "grid": None if grid is None else list(grid),
+             "meaning": "patch tokens after the final norm, row-major over the patch grid"},
+        ]
+        if self.pooled:
+            out.append({"name": "pooled", "dtype": "float32", "shape": [-1, dim], "meaning": "mean of patch_tokens"})
+        return out
+
     @property
     def output_names(self) -> list[str]:
         return ["cls", "patch_tokens"] + (["pooled"] if self.pooled else [])
@@ -83,12 +97,12 @@ class OnnxExportOptions:
     simplify: bool = True
 
 
-def export_onnx(model: FeatureModel, out: Path, opts: OnnxExportOptions) -> dict:
+def export_onnx(model: nn.Module, out: Path, opts: OnnxExportOptions) -> dict:
     """Export ``model`` to ``out`` atomically; returns facts for the sidecar."""
     if opts.opset < 17:
         raise ValueError(f"opset {opts.opset} < 17 would split LayerNorm into primitive ops; use >= 17")
     h, w = opts.imgsz
-    example = torch.randn(2, 3, h, w)
+    example = tuple(torch.randn(2, 3, h, w) for _ in model.input_names)
     batch = torch.export.Dim("batch", min=1, max=max(opts.batch[2], 2))
     dyn = {0: batch}
     if opts.dynamic_hw:
@@ -101,8 +115,9 @@ def export_onnx(model: FeatureModel, out: Path, opts: OnnxExportOptions) -> dict
         with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
             warnings.simplefilter("ignore")
             prog = torch.onnx.export(
-                model, (example,), dynamo=True, input_names=["images"], output_names=model.output_names,
-                dynamic_shapes=(dyn,), opset_version=opts.opset, external_data=False, verbose=False,
+                model, example, dynamo=True, input_names=list(model.input_names), output_names=model.output_names,
+                dynamic_shapes=tuple(dyn for _ in model.input_names), opset_version=opts.opset, external_data=False,
+                verbose=False,
             )
         proto = prog.model_proto
         _name_dims(proto, opts.dynamic_hw)
@@ -126,7 +141,7 @@ def _name_dims(proto: onnx.ModelProto, dynamic_hw: bool) -> None:
         dims = vi.type.tensor_type.shape.dim
         if len(dims) and not dims[0].HasField("dim_value"):
             dims[0].dim_param = "batch"
-        if vi.name == "images" and dynamic_hw:
+        if vi.name.startswith("images") and dynamic_hw:
             dims[2].dim_param, dims[3].dim_param = "height", "width"
         if vi.name == "patch_tokens" and dynamic_hw and not dims[1].HasField("dim_value"):
             dims[1].dim_param = "num_patches"
@@ -156,8 +171,8 @@ def check_onnx(proto: onnx.ModelProto) -> None:
         raise ValueError(f"exported ONNX graph failed validation: {e}") from e
 
 
-def torch_reference(model: FeatureModel, images: np.ndarray) -> dict[str, np.ndarray]:
-    """Run the (float32) wrapped model in PyTorch on a float32 NCHW batch."""
+def torch_reference(model: nn.Module, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Run a wrapped export model in PyTorch on float32 NCHW batches, by input name."""
     with torch.no_grad():
-        outs = model(torch.from_numpy(images))
+        outs = model(*(torch.from_numpy(feeds[n]) for n in model.input_names))
     return {n: o.numpy() for n, o in zip(model.output_names, outs)}

@@ -142,9 +142,11 @@ def detect_flavour(lib: str = "auto") -> TrtFlavour:
     )
 
 
-def build_engine(onnx_path: Path, out: Path, plan: BuildPlan, input_name: str, input_chw: tuple[int, int, int],
+def build_engine(onnx_path: Path, out: Path, plan: BuildPlan, input_names: str | list[str], input_chw: tuple[int, int, int],
                  batch: tuple[int, int, int], workspace_mb: int = 4096, timing_cache: Path | None = None) -> dict:
-    """Parse ``onnx_path``, build per ``plan`` with one optimisation profile, write the plan atomically."""
+    """Parse ``onnx_path``, build per ``plan`` with one optimisation profile (the same batch range for
+    every input), write the plan atomically."""
+    input_names = [input_names] if isinstance(input_names, str) else list(input_names)
     trt = importlib.import_module(plan.flavour.module)
     logger = _CapturingLogger(trt)
     t0 = time.perf_counter()
@@ -176,7 +178,8 @@ def build_engine(onnx_path: Path, out: Path, plan: BuildPlan, input_name: str, i
             config.set_compute_capability(member, i)
     profile = builder.create_optimization_profile()
     c, h, w = input_chw
-    profile.set_shape(input_name, (batch[0], c, h, w), (batch[1], c, h, w), (batch[2], c, h, w))
+    for name in input_names:
+        profile.set_shape(name, (batch[0], c, h, w), (batch[1], c, h, w), (batch[2], c, h, w))
     config.add_optimization_profile(profile)
     cache = None
     if timing_cache is not None and not plan.flavour.is_rtx and hasattr(config, "create_timing_cache"):  # RTX: no-op
@@ -198,7 +201,7 @@ def build_engine(onnx_path: Path, out: Path, plan: BuildPlan, input_name: str, i
         "builder_flags": list(plan.builder_flags),
         # RTX: the requested targets; full TensorRT: the GPU it was built on (engines are tied to it)
         "compute_capabilities": [f"{cc[2:-1]}.{cc[-1]}" for cc in plan.compute_capabilities] or _build_gpu_cc(),
-        "profile": {"input": input_name, "min": [batch[0], c, h, w], "opt": [batch[1], c, h, w], "max": [batch[2], c, h, w]},
+        "profile": {"inputs": input_names, "min": [batch[0], c, h, w], "opt": [batch[1], c, h, w], "max": [batch[2], c, h, w]},
         "workspace_mb": workspace_mb,
         "build_seconds": round(time.perf_counter() - t0, 2),
         "warnings": logger.warnings[-10:],

@@ -52,16 +52,29 @@ class BatchObserver(Protocol):
     def rejected(self, reason: str) -> None: ...
 
 
+Payload = "np.ndarray | dict[str, np.ndarray]"  # one array, or several inputs with the same batch size
+
+
+def _rows(x) -> int:
+    return (next(iter(x.values())) if isinstance(x, dict) else x).shape[0]
+
+
+def _concat(xs: list):
+    if isinstance(xs[0], dict):
+        return {k: np.concatenate([x[k] for x in xs]) for k in xs[0]}
+    return np.concatenate(xs)
+
+
 @dataclass
 class _Item:
-    x: np.ndarray
+    x: "np.ndarray | dict[str, np.ndarray]"
     deadline: float
     arrived: float
     future: asyncio.Future = field(repr=False)
 
 
 class DynamicBatcher:
-    def __init__(self, execute: Callable[[np.ndarray], dict[str, np.ndarray]], cfg: BatchingConfig,
+    def __init__(self, execute: Callable[..., dict[str, np.ndarray]], cfg: BatchingConfig,
                  observer: BatchObserver | None = None):
         self.execute, self.cfg, self.observer = execute, cfg, observer
         self._queue: asyncio.Queue[_Item] | None = None
@@ -79,12 +92,12 @@ class DynamicBatcher:
         self._accepting = True
         self._task = asyncio.create_task(self._loop(), name="wherevit-batcher")
 
-    async def run_direct(self, x: np.ndarray) -> dict[str, np.ndarray]:
+    async def run_direct(self, x) -> dict[str, np.ndarray]:
         """Run one batch on the worker thread, bypassing the queue (used for warm-up)."""
         return await asyncio.get_running_loop().run_in_executor(self._pool, self.execute, x)
 
-    async def submit(self, x: np.ndarray, timeout_ms: float | None = None) -> dict[str, np.ndarray]:
-        """Queue ``x`` (N, ...) and wait for its N rows of every output."""
+    async def submit(self, x, timeout_ms: float | None = None) -> dict[str, np.ndarray]:
+        """Queue ``x`` -- an (N, ...) array, or a dict of them sharing N -- and wait for its N rows of every output."""
         if not self._accepting:
             raise ShuttingDown("server is shutting down")
         now = time.monotonic()
@@ -123,7 +136,7 @@ class DynamicBatcher:
             if first is None:
                 stopping = True
                 continue
-            batch, n = [first], first.x.shape[0]
+            batch, n = [first], _rows(first.x)
             close_at = first.arrived + self.cfg.max_wait_ms / 1000.0
             while n < self.cfg.max_batch and not stopping:
                 remaining = close_at - time.monotonic()
@@ -134,11 +147,11 @@ class DynamicBatcher:
                 if item is None:
                     stopping = True
                     break
-                if n + item.x.shape[0] > self.cfg.max_batch:
+                if n + _rows(item.x) > self.cfg.max_batch:
                     self._carry = item  # first in line for the next batch
                     break
                 batch.append(item)
-                n += item.x.shape[0]
+                n += _rows(item.x)
             await self._run(batch)
 
     async def _run(self, batch: list[_Item]) -> None:
@@ -156,7 +169,7 @@ class DynamicBatcher:
                 live.append(it)
         if not live:
             return
-        x = live[0].x if len(live) == 1 else np.concatenate([it.x for it in live])
+        x = live[0].x if len(live) == 1 else _concat([it.x for it in live])
         t0 = time.monotonic()
         try:
             out = await asyncio.get_running_loop().run_in_executor(self._pool, self.execute, x)
@@ -168,10 +181,10 @@ class DynamicBatcher:
         compute = time.monotonic() - t0
         start = 0
         for it in live:
-            stop = start + it.x.shape[0]
+            stop = start + _rows(it.x)
             if not it.future.done():
                 it.future.set_result({k: v[start:stop] for k, v in out.items()})
             start = stop
         if self.observer:
-            self.observer.batch_done(x.shape[0], [t0 - it.arrived for it in live], compute)
+            self.observer.batch_done(_rows(x), [t0 - it.arrived for it in live], compute)
             self.observer.queued(self.depth)

@@ -65,7 +65,9 @@ class Model:
         self.artifact = Path(artifact)
         self.meta = read_sidecar(self.artifact)
         self.preprocess = Preprocess.from_dict(self.meta["preprocess"])
-        self.input_name = self.meta["inputs"][0]["name"]
+        self.input_names = [i["name"] for i in self.meta["inputs"]]
+        self.input_name = self.input_names[0]
+        self.task = self.meta.get("task", "features")
         self.output_names = [o["name"] for o in self.meta["outputs"]]
         grid = next((o.get("grid") for o in self.meta["outputs"] if o["name"] == "patch_tokens"), None)
         self.grid = tuple(grid) if grid else None
@@ -129,25 +131,46 @@ class Model:
             raise InputError("no images given")
         return self.run(self.preprocess(rgb))
 
+    def predict(self, images: Sequence[ImageLike], images_b: Sequence[ImageLike] | None = None, color_order: str = "RGB") -> Features:
+        """Head outputs (depth, seg logits/labels, or pose from ``images`` and ``images_b``) for raw images."""
+        groups = [images] if images_b is None else [images, images_b]
+        if len(groups) != len(self.input_names):
+            raise InputError(f"this {self.task} artifact takes {len(self.input_names)} image set(s): {self.input_names}")
+        feeds = {n: self.preprocess(self.load_images(g, color_order)) for n, g in zip(self.input_names, groups)}
+        return self.run_inputs(feeds)
+
     def run(self, batch: np.ndarray) -> Features:
-        """Features for an already preprocessed float32 NCHW batch of any size."""
-        if not isinstance(batch, np.ndarray) or batch.ndim != 4:
-            raise InputError(f"expected a float32 NCHW array, got {getattr(batch, 'shape', type(batch).__name__)}")
+        """Outputs for an already preprocessed float32 NCHW batch of any size (single-input artifacts)."""
+        if len(self.input_names) != 1:
+            raise InputError(f"this artifact takes inputs {self.input_names}; use run_inputs({{name: batch}})")
+        return self.run_inputs({self.input_name: batch})
+
+    def run_inputs(self, feeds: dict[str, np.ndarray]) -> Features:
+        """Outputs for preprocessed float32 NCHW batches by input name (all the same batch size)."""
+        if set(feeds) != set(self.input_names):
+            raise InputError(f"inputs must be {self.input_names}, got {sorted(feeds)}")
+        for name, b in feeds.items():
+            if not isinstance(b, np.ndarray) or b.ndim != 4:
+                raise InputError(f"input {name!r}: expected a float32 NCHW array, got {getattr(b, 'shape', type(b).__name__)}")
+        sizes = {b.shape[0] for b in feeds.values()}
+        if len(sizes) != 1:
+            raise InputError(f"inputs have different batch sizes {sorted(sizes)}")
+        total = sizes.pop()
         chunks = []
         lo, hi = int(self.batch["min"]), self.max_batch
-        for start in range(0, batch.shape[0], hi):
-            x = batch[start : start + hi]
-            n = x.shape[0]
+        for start in range(0, total, hi):
+            x = {k: v[start : start + hi] for k, v in feeds.items()}
+            n = min(hi, total - start)
             if n < lo:  # pad only to the profile minimum
-                x = np.concatenate([x, np.repeat(x[-1:], lo - n, axis=0)])
-            out = self.backend.infer({self.input_name: x})
+                x = {k: np.concatenate([v, np.repeat(v[-1:], lo - n, axis=0)]) for k, v in x.items()}
+            out = self.backend.infer(x)
             chunks.append({k: v[:n] for k, v in out.items()})
         return Features({k: np.concatenate([c[k] for c in chunks]) for k in self.output_names}, self.grid)
 
 
     # The server's batcher needs plain arrays by name.
-    def run_outputs(self, batch: np.ndarray) -> dict[str, np.ndarray]:
-        return self.run(batch).outputs
+    def run_outputs(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return self.run_inputs(feeds).outputs
 
 
 def load(artifact: str | os.PathLike, backend: str = "auto", **backend_opts) -> Model:

@@ -6,6 +6,10 @@ Two models are served from one artifact and one batcher:
 * ``<name>_images``  input ``image_bytes`` BYTES [-1], encoded JPEG/PNG/WebP/BMP; the server decodes
                      and preprocesses them exactly as the sidecar says
 
+Artifacts with several image inputs (relative pose: ``images_a``, ``images_b``) get one BYTES input per
+image input (``image_bytes_a``, ``image_bytes_b``). Outputs are whatever the sidecar lists: features,
+a depth map, segmentation logits and labels, or a pose.
+
 Endpoints: ``GET /v2``, ``/v2/health/live``, ``/v2/health/ready``, ``/v2/models/<m>``,
 ``/v2/models/<m>/ready``, ``/v2/models/<m>/config`` (Triton's shape), ``POST /v2/models/<m>/infer``
 (JSON and binary tensor data), and ``GET /metrics`` (Prometheus). Binds to 127.0.0.1 by default.
@@ -65,6 +69,7 @@ class InferenceService:
         self.ready = False
         spec = model.meta["inputs"][0]
         self.input_shape = [int(d) for d in spec["shape"][1:]]
+        self.bytes_names = {n: n.replace("images", "image_bytes", 1) for n in model.input_names}
 
     # -- lifecycle --------------------------------------------------------------------------
     async def start(self) -> None:
@@ -72,8 +77,8 @@ class InferenceService:
         if self.cfg.warmup:  # first-call allocation and kernel selection happen here, not on a client
             shape = [d if d > 0 else s for d, s in zip(self.input_shape, [3, *self.model.preprocess.size])]
             for b in sorted({int(self.model.batch["opt"]), min(self.cfg.batching.max_batch, self.model.max_batch)}):
-                x = np.random.default_rng(0).standard_normal((b, *shape)).astype(np.float32)
-                await self.batcher.run_direct(x)
+                rng = np.random.default_rng(0)
+                await self.batcher.run_direct({n: rng.standard_normal((b, *shape)).astype(np.float32) for n in self.model.input_names})
         self.ready = True
 
     async def stop(self) -> None:
@@ -89,9 +94,9 @@ class InferenceService:
         outs = [{"name": o["name"], "datatype": _NP_TO_KSERVE[o["dtype"]], "shape": [int(d) for d in o["shape"]]}
                 for o in self.model.meta["outputs"]]
         if name == self.images_name:
-            ins = [{"name": "image_bytes", "datatype": "BYTES", "shape": [-1]}]
+            ins = [{"name": self.bytes_names[n], "datatype": "BYTES", "shape": [-1]} for n in self.model.input_names]
         else:
-            ins = [{"name": self.model.input_name, "datatype": "FP32", "shape": [-1, *self.input_shape]}]
+            ins = [{"name": n, "datatype": "FP32", "shape": [-1, *self.input_shape]} for n in self.model.input_names]
         return ins, outs
 
     def server_metadata(self) -> dict:
@@ -123,22 +128,29 @@ class InferenceService:
         }
 
     # -- inference --------------------------------------------------------------------------
-    def _tensor_batch(self, name: str, req: InferRequest) -> np.ndarray:
-        want = "image_bytes" if name == self.images_name else self.model.input_name
-        if set(req.inputs) != {want}:
-            raise ProtocolError(f"model {name!r} takes exactly one input {want!r}, got {sorted(req.inputs)}")
-        x = req.inputs[want]
-        if name == self.images_name:
-            if req.datatypes[want] != "BYTES" or len(x) == 0:
-                raise ProtocolError(f"input {want!r} must be a non-empty BYTES tensor of encoded images")
-            images = [decode_image(b, what=f"image_bytes[{i}]") for i, b in enumerate(x)]
-            return self.model.preprocess(images)
-        if req.datatypes[want] != "FP32":
-            raise ProtocolError(f"input {want!r}: datatype {req.datatypes[want]}, expected FP32")
-        if x.ndim != 1 + len(self.input_shape) or x.shape[0] < 1 or any(
-                d > 0 and d != s for d, s in zip(self.input_shape, x.shape[1:])):
-            raise ProtocolError(f"input {want!r}: shape {list(x.shape)}, expected [-1, {', '.join(map(str, self.input_shape))}]")
-        return np.ascontiguousarray(x, dtype=np.float32)
+    def _tensor_batch(self, name: str, req: InferRequest) -> dict[str, np.ndarray]:
+        """Validated, preprocessed float32 batches by artifact input name."""
+        images = name == self.images_name
+        want = {self.bytes_names[n] if images else n: n for n in self.model.input_names}
+        if set(req.inputs) != set(want):
+            raise ProtocolError(f"model {name!r} takes input(s) {sorted(want)}, got {sorted(req.inputs)}")
+        feeds = {}
+        for wire, art in want.items():
+            x = req.inputs[wire]
+            if images:
+                if req.datatypes[wire] != "BYTES" or len(x) == 0:
+                    raise ProtocolError(f"input {wire!r} must be a non-empty BYTES tensor of encoded images")
+                feeds[art] = self.model.preprocess([decode_image(b, what=f"{wire}[{i}]") for i, b in enumerate(x)])
+                continue
+            if req.datatypes[wire] != "FP32":
+                raise ProtocolError(f"input {wire!r}: datatype {req.datatypes[wire]}, expected FP32")
+            if x.ndim != 1 + len(self.input_shape) or x.shape[0] < 1 or any(
+                    d > 0 and d != s for d, s in zip(self.input_shape, x.shape[1:])):
+                raise ProtocolError(f"input {wire!r}: shape {list(x.shape)}, expected [-1, {', '.join(map(str, self.input_shape))}]")
+            feeds[art] = np.ascontiguousarray(x, dtype=np.float32)
+        if len({v.shape[0] for v in feeds.values()}) != 1:
+            raise ProtocolError(f"inputs have different batch sizes: {[list(v.shape) for v in feeds.values()]}")
+        return feeds
 
     async def infer(self, name: str, req: InferRequest) -> dict[str, np.ndarray]:
         self._check_model(name)
@@ -150,7 +162,7 @@ class InferenceService:
             x = await asyncio.get_running_loop().run_in_executor(None, self._tensor_batch, name, req)
         else:
             x = self._tensor_batch(name, req)
-        timeout_us = req.parameters.get("timeout")
+        timeout_us = req.parameters.get("timeout")  # Triton's per-request timeout, microseconds
         return await self.batcher.submit(x, timeout_ms=timeout_us / 1000 if isinstance(timeout_us, (int, float)) and timeout_us > 0 else None)
 
 

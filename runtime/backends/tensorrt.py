@@ -120,7 +120,7 @@ class TensorrtEngine(Backend):
         # trtexec's split: host-to-device copies, GPU compute, device-to-host copies (ms)
         span = [cuda_check(rt.cudaEventElapsedTime(ev[i], ev[i + 1])) for i in range(3)]
         self.last_timings = {"h2d_ms": span[0], "compute_ms": span[1], "d2h_ms": span[2]}
-        return {k: v.astype(np.float32, copy=False) for k, v in outs.items()}
+        return {k: v.astype(np.float32) if v.dtype in (np.float16,) else v for k, v in outs.items()}
 
     def _deactivate_impl(self) -> None:
         for ptr, _ in self.buffers.values():

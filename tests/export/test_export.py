@@ -148,7 +148,7 @@ def test_tensorrt_rtx_engine_from_trained_checkpoint(trained_run, tmp_path):
     eng = meta["engine"]
     assert meta["kind"] == "engine"
     assert eng["library"] == "tensorrt_rtx" and eng["version"] == tensorrt_rtx.__version__
-    assert eng["profile"] == {"input": "images", "min": [1, 3, 32, 32], "opt": [4, 3, 32, 32], "max": [8, 3, 32, 32]}
+    assert eng["profile"] == {"inputs": ["images"], "min": [1, 3, 32, 32], "opt": [4, 3, 32, 32], "max": [8, 3, 32, 32]}
     assert eng["compute_capabilities"] == ["8.6", "8.9"]
     assert eng["network_flags"] == ["STRONGLY_TYPED"] and eng["builder_flags"] == []
     assert meta["onnx"]["sha256"] == sha256_file(res.onnx)

@@ -3,9 +3,6 @@
 import concurrent.futures as cf
 import re
 import signal
-import socket
-import subprocess
-import sys
 import time
 import urllib.request
 
@@ -16,43 +13,11 @@ import pytest
 th = pytest.importorskip("tritonclient.http", reason="tritonclient[http] is not installed")
 from tritonclient.utils import InferenceServerException  # noqa: E402
 
+from helpers import Server  # noqa: E402
 from wherevit import runtime  # noqa: E402
 from wherevit.train.data.synthetic import render_scene  # noqa: E402
 
 MODEL = "vit_tiny_patch16_224"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Server:
-    def __init__(self, artifact, *args):
-        self.port = _free_port()
-        self.url = f"127.0.0.1:{self.port}"
-        self.proc = subprocess.Popen([sys.executable, "-m", "wherevit.cli", "serve", str(artifact), "--port", str(self.port), *args],
-                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        client = th.InferenceServerClient(self.url)
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited: {self.proc.stdout.read()}")
-            try:
-                if client.is_server_ready():
-                    return
-            except Exception:
-                pass
-            time.sleep(0.2)
-        self.stop()
-        raise TimeoutError("server did not become ready")
-
-    def stop(self, sig=signal.SIGTERM, timeout=30):
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            self.proc.wait(timeout)
-        return self.proc.returncode
 
 
 @pytest.fixture(scope="module")
@@ -104,7 +69,7 @@ def test_json_and_binary_infer_match_the_library(server, onnx_artifact):
 @pytest.mark.parametrize("shape,dtype,name,msg", [
     ((1, 3, 16, 16), "FP32", "images", r"shape \[1, 3, 16, 16\], expected \[-1, 3, 32, 32\]"),
     ((1, 3, 32, 32), "FP16", "images", "datatype FP16, expected FP32"),
-    ((1, 3, 32, 32), "FP32", "pixels", "takes exactly one input 'images'"),
+    ((1, 3, 32, 32), "FP32", "pixels", r"takes input\(s\) \['images'\], got \['pixels'\]"),
 ])
 def test_bad_requests_get_400_naming_the_problem(server, shape, dtype, name, msg):
     c = th.InferenceServerClient(server.url)

@@ -1,0 +1,90 @@
+"""Backbone + head exported as one graph, served by the runtime and the server like features."""
+
+import numpy as np
+import pytest
+import torch
+
+from wherevit import runtime
+from wherevit.export.api import ExportRequest, export_artifacts
+from wherevit.export.head_models import HeadModel, load_head
+from wherevit.runtime.sidecar import read_sidecar
+from wherevit.train.checkpoint import CheckpointError, load_backbone
+from wherevit.train.data.scenes3d import render_pair
+from wherevit.train.downstream.fit import HeadTrainConfig, fit_head
+
+
+@pytest.fixture(scope="module")
+def heads(trained_run, tmp_path_factory):
+    out = tmp_path_factory.mktemp("heads")
+    backbone = load_backbone(trained_run)[0]
+    cfg = HeadTrainConfig(n_train=16, n_test=8, size=32, epochs=2, cache_dir=str(out))
+    for task in ("depth", "seg", "pose"):
+        fit_head(task, backbone, cfg, progress=False, out_dir=out)
+    return out
+
+
+@pytest.mark.parametrize("task,outputs", [("depth", ["depth"]), ("seg", ["logits", "labels"]), ("pose", ["rotation", "translation"])])
+def test_head_graph_matches_pytorch(task, outputs, heads, trained_run, tmp_path):
+    res = export_artifacts(ExportRequest(str(trained_run), tmp_path, head=str(heads / f"head_{task}.safetensors"), batch=(1, 2, 4)))
+    meta = read_sidecar(res.onnx)
+    assert res.onnx.name == f"{task}_fp32.onnx" and meta["task"] == task and meta["parity"]["passed"]
+    assert [o["name"] for o in meta["outputs"]] == outputs
+    pair = render_pair(4, 32)
+    head, hmeta = load_head(heads / f"head_{task}.safetensors")
+    ref_model = HeadModel(load_backbone(trained_run, dynamic_img_size=False)[0], head, hmeta).eval()
+    with runtime.load(res.onnx) as model:
+        if task == "pose":
+            got = model.predict([pair["a"]["rgb"]] * 3, [pair["b"]["rgb"]] * 3)
+            feeds = [torch.from_numpy(model.preprocess([pair[v]["rgb"]] * 3)) for v in "ab"]
+        else:
+            got = model.predict([pair["a"]["rgb"], pair["b"]["rgb"]])
+            feeds = [torch.from_numpy(model.preprocess([pair["a"]["rgb"], pair["b"]["rgb"]]))]
+        with torch.no_grad():
+            ref = dict(zip(ref_model.output_names, ref_model(*feeds)))
+        for name in outputs:
+            if name == "labels":
+                assert (got[name] == ref[name].numpy()).mean() > 0.99
+            else:
+                np.testing.assert_allclose(got[name], ref[name].numpy(), rtol=1e-4, atol=1e-4)
+    if task == "depth":
+        assert got["depth"].shape == (2, 32, 32)
+    if task == "pose":
+        R = got["rotation"]
+        np.testing.assert_allclose(R @ R.transpose(0, 2, 1), np.broadcast_to(np.eye(3), R.shape), atol=1e-4)
+
+
+def test_pose_artifact_needs_two_image_sets(heads, trained_run, tmp_path):
+    res = export_artifacts(ExportRequest(str(trained_run), tmp_path, head=str(heads / "head_pose.safetensors"), batch=(1, 2, 4)))
+    with runtime.load(res.onnx) as model:
+        with pytest.raises(ValueError, match="takes 2 image set"):
+            model.predict([np.zeros((32, 32, 3), np.uint8)])
+
+
+def test_a_head_for_another_width_is_refused(heads, tmp_path):
+    with pytest.raises(CheckpointError, match="head for width 64"):
+        export_artifacts(ExportRequest("vit_tiny_patch16_224", tmp_path, head=str(heads / "head_depth.safetensors"), imgsz=32))
+
+
+def test_server_serves_a_two_input_pose_graph(heads, trained_run, tmp_path):
+    th = pytest.importorskip("tritonclient.http")
+    from helpers import Server
+
+    res = export_artifacts(ExportRequest(str(trained_run), tmp_path, head=str(heads / "head_pose.safetensors"), batch=(1, 2, 4)))
+    s = Server(res.onnx)
+    try:
+        c = th.InferenceServerClient(s.url)
+        md = c.get_model_metadata("vit_tiny_patch16_224")
+        assert [i["name"] for i in md["inputs"]] == ["images_a", "images_b"]
+        xa, xb = (np.random.default_rng(i).standard_normal((2, 3, 32, 32)).astype(np.float32) for i in (1, 2))
+        ins = []
+        for name, x in (("images_a", xa), ("images_b", xb)):
+            inp = th.InferInput(name, list(x.shape), "FP32")
+            inp.set_data_from_numpy(x)
+            ins.append(inp)
+        r = c.infer("vit_tiny_patch16_224", ins)
+        with runtime.load(res.onnx) as model:
+            ref = model.run_inputs({"images_a": xa, "images_b": xb})
+        np.testing.assert_allclose(r.as_numpy("rotation"), ref["rotation"], rtol=1e-5, atol=1e-5)
+        assert [i["name"] for i in c.get_model_metadata("vit_tiny_patch16_224_images")["inputs"]] == ["image_bytes_a", "image_bytes_b"]
+    finally:
+        s.stop()
