@@ -317,6 +317,36 @@ def train_head(task: str, checkpoint: str, data_spec: str, n_classes: int | None
     click.echo(f"head -> {out / f'head_{task}.safetensors'}")
 
 
+@eval_group.command(name="jigsaw")
+@click.argument("checkpoint")
+@click.option("--random-init", is_flag=True, help="Same architecture, random weights (the floor).")
+@click.option("--n-test", type=int, default=200, show_default=True)
+def eval_jigsaw(checkpoint: str, random_init: bool, n_test: int) -> None:
+    """SP's jigsaw understanding: 3x3 tile slot prediction and recognition of the reassembled image."""
+    from wherevit.train.checkpoint import load_backbone
+    from wherevit.train.evals.jigsaw import JigsawConfig, evaluate_jigsaw
+
+    model, info = _run(load_backbone, checkpoint, random_init=random_init)
+    r = _run(evaluate_jigsaw, model, JigsawConfig(n_test=n_test, image_size=int(info["arch"]["img_size"][0])))
+    click.echo(f"jigsaw  per-tile {r['per_tile_acc']:.3f} (chance {r['chance_per_tile']:.3f})  full permutation "
+               f"{r['full_permutation_acc']:.3f}  recognition intact/shuffled/reassembled {r['recognition_intact']:.3f} / "
+               f"{r['recognition_shuffled']:.3f} / {r['recognition_reassembled']:.3f}")
+
+
+@eval_group.command(name="probes")
+@click.argument("checkpoint")
+@click.option("--random-init", is_flag=True, help="Same architecture, random weights (the floor).")
+def eval_probes(checkpoint: str, random_init: bool) -> None:
+    """k-NN (cosine, k=20, T=0.07) and linear probe on CLS features of generated scenes."""
+    from wherevit.train.checkpoint import load_backbone
+    from wherevit.train.evals.probes import ProbeConfig, evaluate_probes
+
+    model, info = _run(load_backbone, checkpoint, random_init=random_init)
+    r = _run(evaluate_probes, model, ProbeConfig(size=int(info["arch"]["img_size"][0])))
+    click.echo(f"probes  k-NN {r['knn_acc']:.3f}  linear {r['linear_acc']:.3f}  (majority class {r['chance']:.3f}; "
+               f"classes {', '.join(r['classes'])})")
+
+
 @main.group()
 def data() -> None:
     """Generated data for tests, demos and the quickstart."""

@@ -16,7 +16,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-__all__ = ["render_scene", "SyntheticScenes", "write_synthetic_folder"]
+__all__ = ["render_scene", "scene_label", "SHAPES", "SCENE_CLASSES", "SyntheticScenes", "write_synthetic_folder"]
 
 
 def _hsv_color(rng: np.random.Generator, h: float, s: tuple[float, float], v: tuple[float, float]) -> np.ndarray:
@@ -24,8 +24,22 @@ def _hsv_color(rng: np.random.Generator, h: float, s: tuple[float, float], v: tu
     return cv2.cvtColor(hsv.astype(np.uint8), cv2.COLOR_HSV2RGB)[0, 0].astype(np.float32)
 
 
-def render_scene(seed: int, size: int | tuple[int, int] = 96) -> np.ndarray:
-    """Render one scene as HxWx3 uint8 RGB. Same ``seed`` and ``size`` give the same pixels."""
+SHAPES = ("box", "ball", "cone")
+SCENE_CLASSES = ("2-3 objects", "4-5 objects")
+
+
+def scene_label(meta: dict) -> int:
+    """The class of a scene for recognition probes: how many objects it holds (a counting task, as
+    in CLEVR-count probes; the nearest object's shape was tried first and stays at chance for small
+    models)."""
+    return int(meta["n_objects"] >= 4)
+
+
+def render_scene(seed: int, size: int | tuple[int, int] = 96, return_meta: bool = False):
+    """Render one scene as HxWx3 uint8 RGB. Same ``seed`` and ``size`` give the same pixels.
+
+    With ``return_meta`` also returns ``{"nearest_shape": index into SHAPES, "n_objects": int}``
+    (the scene layout does not depend on ``size``)."""
     h, w = (size, size) if isinstance(size, int) else size
     rng = np.random.default_rng(seed)
     ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)
@@ -62,6 +76,7 @@ def render_scene(seed: int, size: int | tuple[int, int] = 96) -> np.ndarray:
 
     # Objects on the ground: nearer ones are lower and larger; shadows point away from the sun.
     n_obj = int(rng.integers(2, 6))
+    nearest = -1
     depths = np.sort(rng.uniform(1.5, 9.0, n_obj))[::-1]  # far first, so near ones occlude
     for dz in depths:
         base_y = horizon + 1.0 / dz
@@ -74,6 +89,7 @@ def render_scene(seed: int, size: int | tuple[int, int] = 96) -> np.ndarray:
         cx, by = ox * w, base_y * h
         half = s * w / 2
         kind = int(rng.integers(0, 3))
+        nearest = kind  # objects are drawn far to near: the last one drawn is the nearest
         # shadow: a dark ellipse on the ground, offset away from the sun
         sh = np.zeros((h, w), np.uint8)
         cv2.ellipse(sh, (int(cx + (ox - sun_x) * half * 2), int(by)), (max(1, int(half * 1.2)), max(1, int(half * 0.25))), 0, 0, 360, 1, -1)
@@ -92,7 +108,8 @@ def render_scene(seed: int, size: int | tuple[int, int] = 96) -> np.ndarray:
     r2 = ((xn - 0.5) ** 2 + (yn - 0.5) ** 2) / 0.5
     img = img * (1.0 - rng.uniform(0.25, 0.45) * r2)[..., None]
     img = img + rng.normal(0, 3.0, img.shape)
-    return np.clip(img, 0, 255).astype(np.uint8)
+    img = np.clip(img, 0, 255).astype(np.uint8)
+    return (img, {"nearest_shape": nearest, "n_objects": n_obj}) if return_meta else img
 
 
 class SyntheticScenes:

@@ -1,0 +1,78 @@
+"""The downstream table: DINO vs DINO + SP (same budget) vs random weights, on generated data.
+
+Pretrains both backbones with the quickstart preset if `--runs` does not hold them yet (the same
+runs `sp_vs_dino.py` makes), then for each backbone: depth, segmentation and relative-pose heads on
+frozen features (generated 3-D scene pairs), the patch-pair position/scale task, jigsaw, k-NN and
+linear probes. Writes JSON and a Markdown table.
+
+    python benchmarks/downstream_table.py --out benchmarks/results
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+
+from wherevit.train.checkpoint import load_backbone
+from wherevit.train.config import load_train_config
+from wherevit.train.downstream.fit import HeadTrainConfig, fit_head
+from wherevit.train.evals.jigsaw import JigsawConfig, evaluate_jigsaw
+from wherevit.train.evals.probes import evaluate_probes
+from wherevit.train.evals.spatial import SpatialEvalConfig, evaluate_spatial
+from wherevit.train.loop import train
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--config", default="quickstart")
+    ap.add_argument("--runs", type=Path, default=Path("runs/sp_vs_dino"))
+    ap.add_argument("--n-train", type=int, default=400)
+    ap.add_argument("--n-test", type=int, default=150)
+    ap.add_argument("--epochs", type=int, default=20)
+    ap.add_argument("--out", type=Path, default=Path("benchmarks/results"))
+    a = ap.parse_args()
+    for name in ("dino", "dino_sp"):
+        run = a.runs / name
+        if not (run / "backbone.safetensors").is_file():
+            cfg = load_train_config(a.config)
+            if name == "dino":
+                cfg.plugins = {}
+            train(cfg, run, progress=False)
+    rows = {}
+    for label, spec, rnd in (("DINO", "dino", False), ("DINO + SP", "dino_sp", False), ("random weights", "dino", True)):
+        model, info = load_backbone(a.runs / spec, random_init=rnd)
+        size = int(info["arch"]["img_size"][0])
+        hc = HeadTrainConfig(n_train=a.n_train, n_test=a.n_test, size=size, epochs=a.epochs)
+        r = {t: fit_head(t, model, hc, progress=False)[1] for t in ("depth", "seg", "pose")}
+        r["spatial"] = evaluate_spatial(model, SpatialEvalConfig(n_images=400, crop_size=32))
+        r["jigsaw"] = evaluate_jigsaw(model, JigsawConfig(n_train=200, n_test=150, image_size=size))
+        r["probes"] = evaluate_probes(model)
+        rows[label] = r
+        print(label, json.dumps({k: {kk: vv for kk, vv in v.items() if isinstance(vv, (int, float))} for k, v in r.items()}), flush=True)
+    head = ("| backbone | depth RMSE (m) | depth AbsRel | seg mIoU | pose rot. err (deg) | pose transl. dir. err (deg) | "
+            "pos/scale R^2 | 8-way rel. loc. | jigsaw per-tile | jigsaw full perm. | k-NN | linear |")
+    table = [head, "|" + " --- |" * (head.count("|") - 1)]
+    for label, r in rows.items():
+        table.append(f"| {label} | {r['depth']['rmse']:.3f} | {r['depth']['abs_rel']:.3f} | {r['seg']['miou']:.3f} | "
+                     f"{r['pose']['rot_err_median_deg']:.2f} | {r['pose']['trans_dir_err_median_deg']:.1f} | "
+                     f"{r['spatial']['position_scale']['r2_mean']:.3f} | {r['spatial']['relative_location']['acc_8way']:.3f} | "
+                     f"{r['jigsaw']['per_tile_acc']:.3f} | {r['jigsaw']['full_permutation_acc']:.3f} | "
+                     f"{r['probes']['knn_acc']:.3f} | {r['probes']['linear_acc']:.3f} |")
+    r0 = rows["DINO"]
+    table.append(f"| chance / baseline | {r0['depth']['baseline']['rmse']:.3f} | {r0['depth']['baseline']['abs_rel']:.3f} | "
+                 f"{r0['seg']['baseline']['miou']:.3f} | {r0['pose']['baseline']['rot_err_median_deg']:.2f} | "
+                 f"{r0['pose']['baseline']['trans_dir_err_median_deg']:.1f} | 0 | 0.125 | 0.111 | 0 | "
+                 f"{r0['probes']['chance']:.3f} | {r0['probes']['chance']:.3f} |")
+    print("\n".join(table))
+    a.out.mkdir(parents=True, exist_ok=True)
+    path = a.out / f"downstream_{a.config}.json"
+    path.write_text(json.dumps({"command": "python " + " ".join(sys.argv), "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                                "rows": rows, "table_md": table}, indent=2, default=str))
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
