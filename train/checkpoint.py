@@ -199,7 +199,9 @@ def load_backbone(spec: str | Path, which: str = "teacher", dynamic_img_size: bo
         raise CheckpointError(f"{file}: safetensors file without wherevit metadata (not a wherevit backbone or checkpoint)")
     if expect_model and info["model"] != expect_model:
         raise CheckpointError(f"{file} holds a {info['model']} backbone, but {expect_model} was requested")
-    model = create_backbone(info["model"], pretrained=False, dynamic_img_size=dynamic_img_size, **info["timm_kwargs"])
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)  # a random-init floor is the same random network every time
+        model = create_backbone(info["model"], pretrained=False, dynamic_img_size=dynamic_img_size, **info["timm_kwargs"])
     if random_init:
         info.update(source="random-init", step=None, file=str(file))
         info["arch"] = describe_backbone(model)
