@@ -7,7 +7,7 @@ import sys
 import time
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -15,7 +15,7 @@ def _free_port() -> int:
 
 class Server:
     def __init__(self, artifact, *args):
-        self.port = _free_port()
+        self.port = free_port()
         self.url = f"127.0.0.1:{self.port}"
         self.proc = subprocess.Popen([sys.executable, "-m", "wherevit.cli", "serve", str(artifact), "--port", str(self.port), *args],
                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

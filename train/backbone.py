@@ -13,7 +13,7 @@ import timm
 import torch
 from timm.models.vision_transformer import VisionTransformer
 
-__all__ = ["BackboneFeatures", "timm_kwargs", "create_backbone", "backbone_features", "describe_backbone"]
+__all__ = ["BackboneFeatures", "timm_kwargs", "create_backbone", "backbone_features", "describe_backbone", "embed_images"]
 
 
 @dataclass
@@ -75,6 +75,24 @@ def backbone_features(model: VisionTransformer, x: torch.Tensor) -> BackboneFeat
     n_prefix = model.num_prefix_tokens
     gh, gw = model.patch_embed.dynamic_feat_size(x.shape[-2:]) if model.dynamic_img_size else model.patch_embed.grid_size
     return BackboneFeatures(cls=tokens[:, 0], patch=tokens[:, n_prefix:], grid=(int(gh), int(gw)))
+
+
+@torch.no_grad()
+def embed_images(model: VisionTransformer, rgb, batch_size: int = 128) -> BackboneFeatures:
+    """Frozen features of (N, H, W, 3) uint8 RGB images (ImageNet normalisation), as CPU tensors."""
+    from wherevit.runtime.image import IMAGENET_MEAN, IMAGENET_STD
+
+    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    device = next(model.parameters()).device
+    cls, patch, grid = [], [], None
+    for i in range(0, len(rgb), batch_size):
+        x = (torch.from_numpy(rgb[i : i + batch_size]).permute(0, 3, 1, 2).float() / 255 - mean) / std
+        f = backbone_features(model.eval(), x.to(device))
+        cls.append(f.cls.float().cpu())
+        patch.append(f.patch.float().cpu())
+        grid = f.grid
+    return BackboneFeatures(torch.cat(cls), torch.cat(patch), grid)
 
 
 def describe_backbone(model: VisionTransformer) -> dict:

@@ -2,7 +2,6 @@
 
 import json
 import os
-import socket
 import subprocess
 import sys
 
@@ -16,6 +15,7 @@ from wherevit.train.checkpoint import CheckpointError, latest_checkpoint, load_b
 from wherevit.train.loop import train
 
 from conftest import tiny_train_dict
+from helpers import free_port
 
 
 def _losses(run_dir, key):
@@ -84,12 +84,6 @@ def test_corrupt_images_are_skipped_during_training(tiny_cfg, tmp_path):
     assert _losses(tmp_path / "run", "skipped_images")[-1] == 1
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_two_process_ddp_matches_one_process(tmp_path):
     cfg = tiny_train_dict(total_steps=3, log_every=1, ckpt_every=3)
@@ -98,7 +92,7 @@ def test_two_process_ddp_matches_one_process(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     base = [sys.executable, "-m", "wherevit.cli", "train", "--config", str(cfg_file), "--no-progress"]
     subprocess.run(base + ["--out", str(tmp_path / "one")], check=True, env=env, timeout=300)
-    port = _free_port()
+    port = free_port()
     subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", "2",
                     "--master_addr", "127.0.0.1", "--master_port", str(port)] + base[1:] + ["--out", str(tmp_path / "two")],
                    check=True, env=env, timeout=300)
@@ -120,7 +114,7 @@ def test_two_process_resume_is_exact(tmp_path):
 
     def torchrun(*args):
         subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", "2",
-                        "--master_addr", "127.0.0.1", "--master_port", str(_free_port()), "-m", "wherevit.cli", "train",
+                        "--master_addr", "127.0.0.1", "--master_port", str(free_port()), "-m", "wherevit.cli", "train",
                         "--config", str(cfg_file), "--no-progress", *args], check=True, env=env, timeout=300)
 
     torchrun("--out", str(tmp_path / "straight"))

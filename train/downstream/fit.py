@@ -1,6 +1,6 @@
 """Train a head on frozen features and measure it on held-out scenes (``wherevit train-head``).
 
-Features are extracted once from the frozen backbone (CLS + patch grid per view); the head trains
+Features are extracted once from the frozen backbone (``embed_images``) (CLS + patch grid per view); the head trains
 on them with AdamW. Every result carries a chance-level baseline computed on the same split:
 depth -> predicting the training set's mean depth everywhere; segmentation -> predicting the most
 frequent training class everywhere; pose -> predicting the mean training rotation and translation.
@@ -19,14 +19,13 @@ from safetensors.torch import save_file
 from tqdm import tqdm
 
 from wherevit.io import atomic_write_text, atomic_write_with
-from wherevit.runtime.image import IMAGENET_MEAN, IMAGENET_STD
-from wherevit.train.backbone import BackboneFeatures, backbone_features
+from wherevit.train.backbone import embed_images
 from wherevit.train.data.scenes3d import CLASSES
 from wherevit.train.downstream.datasets import folder_splits, synthetic_splits
 from wherevit.train.downstream.heads import DepthBinsHead, LinearSegHead, RelPoseHead, geodesic_loss, silog_loss
 from wherevit.train.evals.dense_metrics import confusion_matrix, depth_metrics, mean_iou, pose_metrics
 
-__all__ = ["HeadTrainConfig", "TASKS", "extract_features", "fit_head", "load_task_data"]
+__all__ = ["HeadTrainConfig", "TASKS", "fit_head", "load_task_data"]
 
 TASKS = ("depth", "seg", "pose")
 
@@ -44,22 +43,6 @@ class HeadTrainConfig:
     train_seed: int = 71  # scene seeds: disjoint from each other and from pretraining data
     test_seed: int = 72
     cache_dir: str | None = None
-
-
-@torch.no_grad()
-def extract_features(backbone: torch.nn.Module, rgb: np.ndarray, batch_size: int = 128) -> BackboneFeatures:
-    """(N, H, W, 3) uint8 RGB -> frozen features (CPU tensors)."""
-    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
-    device = next(backbone.parameters()).device
-    cls, patch, grid = [], [], None
-    for i in range(0, len(rgb), batch_size):
-        x = (torch.from_numpy(rgb[i : i + batch_size]).permute(0, 3, 1, 2).float() / 255 - mean) / std
-        f = backbone_features(backbone.eval(), x.to(device))
-        cls.append(f.cls.float().cpu())
-        patch.append(f.patch.float().cpu())
-        grid = f.grid
-    return BackboneFeatures(torch.cat(cls), torch.cat(patch), grid)
 
 
 def _batches(n: int, bs: int, rng: np.random.Generator):
@@ -93,13 +76,13 @@ def fit_head(task: str, backbone: torch.nn.Module, cfg: HeadTrainConfig | None =
     class_names = class_names or (list(CLASSES) if n_classes == len(CLASSES) else [str(i) for i in range(n_classes)])
 
     if task == "pose":
-        feats = {s: [extract_features(backbone, sp.rgb_a), extract_features(backbone, sp.rgb_b)]
+        feats = {s: [embed_images(backbone, sp.rgb_a), embed_images(backbone, sp.rgb_b)]
                  for s, sp in (("train", train_split), ("test", test_split))}
         head = RelPoseHead(dim)
         T = {s: torch.from_numpy(sp.T_ab.astype(np.float32)) for s, sp in (("train", train_split), ("test", test_split))}
         n = len(T["train"])
     else:
-        feats = {s: extract_features(backbone, sp.rgb) for s, sp in (("train", train_split), ("test", test_split))}
+        feats = {s: embed_images(backbone, sp.rgb) for s, sp in (("train", train_split), ("test", test_split))}
         head = DepthBinsHead(dim) if task == "depth" else LinearSegHead(dim, n_classes)
         targets = {s: torch.from_numpy(sp.depth.astype(np.float32) if task == "depth" else sp.labels.astype(np.int64))
                    for s, sp in (("train", train_split), ("test", test_split))}

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from wherevit.train.backbone import backbone_features
+from wherevit.train.backbone import embed_images
 from wherevit.train.data.synthetic import render_scene
 from wherevit.train.data.views import crop_view
 from wherevit.train.evals.linear import RidgeProbe, r2_score
@@ -42,19 +42,10 @@ class SpatialEvalConfig:
     extra: dict = field(default_factory=dict)
 
 
-@torch.no_grad()
 def embed_crops(model: torch.nn.Module, crops: np.ndarray, batch_size: int = 256) -> np.ndarray:
     """(N, S, S, 3) uint8 RGB crops -> (N, 2D) float32: [CLS, mean patch] from the frozen backbone."""
-    mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
-    std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
-    device = next(model.parameters()).device
-    out = []
-    for i in range(0, len(crops), batch_size):
-        x = torch.from_numpy(crops[i : i + batch_size]).permute(0, 3, 1, 2).float() / 255.0
-        x = ((x - mean) / std).to(device)
-        f = backbone_features(model, x)
-        out.append(torch.cat([f.cls, f.pooled("mean")], dim=1).float().cpu())
-    return torch.cat(out).numpy()
+    f = embed_images(model, crops, batch_size)
+    return torch.cat([f.cls, f.pooled("mean")], dim=1).numpy()
 
 
 def _pair_features(za: np.ndarray, zb: np.ndarray) -> np.ndarray:
