@@ -88,3 +88,13 @@ def test_server_serves_a_two_input_pose_graph(heads, trained_run, tmp_path):
         assert [i["name"] for i in c.get_model_metadata("vit_tiny_patch16_224_images")["inputs"]] == ["image_bytes_a", "image_bytes_b"]
     finally:
         s.stop()
+
+
+@pytest.mark.skipif(__import__("importlib").util.find_spec("tensorrt_rtx") is None, reason="tensorrt_rtx is not installed")
+@pytest.mark.parametrize("task", ["depth", "pose"])
+def test_head_engines_build_with_tensorrt_rtx(task, heads, trained_run, tmp_path):
+    res = export_artifacts(ExportRequest(str(trained_run), tmp_path, format="engine", head=str(heads / f"head_{task}.safetensors"),
+                                         batch=(1, 2, 4), trt_lib="tensorrt_rtx", compute_capabilities=("SM89",)))
+    meta = read_sidecar(res.engine)
+    assert res.engine.name == f"{task}_fp32.engine" and meta["task"] == task
+    assert meta["engine"]["profile"]["inputs"] == (["images_a", "images_b"] if task == "pose" else ["images"])
