@@ -22,13 +22,13 @@ import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from wherevit.runtime.bench import machine_info
 from wherevit.train.config import load_train_config
 from wherevit.train.data.dataset import MultiCrop
 from wherevit.train.data.synthetic import render_scene
 from wherevit.train.data.views import ViewSpec
 from wherevit.train.loop import build_optimizer
 from wherevit.train.meta_arch import SSLMetaArch
-from wherevit.runtime.bench import machine_info
 
 
 def make_batch(meta: SSLMetaArch, cfg, n: int, device) -> dict:

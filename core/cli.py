@@ -15,9 +15,10 @@ from pathlib import Path
 import click
 
 from wherevit import __version__
+from wherevit.errors import WherevitError
 
 # Errors a user can fix: shown as one clear line, not a traceback.
-_USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, PermissionError, KeyError)
+_USER_ERRORS: tuple[type[BaseException], ...] = (WherevitError, ValueError, FileNotFoundError, PermissionError, KeyError)
 
 
 def _run(fn, *args, **kwargs):
@@ -67,7 +68,6 @@ def train(config: str | None, overrides: tuple[str, ...], out: Path | None, resu
     \b
       torchrun --nproc_per_node 8 -m wherevit.cli train --config vit_s16_dino_sp --set data.path=/data/in1k/train
     """
-    from wherevit.config import ConfigError
     from wherevit.train.config import load_train_config
     from wherevit.train.loop import train as train_fn
 
@@ -78,10 +78,7 @@ def train(config: str | None, overrides: tuple[str, ...], out: Path | None, resu
     if no_plugins:
         cfg.plugins = {}
     out = out or Path("runs") / Path(config).stem
-    try:
-        result = _run(train_fn, cfg, out, resume=resume, stop_at=stop_at, progress=not no_progress)
-    except ConfigError as e:
-        raise click.ClickException(str(e)) from e
+    result = _run(train_fn, cfg, out, resume=resume, stop_at=stop_at, progress=not no_progress)
     if result.backbone is not None:
         click.echo(f"done: step {result.step}; backbone -> {result.backbone}; metrics -> {out / 'metrics.jsonl'}")
         if result.skipped_images:
@@ -189,10 +186,7 @@ def export(checkpoint: str, fmt: str, precision: str, batch: str, imgsz: int | N
     if dynamic_hw and fmt == "engine":
         raise click.UsageError("--dynamic-hw is for ONNX only; engines are built for one input size (use --imgsz)")
     click.echo(f"exporting {checkpoint} -> {out} ({fmt}, {precision}, batch {req.batch[0]}:{req.batch[1]}:{req.batch[2]})", err=True)
-    try:
-        res = _run(export_artifacts, req)
-    except RuntimeError as e:  # ParityError, EngineBuildError, OnnxParseError
-        raise click.ClickException(f"{type(e).__name__}: {e}") from e
+    res = _run(export_artifacts, req)
     if res.parity is not None:
         click.echo(res.parity.summary())
     for note in res.notes:
@@ -222,8 +216,9 @@ def serve(artifact: str, host: str, port: int, name: str | None, backend: str, m
     Works with Triton clients (tritonclient.http, perf_analyzer). Metrics at /metrics.
     """
     from wherevit.runtime.batching import BatchingConfig
+    from wherevit.runtime.server import ServeConfig
+    from wherevit.runtime.server import serve as serve_fn
     from wherevit.runtime.sidecar import read_sidecar
-    from wherevit.runtime.server import ServeConfig, serve as serve_fn
 
     meta = _run(read_sidecar, artifact)
     mb = max_batch or int(meta["batch"]["max"])
@@ -252,7 +247,13 @@ def bench(target: str, backends: str, batches: str, precisions: str, reference: 
     TARGET is an exported artifact (its siblings in the same folder join in) or a checkpoint /
     timm model name, which is exported first. Writes bench.json, bench.csv and bench.png to --out.
     """
-    from wherevit.runtime.bench import ALL_BACKENDS, BenchRequest, TimingConfig, format_table, run_bench
+    from wherevit.runtime.bench import (
+        ALL_BACKENDS,
+        BenchRequest,
+        TimingConfig,
+        format_table,
+        run_bench,
+    )
 
     names = ALL_BACKENDS if backends == "all" else tuple(b.strip() for b in backends.split(",") if b.strip())
     try:

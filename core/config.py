@@ -17,12 +17,14 @@ from typing import Any, Mapping, TypeVar
 
 import yaml
 
+from wherevit.errors import WherevitError
+
 __all__ = ["ConfigError", "from_dict", "to_dict", "load_yaml", "apply_overrides"]
 
 T = TypeVar("T")
 
 
-class ConfigError(ValueError):
+class ConfigError(WherevitError, ValueError):
     """A configuration file or override that does not match the schema."""
 
 

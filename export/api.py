@@ -15,7 +15,13 @@ from pathlib import Path
 
 import numpy as np
 
-from wherevit.export.onnx_export import FeatureModel, OnnxExportOptions, export_onnx, torch_reference
+from wherevit.errors import WherevitError
+from wherevit.export.onnx_export import (
+    FeatureModel,
+    OnnxExportOptions,
+    export_onnx,
+    torch_reference,
+)
 from wherevit.export.trt_builder import build_engine, detect_flavour, plan_build
 from wherevit.io import check_writable_dir, sha256_file
 from wherevit.runtime.compare import DEFAULT_RTOL, Comparison, compare
@@ -28,7 +34,7 @@ __all__ = ["ExportRequest", "ExportResult", "ParityError", "parse_batch", "expor
 log = logging.getLogger("wherevit.export")
 
 
-class ParityError(RuntimeError):
+class ParityError(WherevitError, RuntimeError):
     """The exported graph's outputs differ from PyTorch's beyond the tolerance."""
 
 

@@ -20,6 +20,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from wherevit.errors import WherevitError
 from wherevit.io import atomic_write_bytes
 
 __all__ = [
@@ -33,7 +34,7 @@ LIBRARIES = ("tensorrt", "tensorrt_rtx")
 DEFAULT_RTX_TARGETS = ("SM80", "SM86", "SM89", "SM120")
 
 
-class EngineBuildError(RuntimeError):
+class EngineBuildError(WherevitError, RuntimeError):
     """The builder could not produce an engine."""
 
 

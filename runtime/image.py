@@ -15,6 +15,8 @@ from typing import Sequence
 import cv2
 import numpy as np
 
+from wherevit.errors import WherevitError
+
 __all__ = [
     "IMAGE_EXTENSIONS",
     "ImageDecodeError",
@@ -29,7 +31,7 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-class ImageDecodeError(ValueError):
+class ImageDecodeError(WherevitError, ValueError):
     """An image file or buffer that OpenCV cannot decode (corrupt, truncated or not an image)."""
 
 

@@ -15,7 +15,13 @@ from typing import Iterable, Sequence, Union
 
 import numpy as np
 
-from wherevit.runtime.backends import AUTO_ORDER, Backend, BackendUnavailable, InputError, registered_backends
+from wherevit.runtime.backends import (
+    AUTO_ORDER,
+    Backend,
+    BackendUnavailable,
+    InputError,
+    registered_backends,
+)
 from wherevit.runtime.image import Preprocess, decode_image, read_image, to_rgb_uint8
 from wherevit.runtime.sidecar import read_sidecar
 

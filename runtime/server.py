@@ -27,10 +27,21 @@ from aiohttp import web
 
 from wherevit import __version__
 from wherevit.runtime.backends import InputError
-from wherevit.runtime.batching import BatchingConfig, DeadlineExceeded, DynamicBatcher, QueueFull, ShuttingDown
+from wherevit.runtime.batching import (
+    BatchingConfig,
+    DeadlineExceeded,
+    DynamicBatcher,
+    QueueFull,
+    ShuttingDown,
+)
 from wherevit.runtime.image import ImageDecodeError, decode_image
-from wherevit.runtime.kserve import (ProtocolError, InferRequest, encode_infer_response,
-                                     parse_infer_request, triton_type)
+from wherevit.runtime.kserve import (
+    InferRequest,
+    ProtocolError,
+    encode_infer_response,
+    parse_infer_request,
+    triton_type,
+)
 from wherevit.runtime.metrics import ServerMetrics
 from wherevit.runtime.model import Model
 

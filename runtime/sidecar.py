@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from wherevit import __version__
+from wherevit.errors import WherevitError
 from wherevit.io import atomic_write_text, sha256_file
 
 __all__ = ["SIDECAR_FORMAT", "SidecarError", "sidecar_path", "write_sidecar", "read_sidecar", "artifact_record"]
@@ -22,7 +23,7 @@ __all__ = ["SIDECAR_FORMAT", "SidecarError", "sidecar_path", "write_sidecar", "r
 SIDECAR_FORMAT = "wherevit.artifact/1"
 
 
-class SidecarError(ValueError):
+class SidecarError(WherevitError, ValueError):
     """A missing, malformed or mismatching sidecar."""
 
 

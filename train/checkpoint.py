@@ -24,6 +24,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open, save_file
 
 from wherevit import __version__
+from wherevit.errors import WherevitError
 from wherevit.io import atomic_write_text, atomic_write_with, check_writable_dir
 from wherevit.train.backbone import create_backbone, describe_backbone
 
@@ -35,7 +36,7 @@ __all__ = [
 BACKBONE_FORMAT = "wherevit.backbone/1"
 
 
-class CheckpointError(ValueError):
+class CheckpointError(WherevitError, ValueError):
     """A checkpoint that is missing, corrupt, or does not match the model it is loaded into."""
 
 

@@ -18,8 +18,14 @@ from wherevit.config import ConfigError, from_dict, to_dict
 from wherevit.io import atomic_write_text, check_writable_dir
 from wherevit.runtime.image import IMAGENET_MEAN, IMAGENET_STD
 from wherevit.train.backbone import timm_kwargs
-from wherevit.train.checkpoint import (CheckpointError, latest_checkpoint, load_checkpoint, rng_state, save_backbone,
-                                      save_checkpoint)
+from wherevit.train.checkpoint import (
+    CheckpointError,
+    latest_checkpoint,
+    load_checkpoint,
+    rng_state,
+    save_backbone,
+    save_checkpoint,
+)
 from wherevit.train.config import TrainConfig
 from wherevit.train.data.dataset import MultiCrop, SSLDataset, StepBatchSampler
 from wherevit.train.data.sources import ImageFolder, ImageSource

@@ -14,7 +14,12 @@ import torch
 from torch import nn
 
 from wherevit.runtime.image import IMAGENET_MEAN, IMAGENET_STD
-from wherevit.train.backbone import BackboneFeatures, backbone_features, create_backbone, timm_kwargs
+from wherevit.train.backbone import (
+    BackboneFeatures,
+    backbone_features,
+    create_backbone,
+    timm_kwargs,
+)
 from wherevit.train.config import TrainConfig
 from wherevit.train.heads import DINOHead
 from wherevit.train.losses import DINOLoss

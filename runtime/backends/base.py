@@ -13,6 +13,8 @@ from typing import ClassVar, Mapping
 
 import numpy as np
 
+from wherevit.errors import WherevitError
+
 __all__ = ["Backend", "BackendUnavailable", "InputError", "register_backend", "registered_backends", "NP_DTYPES"]
 
 NP_DTYPES = {"float32": np.float32, "float16": np.float16, "uint8": np.uint8, "int64": np.int64, "int32": np.int32}
@@ -20,11 +22,11 @@ NP_DTYPES = {"float32": np.float32, "float16": np.float16, "uint8": np.uint8, "i
 _BACKENDS: dict[str, type["Backend"]] = {}
 
 
-class BackendUnavailable(RuntimeError):
+class BackendUnavailable(WherevitError, RuntimeError):
     """The backend cannot run here (library missing, no GPU, unsupported compute capability)."""
 
 
-class InputError(ValueError):
+class InputError(WherevitError, ValueError):
     """An input tensor with the wrong name, dtype or shape."""
 
 

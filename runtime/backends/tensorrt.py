@@ -13,13 +13,19 @@ from typing import Mapping
 
 import numpy as np
 
+from wherevit.errors import WherevitError
 from wherevit.runtime.backends.base import Backend, register_backend
-from wherevit.runtime.backends.cuda import cuda_check, cuda_unavailable_reason, cudart, device_compute_capability
+from wherevit.runtime.backends.cuda import (
+    cuda_check,
+    cuda_unavailable_reason,
+    cudart,
+    device_compute_capability,
+)
 
 __all__ = ["TensorrtEngine", "EngineMismatch", "check_engine_compat", "installed_version"]
 
 
-class EngineMismatch(RuntimeError):
+class EngineMismatch(WherevitError, RuntimeError):
     """An engine built for another library version or GPU than this machine has."""
 
 

@@ -11,8 +11,8 @@ import torch
 from wherevit.export.api import ExportRequest, ParityError, export_artifacts, parse_batch
 from wherevit.io import sha256_file
 from wherevit.runtime.sidecar import SidecarError, read_sidecar, sidecar_path
-from wherevit.train.checkpoint import CheckpointError, load_backbone
 from wherevit.train.backbone import backbone_features
+from wherevit.train.checkpoint import CheckpointError, load_backbone
 
 
 def _has(mod):
@@ -106,8 +106,8 @@ def test_unwritable_output(trained_run, tmp_path):
 
 
 def test_checkpoint_whose_weights_do_not_match_its_config(trained_run, tmp_path):
-    from safetensors.torch import load_file, save_file
     from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
 
     src = trained_run / "backbone.safetensors"
     with safe_open(str(src), "pt") as fh:

@@ -12,8 +12,14 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from wherevit.export.trt_builder import (OnnxParseError, TrtFlavour, build_engine, detect_flavour,
-                                         parse_compute_capabilities, plan_build)
+from wherevit.export.trt_builder import (
+    OnnxParseError,
+    TrtFlavour,
+    build_engine,
+    detect_flavour,
+    parse_compute_capabilities,
+    plan_build,
+)
 
 T10, T11, RTX = TrtFlavour("tensorrt", "10.13.0.35"), TrtFlavour("tensorrt", "11.4.0.106"), TrtFlavour("tensorrt_rtx", "1.7.1.116")
 

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 
 th = pytest.importorskip("tritonclient.http", reason="tritonclient[http] is not installed")
+from helpers import Server  # noqa: E402
 from tritonclient.utils import InferenceServerException  # noqa: E402
 
-from helpers import Server  # noqa: E402
 from wherevit import runtime  # noqa: E402
 from wherevit.train.data.synthetic import render_scene  # noqa: E402
 

@@ -51,7 +51,6 @@ def test_data_synth_writes_deterministic_pngs(tmp_path):
 
 def test_resume_uses_the_runs_own_config(tmp_path, tiny_cfg):
     import yaml
-
     from conftest import tiny_train_dict
 
     cfg_file = tmp_path / "tiny.yaml"

@@ -1,9 +1,8 @@
 import pytest
+from conftest import tiny_train_dict
 
 from wherevit.config import ConfigError, from_dict
 from wherevit.train.config import TrainConfig, load_train_config, preset_names
-
-from conftest import tiny_train_dict
 
 
 def test_presets_load():

@@ -4,8 +4,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from wherevit.train.plugins.sp import SPConfig, sample_disentangled_pair, sp_inverse, sp_target
 from wherevit.train.data.views import box_iou
+from wherevit.train.plugins.sp import SPConfig, sample_disentangled_pair, sp_inverse, sp_target
 
 coord = st.floats(0.05, 0.95)
 size = st.floats(0.02, 0.9)

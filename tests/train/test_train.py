@@ -9,13 +9,12 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from conftest import tiny_train_dict
+from helpers import free_port
 from safetensors.torch import load_file
 
 from wherevit.train.checkpoint import CheckpointError, latest_checkpoint, load_backbone
 from wherevit.train.loop import train
-
-from conftest import tiny_train_dict
-from helpers import free_port
 
 
 def _losses(run_dir, key):

@@ -13,12 +13,13 @@ from typing import Protocol
 
 import numpy as np
 
+from wherevit.errors import WherevitError
 from wherevit.runtime.image import IMAGE_EXTENSIONS, read_image
 
 __all__ = ["ImageSource", "ImageFolder", "DataError"]
 
 
-class DataError(ValueError):
+class DataError(WherevitError, ValueError):
     """A data set that cannot be used at all (missing folder, no images)."""
 
 

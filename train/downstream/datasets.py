@@ -25,6 +25,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from wherevit.errors import WherevitError
 from wherevit.runtime.image import IMAGE_EXTENSIONS, read_image
 from wherevit.train.data.scenes3d import CLASSES, SceneSet
 from wherevit.train.evals.dense_metrics import IGNORE_INDEX
@@ -33,7 +34,7 @@ __all__ = ["DenseSplit", "PairSplit", "DatasetError", "load_depth_folder", "load
            "synthetic_splits", "folder_splits", "check_rigid"]
 
 
-class DatasetError(ValueError):
+class DatasetError(WherevitError, ValueError):
     """A downstream data set that does not match its layout."""
 
 

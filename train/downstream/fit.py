@@ -22,8 +22,19 @@ from wherevit.io import atomic_write_text, atomic_write_with
 from wherevit.train.backbone import embed_images
 from wherevit.train.data.scenes3d import CLASSES
 from wherevit.train.downstream.datasets import folder_splits, synthetic_splits
-from wherevit.train.downstream.heads import DepthBinsHead, LinearSegHead, RelPoseHead, geodesic_loss, silog_loss
-from wherevit.train.evals.dense_metrics import confusion_matrix, depth_metrics, mean_iou, pose_metrics
+from wherevit.train.downstream.heads import (
+    DepthBinsHead,
+    LinearSegHead,
+    RelPoseHead,
+    geodesic_loss,
+    silog_loss,
+)
+from wherevit.train.evals.dense_metrics import (
+    confusion_matrix,
+    depth_metrics,
+    mean_iou,
+    pose_metrics,
+)
 
 __all__ = ["HeadTrainConfig", "TASKS", "fit_head", "load_task_data"]
 

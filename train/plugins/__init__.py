@@ -3,7 +3,13 @@
 Importing this package registers the built-in plug-ins.
 """
 
-from wherevit.train.plugins.base import Plugin, PluginConfig, create_plugin, register_plugin, registered_plugins
 from wherevit.train.plugins import sp  # noqa: F401  (registers "sp")
+from wherevit.train.plugins.base import (
+    Plugin,
+    PluginConfig,
+    create_plugin,
+    register_plugin,
+    registered_plugins,
+)
 
 __all__ = ["Plugin", "PluginConfig", "create_plugin", "register_plugin", "registered_plugins"]

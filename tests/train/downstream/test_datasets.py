@@ -5,8 +5,14 @@ import numpy as np
 import pytest
 
 from wherevit.train.data.scenes3d import SceneSet, render_pair
-from wherevit.train.downstream.datasets import (DatasetError, check_rigid, folder_splits, load_depth_folder, load_pose_folder,
-                                                load_seg_folder)
+from wherevit.train.downstream.datasets import (
+    DatasetError,
+    check_rigid,
+    folder_splits,
+    load_depth_folder,
+    load_pose_folder,
+    load_seg_folder,
+)
 
 
 def _img(path, h=12, w=16, v=100):

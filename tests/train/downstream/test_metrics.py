@@ -1,8 +1,14 @@
 import numpy as np
 import pytest
 
-from wherevit.train.evals.dense_metrics import (confusion_matrix, depth_metrics, mean_iou, pose_metrics, rotation_error_deg,
-                                                translation_direction_error_deg)
+from wherevit.train.evals.dense_metrics import (
+    confusion_matrix,
+    depth_metrics,
+    mean_iou,
+    pose_metrics,
+    rotation_error_deg,
+    translation_direction_error_deg,
+)
 
 
 def test_depth_metrics_by_hand():

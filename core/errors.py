@@ -1,0 +1,12 @@
+"""The base class of errors a user can act on (bad input, missing library, mismatching artifact).
+
+The CLI prints these as one line instead of a traceback; everything else is a bug and keeps its
+traceback. Domain errors also keep a standard base (ValueError, RuntimeError) for callers that
+catch those.
+"""
+
+__all__ = ["WherevitError"]
+
+
+class WherevitError(Exception):
+    """An error whose message tells the user what to fix."""
