@@ -24,6 +24,7 @@ from wherevit.export.onnx_export import (
 )
 from wherevit.export.trt_builder import build_engine, detect_flavour, plan_build
 from wherevit.io import check_writable_dir, sha256_file
+from wherevit.runtime.backends.onnxruntime import OrtCpu
 from wherevit.runtime.compare import DEFAULT_RTOL, Comparison, compare
 from wherevit.runtime.image import IMAGENET_MEAN, IMAGENET_STD, Preprocess
 from wherevit.runtime.sidecar import sidecar_path, write_sidecar
@@ -99,30 +100,21 @@ def parity_inputs(preprocess: Preprocess, input_names: list[str], batch: int = 3
     return {"random": random, "scenes": scenes}
 
 
-def _ort_run(path: Path, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    import onnxruntime as ort
-
-    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    names = [o.name for o in sess.get_outputs()]
-    return dict(zip(names, sess.run(names, feeds)))
-
-
 def _check_parity(ref_model, onnx_path: Path, preprocess: Preprocess, rtol: float) -> tuple[Comparison, dict]:
     """Float outputs are compared (integer outputs such as argmax labels derive from them)."""
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])  # one session for every input set
+    names = [o.name for o in sess.get_outputs()]
     report, merged = {}, Comparison()
     for kind, feeds in parity_inputs(preprocess, ref_model.input_names).items():
         ref = {k: v for k, v in torch_reference(ref_model, feeds).items() if np.issubdtype(v.dtype, np.floating)}
-        got = _ort_run(onnx_path, feeds)
+        got = dict(zip(names, sess.run(names, feeds)))
         cmp = compare(ref, got, rtol)
         report[kind] = cmp.to_dict()
         merged.outputs += [dataclasses.replace(o, name=f"{o.name}[{kind}]") for o in cmp.outputs]
         merged.missing += cmp.missing
     return merged, report
-
-
-def _onnx_supported_on_cpu(precision: str) -> bool:
-    # ONNX Runtime's CPU provider has no fp16/bf16 MatMul kernels: those graphs run on CUDA/TensorRT.
-    return precision == "fp32"
 
 
 def export_artifacts(req: ExportRequest) -> ExportResult:
@@ -170,15 +162,16 @@ def export_artifacts(req: ExportRequest) -> ExportResult:
         written.append(result.onnx)
         facts = export_onnx(fm, result.onnx, opts)
         facts["sha256"] = sha256_file(result.onnx)
-        if _onnx_supported_on_cpu(onnx_precision):
+        # The runtime's CPU backend knows what it can run (no fp16/bf16 MatMul kernels in ONNX Runtime's CPU provider).
+        cpu_reason = OrtCpu.unavailable_reason({"kind": "onnx", "precision": onnx_precision})
+        if cpu_reason is None:
             cmp, report = _check_parity(ref_model, result.onnx, preprocess, rtol)
             result.parity = cmp
             parity = {"backend": "onnxruntime CPUExecutionProvider", "reference": "PyTorch fp32", "rtol": rtol, "passed": bool(cmp), **report}
             if not cmp:
                 raise ParityError(f"ONNX parity failed for {result.onnx.name} (tolerance rel_l2 <= {rtol:g}):\n{cmp.summary()}")
         else:
-            parity = {"passed": None, "skipped": f"ONNX Runtime's CPU provider has no {onnx_precision} kernels; "
-                                                 "parity of this graph is checked on a GPU (wherevit bench)"}
+            parity = {"passed": None, "skipped": f"{cpu_reason}; parity of this graph is checked on a GPU (wherevit bench)"}
             result.notes.append(parity["skipped"])
         d = int(model.embed_dim)
         gh, gw = size[0] // p[0], size[1] // p[1]

@@ -210,18 +210,20 @@ def _torch_device() -> str:
         return "cpu"
 
 
-def _artifacts_for(req: BenchRequest) -> tuple[dict[tuple[str, str], Path], str | None]:
-    """(kind, precision) -> artifact path, and the checkpoint for PyTorch rows."""
+def _artifacts_for(req: BenchRequest, notes: list[str]) -> tuple[dict[tuple[str, str], tuple[Path, dict]], str | None]:
+    """(kind, precision) -> (artifact path, its verified sidecar), and the checkpoint for PyTorch rows.
+
+    Each sidecar is read (and its artifact hashed) once here; the rows reuse it."""
     from wherevit.runtime.sidecar import read_sidecar, sidecar_path
 
     target = Path(req.target)
     if target.is_file() and sidecar_path(target).is_file():
         meta = read_sidecar(target)
-        arts = {(meta["kind"], meta["precision"]): target}
-        for other in target.parent.glob("model_*.*"):  # siblings exported together
-            if sidecar_path(other).is_file() and other.suffix in (".onnx", ".engine"):
-                m = read_sidecar(other, verify_hash=False)
-                arts.setdefault((m["kind"], m["precision"]), other)
+        arts = {(meta["kind"], meta["precision"]): (target, meta)}
+        for other in sorted(target.parent.glob("model_*.*")):  # siblings exported together
+            if other != target and sidecar_path(other).is_file() and other.suffix in (".onnx", ".engine"):
+                m = read_sidecar(other)
+                arts.setdefault((m["kind"], m["precision"]), (other, m))
         ckpt = req.reference or meta.get("model", {}).get("checkpoint")
         return arts, ckpt
     # A checkpoint: export what the requested backends need into out_dir/artifacts.
@@ -239,12 +241,13 @@ def _artifacts_for(req: BenchRequest) -> tuple[dict[tuple[str, str], Path], str 
         except Exception as e:
             if fmt == "engine":
                 res = export_artifacts(ExportRequest(req.target, req.out_dir / "artifacts", precision=p, batch=batch, imgsz=req.imgsz))
-                res.notes.append(f"engine build failed: {e}")
+                notes.append(f"{p} engine build failed: {e}")
             else:
                 raise
-        arts[("onnx", p)] = res.onnx
+        notes += res.notes
+        arts[("onnx", p)] = (res.onnx, read_sidecar(res.onnx))
         if res.engine:
-            arts[("engine", p)] = res.engine
+            arts[("engine", p)] = (res.engine, read_sidecar(res.engine))
     return arts, req.reference or req.target
 
 
@@ -254,14 +257,12 @@ def run_bench(req: BenchRequest) -> tuple[list[BenchRow], dict[str, Path]]:
 
     from wherevit.runtime.backends import registered_backends
     from wherevit.runtime.compare import DEFAULT_RTOL
-    from wherevit.runtime.sidecar import read_sidecar
-
     unknown = set(req.backends) - set(ALL_BACKENDS)
     if unknown:
         raise ValueError(f"unknown backend(s) {sorted(unknown)}; choose from {', '.join(ALL_BACKENDS)}")
-    arts, ckpt = _artifacts_for(req)
-    any_art = next(iter(arts.values()))
-    meta0 = read_sidecar(any_art)
+    notes: list[str] = []
+    arts, ckpt = _artifacts_for(req, notes)
+    meta0 = next(iter(arts.values()))[1]
     c, h, w = [int(d) for d in meta0["inputs"][0]["shape"][1:]]
     rng = np.random.default_rng(0)
     buffers = {b: [rng.standard_normal((b, c, h, w)).astype(np.float32) for _ in range(req.timing.n_buffers)] for b in req.batches}
@@ -312,11 +313,10 @@ def run_bench(req: BenchRequest) -> tuple[list[BenchRow], dict[str, Path]]:
 
         cls = registered_backends()[name]
         kind = cls.kinds[0]
-        art = arts.get((kind, prec))
+        art, meta = arts.get((kind, prec), (None, None))
         if art is None:
             skip(f"no {prec} {kind} artifact (export one with --format {'engine' if kind == 'engine' else 'onnx'} --precision {prec})")
             continue
-        meta = read_sidecar(art)
         reason = cls.unavailable_reason(meta)
         if reason:
             skip(reason)
@@ -338,7 +338,7 @@ def run_bench(req: BenchRequest) -> tuple[list[BenchRow], dict[str, Path]]:
     bar.close()
     settings = {"command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]), "target": str(req.target), "reference": ckpt, "batches": list(req.batches), "precisions": list(req.precisions),
                 "include_copies": req.include_copies, "timing": asdict(req.timing), "input_shape": [c, h, w],
-                "torch_device": device}
+                "torch_device": device, "notes": notes}
     return rows, write_results(rows, req.out_dir, {"machine": machine_info(), "settings": settings})
 
 

@@ -158,6 +158,13 @@ def _resolve_backbone_file(spec: Path) -> Path:
     raise CheckpointError(f"checkpoint not found: {spec}")
 
 
+def _seeded_backbone(name: str, dynamic_img_size: bool, **kwargs) -> torch.nn.Module:
+    """``create_backbone`` initialised from seed 0, without touching the caller's RNG stream."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        return create_backbone(name, pretrained=False, dynamic_img_size=dynamic_img_size, **kwargs)
+
+
 def load_backbone(spec: str | Path, which: str = "teacher", dynamic_img_size: bool = True,
                   expect_model: str | None = None, random_init: bool = False) -> tuple[torch.nn.Module, dict]:
     """Load a backbone for export or evaluation, returning ``(model in eval mode, info)``.
@@ -170,9 +177,8 @@ def load_backbone(spec: str | Path, which: str = "teacher", dynamic_img_size: bo
     """
     path = Path(spec)
     if not path.exists() and "/" not in str(spec) and not str(spec).endswith(".safetensors"):
-        with torch.random.fork_rng(devices=[]):  # seeded: export, bench reference and runtime agree on the weights
-            torch.manual_seed(0)
-            model = create_backbone(str(spec), pretrained=False, dynamic_img_size=dynamic_img_size).eval()
+        # seeded: export, bench reference and runtime agree on the weights
+        model = _seeded_backbone(str(spec), dynamic_img_size).eval()
         size = list(model.patch_embed.img_size)
         info = {"format": BACKBONE_FORMAT, "model": str(spec), "timm_kwargs": {}, "source": "random-init",
                 "step": None, "arch": describe_backbone(model),
@@ -200,9 +206,7 @@ def load_backbone(spec: str | Path, which: str = "teacher", dynamic_img_size: bo
         raise CheckpointError(f"{file}: safetensors file without wherevit metadata (not a wherevit backbone or checkpoint)")
     if expect_model and info["model"] != expect_model:
         raise CheckpointError(f"{file} holds a {info['model']} backbone, but {expect_model} was requested")
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)  # a random-init floor is the same random network every time
-        model = create_backbone(info["model"], pretrained=False, dynamic_img_size=dynamic_img_size, **info["timm_kwargs"])
+    model = _seeded_backbone(info["model"], dynamic_img_size, **info["timm_kwargs"])  # a random-init floor is reproducible
     if random_init:
         info.update(source="random-init", step=None, file=str(file))
         info["arch"] = describe_backbone(model)
