@@ -6,9 +6,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from wherevit.train.plugins.sp import mlp
+__all__ = ["DINOHead", "mlp"]
 
-__all__ = ["DINOHead"]
+
+def mlp(in_dim: int, hidden: int, out_dim: int, n_layers: int, act_layer: type[nn.Module] = nn.GELU) -> nn.Sequential:
+    """``n_layers`` linear layers with activations between them."""
+    dims = [in_dim] + [hidden] * (n_layers - 1) + [out_dim]
+    layers: list[nn.Module] = []
+    for i in range(n_layers):
+        layers.append(nn.Linear(dims[i], dims[i + 1]))
+        if i < n_layers - 1:
+            layers.append(act_layer())
+    return nn.Sequential(*layers)
 
 
 class DINOHead(nn.Module):

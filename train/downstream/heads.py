@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from wherevit.train.backbone import BackboneFeatures
-from wherevit.train.plugins.sp import mlp
+from wherevit.train.heads import mlp
 
 __all__ = ["DepthBinsHead", "LinearSegHead", "RelPoseHead", "rotation_6d_to_matrix", "silog_loss", "geodesic_loss"]
 

@@ -19,11 +19,11 @@ from typing import Any, Literal, Mapping
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from wherevit.train.backbone import BackboneFeatures
 from wherevit.train.data.dataset import stack_views
 from wherevit.train.data.views import ViewSpec, box_iou, make_view, sample_box
+from wherevit.train.heads import mlp
 from wherevit.train.plugins.base import Plugin, PluginConfig, register_plugin
 
 __all__ = ["SPConfig", "SpatialPrediction", "sp_target", "sp_inverse", "sample_disentangled_pair"]
@@ -108,17 +108,6 @@ class SPViewSampler:
             views.append(make_view(img, self.spec, rng, box=a))
             views.append(make_view(img, self.spec, rng, box=b))
         return {"sp": stack_views(views)}  # order: a0, b0, a1, b1, ...
-
-
-def mlp(in_dim: int, hidden: int, out_dim: int, n_layers: int, act_layer: type[nn.Module] = nn.GELU) -> nn.Sequential:
-    """``n_layers`` linear layers with activations between them."""
-    dims = [in_dim] + [hidden] * (n_layers - 1) + [out_dim]
-    layers: list[nn.Module] = []
-    for i in range(n_layers):
-        layers.append(nn.Linear(dims[i], dims[i + 1]))
-        if i < n_layers - 1:
-            layers.append(act_layer())
-    return nn.Sequential(*layers)
 
 
 @register_plugin
