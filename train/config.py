@@ -101,6 +101,11 @@ class DinoConfig:
     warmup_teacher_temp: float = 0.04
     warmup_teacher_temp_steps: int = 0  # 0: 30% of the run
     center_momentum: float = 0.9
+    # "ema": DINO's running centre; "sinkhorn": DINOv2's Sinkhorn-Knopp batch centring, which
+    # forces the teacher's batch to spread over the prototypes (resists collapse at small scale)
+    centering: Literal["ema", "sinkhorn"] = "ema"
+    sinkhorn_iterations: int = 3
+    koleo_weight: float = 0.0  # DINOv2's KoLeo spreading term on the student's global CLS tokens
     momentum_teacher: float = 0.996  # cosine to momentum_teacher_end
     momentum_teacher_end: float = 1.0
     freeze_last_layer_steps: int = 0

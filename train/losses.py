@@ -1,4 +1,4 @@
-"""The DINO self-distillation loss, with its centre kept in a buffer."""
+"""The DINO self-distillation loss (EMA or Sinkhorn-Knopp centring) and DINOv2's KoLeo term."""
 
 from __future__ import annotations
 
@@ -7,24 +7,63 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["DINOLoss"]
+__all__ = ["DINOLoss", "KoLeoLoss", "sinkhorn_knopp"]
+
+
+def _dist_on() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+@torch.no_grad()
+def sinkhorn_knopp(logits: torch.Tensor, temp: float, n_iterations: int = 3) -> torch.Tensor:
+    """Teacher targets by Sinkhorn-Knopp (SwAV / DINOv2): rows of the returned (B, K) matrix sum to
+    1, and over the global batch (all ranks) every prototype receives the same total mass.
+
+    Equal mass per prototype stops the teacher from putting the whole batch on a few prototypes, and
+    unlike the EMA centre it acts within the current batch, so it needs no long history to work.
+    """
+    x = logits.float() / temp
+    # shift each sample's logits by its max so exp cannot overflow and every sample keeps mass; a
+    # per-sample factor is a column scaling, which Sinkhorn's column normalisation absorbs
+    q = torch.exp(x - x.max(dim=1, keepdim=True).values).t()  # (K, B)
+    world = dist.get_world_size() if _dist_on() else 1
+    n_samples, n_protos = q.shape[1] * world, q.shape[0]
+    total = q.sum().reshape(1)
+    if _dist_on():
+        dist.all_reduce(total)
+    q /= total
+    for _ in range(n_iterations):
+        rows = q.sum(dim=1, keepdim=True)
+        if _dist_on():
+            dist.all_reduce(rows)
+        q /= rows.clamp_min(1e-30) * n_protos  # a prototype no sample is near keeps zero mass
+        q /= q.sum(dim=0, keepdim=True) * n_samples
+    return (q * n_samples).t()
 
 
 class DINOLoss(nn.Module):
     """Cross-entropy between teacher softmax((t - c) / tau_t) and student log-softmax(s / tau_s).
 
     Summed over every (teacher global view, student view) pair with different views, averaged over
-    pairs and batch. The centre ``c`` is an EMA of the teacher's mean output, all-reduced across
-    ranks so every rank keeps the same centre.
+    pairs and batch. With ``centering="ema"`` the centre ``c`` is an EMA of the teacher's mean
+    output, all-reduced across ranks so every rank keeps the same centre; with ``"sinkhorn"`` the
+    teacher targets come from :func:`sinkhorn_knopp` over the global batch instead.
     """
 
-    def __init__(self, out_dim: int, student_temp: float = 0.1, center_momentum: float = 0.9):
+    def __init__(self, out_dim: int, student_temp: float = 0.1, center_momentum: float = 0.9,
+                 centering: str = "ema", sinkhorn_iterations: int = 3):
         super().__init__()
+        if centering not in ("ema", "sinkhorn"):
+            raise ValueError(f"centering must be 'ema' or 'sinkhorn', got {centering!r}")
         self.student_temp = student_temp
         self.center_momentum = center_momentum
+        self.centering = centering
+        self.sinkhorn_iterations = sinkhorn_iterations
         self.register_buffer("center", torch.zeros(1, out_dim))
 
     def teacher_probs(self, teacher_logits: torch.Tensor, teacher_temp: float) -> torch.Tensor:
+        if self.centering == "sinkhorn":
+            return sinkhorn_knopp(teacher_logits, teacher_temp, self.sinkhorn_iterations)
         return F.softmax((teacher_logits.float() - self.center) / teacher_temp, dim=-1)
 
     def forward(self, student_logits: list[torch.Tensor], teacher_probs: list[torch.Tensor]) -> torch.Tensor:
@@ -42,9 +81,28 @@ class DINOLoss(nn.Module):
 
     @torch.no_grad()
     def update_center(self, teacher_logits: torch.Tensor) -> None:
+        """EMA of the teacher's batch mean (kept with either centring: it is cheap and logged)."""
         batch_sum = teacher_logits.float().sum(dim=0, keepdim=True)
         count = torch.tensor([teacher_logits.shape[0]], dtype=torch.float32, device=batch_sum.device)
-        if dist.is_available() and dist.is_initialized():
+        if _dist_on():
             dist.all_reduce(batch_sum)
             dist.all_reduce(count)
         self.center.mul_(self.center_momentum).add_(batch_sum / count, alpha=1 - self.center_momentum)
+
+
+class KoLeoLoss(nn.Module):
+    """Kozachenko-Leonenko entropy estimator (DINOv2): -mean log distance of each l2-normalised
+    feature to its nearest neighbour in the (local) batch. Pushes features apart within a batch."""
+
+    def __init__(self, eps: float = 1e-8):
+        super().__init__()
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.normalize(x.float(), p=2, dim=-1, eps=self.eps)
+        with torch.no_grad():
+            dots = x @ x.t()
+            dots.fill_diagonal_(-2.0)  # never pick yourself as the neighbour
+            nn_idx = dots.argmax(dim=1)
+        dist_nn = F.pairwise_distance(x, x[nn_idx], p=2, eps=self.eps)
+        return -torch.log(dist_nn + self.eps).mean()

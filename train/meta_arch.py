@@ -22,7 +22,7 @@ from wherevit.train.backbone import (
 )
 from wherevit.train.config import TrainConfig
 from wherevit.train.heads import DINOHead
-from wherevit.train.losses import DINOLoss
+from wherevit.train.losses import DINOLoss, KoLeoLoss
 from wherevit.train.plugins import Plugin, create_plugin
 
 __all__ = ["StudentNetwork", "TeacherNetwork", "SSLMetaArch", "embed_views"]
@@ -61,7 +61,7 @@ class StudentNetwork(nn.Module):
         cls = torch.cat([feats[g].cls for g in dino_groups])
         dino_logits = self.dino_head(cls)
         plugin_out = {name: p(feats, teacher, batch) for name, p in self.plugins.items()}
-        return dino_logits, plugin_out
+        return dino_logits, feats["global"].cls, plugin_out
 
 
 class TeacherNetwork(nn.Module):
@@ -95,7 +95,8 @@ class SSLMetaArch(nn.Module):
             | {"dino_head." + k: v for k, v in self.student.dino_head.state_dict().items()}
         )
         self.teacher.requires_grad_(False)
-        self.dino_loss = DINOLoss(d.out_dim, d.student_temp, d.center_momentum)
+        self.dino_loss = DINOLoss(d.out_dim, d.student_temp, d.center_momentum, d.centering, d.sinkhorn_iterations)
+        self.koleo_loss = KoLeoLoss()
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1) * 255, persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1) * 255, persistent=False)
         self.dino_groups = ("global", "local") if cfg.data.crops.n_local > 0 else ("global",)
@@ -122,15 +123,25 @@ class SSLMetaArch(nn.Module):
         groups = set(self.student_groups) | set(self.teacher_groups)
         views = {g: self._normalise(batch[g]["images"]) for g in groups}
         teacher_feats, t_logits = self.teacher({g: views[g] for g in self.teacher_groups})
-        s_logits, plugin_out = student_fn({g: views[g] for g in self.student_groups}, teacher_feats, batch, self.dino_groups)
+        s_logits, s_global_cls, plugin_out = student_fn({g: views[g] for g in self.student_groups}, teacher_feats, batch, self.dino_groups)
 
         B = batch["global"]["images"].shape[0]
         probs = self.dino_loss.teacher_probs(t_logits, teacher_temp).chunk(self.cfg.data.crops.n_global)
         dino = self.dino_loss(list(s_logits.split(B)), list(probs))
+        with torch.no_grad():  # collapse watch: per-sample entropy -> 0 (one prototype) or
+            q = torch.cat(probs)  # batch entropy -> 0 (all samples on one); log K is the ceiling
+            qm = q.mean(0)
+            watch = {"dino/teacher_entropy": -(q * q.clamp_min(1e-12).log()).sum(-1).mean(),
+                     "dino/teacher_batch_entropy": -(qm * qm.clamp_min(1e-12).log()).sum()}
         self.dino_loss.update_center(t_logits)
 
         total = self.cfg.dino.weight * dino
-        logs = {"loss/dino": dino.detach()}
+        logs = {"loss/dino": dino.detach(), **watch}
+        if self.cfg.dino.koleo_weight > 0:
+            # per global crop, as in DINOv2: neighbours are searched within one view of the batch
+            koleo = sum(self.koleo_loss(c) for c in s_global_cls.chunk(self.cfg.data.crops.n_global))
+            total = total + self.cfg.dino.koleo_weight * koleo
+            logs["loss/koleo"] = koleo.detach()
         for name, (loss, extra) in plugin_out.items():
             total = total + self.plugins[name].weight * loss
             logs[f"loss/{name}"] = loss.detach()

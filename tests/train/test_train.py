@@ -84,8 +84,9 @@ def test_corrupt_images_are_skipped_during_training(tiny_cfg, tmp_path):
 
 
 @pytest.mark.slow
-def test_two_process_ddp_matches_one_process(tmp_path):
-    cfg = tiny_train_dict(total_steps=3, log_every=1, ckpt_every=3)
+@pytest.mark.parametrize("centering", ["ema", "sinkhorn"])  # both all-reduce their batch statistics
+def test_two_process_ddp_matches_one_process(tmp_path, centering):
+    cfg = tiny_train_dict(total_steps=3, log_every=1, ckpt_every=3, **{"dino.centering": centering})
     cfg_file = tmp_path / "tiny.yaml"
     cfg_file.write_text(yaml.safe_dump(cfg))
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
