@@ -23,11 +23,11 @@ from wherevit.export.onnx_export import (
     torch_reference,
 )
 from wherevit.export.trt_builder import build_engine, detect_flavour, plan_build
-from wherevit.io import check_writable_dir, sha256_file
+from wherevit.io import check_writable_dir
 from wherevit.runtime.backends.onnxruntime import OrtCpu
 from wherevit.runtime.compare import DEFAULT_RTOL, Comparison, compare
 from wherevit.runtime.image import IMAGENET_MEAN, IMAGENET_STD, Preprocess
-from wherevit.runtime.sidecar import sidecar_path, write_sidecar
+from wherevit.runtime.sidecar import artifact_record, sidecar_path, write_sidecar
 from wherevit.train.checkpoint import CheckpointError, load_backbone
 
 __all__ = ["ExportRequest", "ExportResult", "ParityError", "parse_batch", "export_artifacts", "parity_inputs"]
@@ -161,7 +161,8 @@ def export_artifacts(req: ExportRequest) -> ExportResult:
         opts = OnnxExportOptions(onnx_precision, batch, size, req.dynamic_hw, req.pooled, req.opset)
         written.append(result.onnx)
         facts = export_onnx(fm, result.onnx, opts)
-        facts["sha256"] = sha256_file(result.onnx)
+        onnx_record = artifact_record(result.onnx)
+        facts["sha256"] = onnx_record["sha256"]
         # The runtime's CPU backend knows what it can run (no fp16/bf16 MatMul kernels in ONNX Runtime's CPU provider).
         cpu_reason = OrtCpu.unavailable_reason({"kind": "onnx", "precision": onnx_precision})
         if cpu_reason is None:
@@ -178,7 +179,7 @@ def export_artifacts(req: ExportRequest) -> ExportResult:
         meta = _artifact_meta(fm, info, req, preprocess, batch, onnx_precision, d, (gh, gw), parity, head_meta)
         meta["onnx"] = facts
         written.append(sidecar_path(result.onnx))
-        result.sidecars.append(write_sidecar(result.onnx, {"kind": "onnx", **meta}))
+        result.sidecars.append(write_sidecar(result.onnx, {"kind": "onnx", **meta}, record=onnx_record))
 
         if plan is not None:
             result.engine = out_dir / f"{stem}_{req.precision}.engine"

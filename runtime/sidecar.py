@@ -36,11 +36,14 @@ def artifact_record(artifact: str | os.PathLike) -> dict:
     return {"file": p.name, "bytes": p.stat().st_size, "sha256": sha256_file(p)}
 
 
-def write_sidecar(artifact: str | os.PathLike, meta: dict[str, Any]) -> Path:
-    """Write ``meta`` plus format, hash, size and creation time beside ``artifact`` (atomically)."""
+def write_sidecar(artifact: str | os.PathLike, meta: dict[str, Any], record: dict | None = None) -> Path:
+    """Write ``meta`` plus format, hash, size and creation time beside ``artifact`` (atomically).
+
+    ``record``: the artifact's :func:`artifact_record` when the caller already has it (hashing a
+    large graph twice is wasted seconds)."""
     data = {
         "format": SIDECAR_FORMAT,
-        "artifact": artifact_record(artifact),
+        "artifact": record or artifact_record(artifact),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "wherevit_version": __version__,
         **meta,
