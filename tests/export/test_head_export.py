@@ -1,5 +1,6 @@
 """Backbone + head exported as one graph, served by the runtime and the server like features."""
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -86,6 +87,20 @@ def test_server_serves_a_two_input_pose_graph(heads, trained_run, tmp_path):
             ref = model.run_inputs({"images_a": xa, "images_b": xb})
         np.testing.assert_allclose(r.as_numpy("rotation"), ref["rotation"], rtol=1e-5, atol=1e-5)
         assert [i["name"] for i in c.get_model_metadata("vit_tiny_patch16_224_images")["inputs"]] == ["image_bytes_a", "image_bytes_b"]
+        # encoded pairs through the _images model: each input decoded and preprocessed, rows kept in order
+        pairs = [render_pair(s, 48) for s in (3, 4)]
+        ins = []
+        for key in ("a", "b"):
+            pngs = [cv2.imencode(".png", cv2.cvtColor(p[key]["rgb"], cv2.COLOR_RGB2BGR))[1].tobytes() for p in pairs]
+            inp = th.InferInput(f"image_bytes_{key}", [len(pngs)], "BYTES")
+            inp.set_data_from_numpy(np.array(pngs, dtype=object))
+            ins.append(inp)
+        r = c.infer("vit_tiny_patch16_224_images", ins)
+        with runtime.load(res.onnx) as model:
+            ref = model.predict([p["a"]["rgb"] for p in pairs], [p["b"]["rgb"] for p in pairs])
+        np.testing.assert_allclose(r.as_numpy("rotation"), ref["rotation"], rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(r.as_numpy("translation"), ref["translation"], rtol=1e-5, atol=1e-5)
+        assert not np.allclose(r.as_numpy("translation")[0], r.as_numpy("translation")[1])  # two different pairs
     finally:
         s.stop()
 
