@@ -70,7 +70,9 @@ class CropConfig:
 class DataConfig:
     """Where images come from and how they are batched."""
 
-    source: Literal["folder", "synthetic"] = "folder"
+    # folder: images under `path`; synthetic: generated 2-D scenes; scenes3d: views of generated 3-D
+    # scenes (the downstream heads' renderer). The synthetic_* fields size both generated sources.
+    source: Literal["folder", "synthetic", "scenes3d"] = "folder"
     path: Optional[str] = None  # folder of images (recursive) when source == "folder"
     synthetic_count: int = 4096
     synthetic_size: int = 128

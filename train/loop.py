@@ -29,6 +29,7 @@ from wherevit.train.checkpoint import (
 from wherevit.train.config import TrainConfig
 from wherevit.train.data.dataset import MultiCrop, SSLDataset, StepBatchSampler
 from wherevit.train.data.sources import ImageFolder, ImageSource
+from wherevit.train.data.scenes3d import SceneViews
 from wherevit.train.data.synthetic import SyntheticScenes
 from wherevit.train.data.views import ViewSpec
 from wherevit.train.distributed import DistInfo, barrier, init_distributed
@@ -63,6 +64,8 @@ def build_source(cfg: TrainConfig) -> ImageSource:
     d = cfg.data
     if d.source == "synthetic":
         return SyntheticScenes(d.synthetic_count, d.synthetic_size, d.synthetic_seed)
+    if d.source == "scenes3d":
+        return SceneViews(d.synthetic_count, d.synthetic_size, d.synthetic_seed)
     return ImageFolder(d.path)
 
 

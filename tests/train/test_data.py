@@ -105,3 +105,21 @@ def test_step_sampler_is_addressed_by_step_and_shards_ranks():
     assert sorted(first) == list(range(10))
     with pytest.raises(ValueError, match="not divisible"):
         StepBatchSampler(10, 5, seed=0, world=2)
+
+
+def test_scenes3d_source_serves_cached_views_of_the_downstream_renderer(tmp_path, monkeypatch, tiny_cfg):
+    from wherevit.train.data.scenes3d import SceneSet
+    from wherevit.train.loop import build_source
+
+    monkeypatch.setenv("WHEREVIT_CACHE", str(tmp_path))
+    cfg = tiny_cfg(**{"data.source": "scenes3d", "data.synthetic_count": 5, "data.synthetic_size": 24, "data.synthetic_seed": 3})
+    src = build_source(cfg)
+    assert len(src) == 5 and "3-D scene views (count=5, size=24, seed=3)" in src.describe()
+    pairs = SceneSet(3, 24, 3)  # 3 pairs -> 6 views, the first 5 used; the cache file is reused
+    assert len(list((tmp_path / "scenes3d").iterdir())) == 1
+    want = pairs.views()["rgb"]
+    for i in range(5):
+        img = src.load(i)
+        assert img.shape == (24, 24, 3) and img.dtype == np.uint8
+        np.testing.assert_array_equal(img, want[i])
+    assert not np.array_equal(src.load(0), src.load(1))

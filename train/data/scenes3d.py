@@ -178,3 +178,25 @@ class SceneSet:
     def views(self) -> dict[str, np.ndarray]:
         """Both views of every pair stacked as single views: rgb, depth, labels (2n, ...)."""
         return {k: np.concatenate([self.data[f"a_{k}"], self.data[f"b_{k}"]]) for k in ("rgb", "depth", "labels")}
+
+
+class SceneViews:
+    """Single RGB views of generated 3-D scenes as a pretraining image source (``data.source:
+    scenes3d``): the same renderer as the downstream heads' data, so pretraining and evaluation
+    share a domain. Views come from :class:`SceneSet` pairs (both cameras), rendered once and cached.
+    Seeds are disjoint from the downstream splits as long as ``seed`` differs from theirs."""
+
+    def __init__(self, count: int, size: int = 96, seed: int = 0, cache_dir: str | os.PathLike | None = None):
+        if count <= 0:
+            raise ValueError(f"scenes3d data set needs count > 0, got {count}")
+        self.count, self.size, self.seed = count, size, seed
+        self.rgb = SceneSet((count + 1) // 2, size, seed, cache_dir).views()["rgb"][:count]
+
+    def __len__(self) -> int:
+        return self.count
+
+    def describe(self) -> str:
+        return f"generated 3-D scene views (count={self.count}, size={self.size}, seed={self.seed})"
+
+    def load(self, index: int) -> np.ndarray:
+        return self.rgb[index]
