@@ -2,7 +2,8 @@
 anti-collapse variants and score each backbone with the downstream table's quick columns.
 
 Every variant is the quickstart preset with `plugins: {}` plus the listed overrides, same seed and
-budget as `downstream_table.py`'s DINO row; "random" scores the untrained architecture. Each
+budget as `downstream_table.py`'s DINO row; "random" scores the untrained architecture. Scores: the
+table's depth, segmentation and pose heads, position/scale and 8-way, k-NN and linear probes. Each
 variant writes `<out>/dino_alone/<variant>.json` (train curve + scores), so variants can run one
 at a time:
 
@@ -20,12 +21,11 @@ from pathlib import Path
 
 from wherevit.train.checkpoint import load_backbone
 from wherevit.train.config import load_train_config
-from wherevit.train.downstream.fit import HeadTrainConfig, fit_head
-from wherevit.train.evals.probes import evaluate_probes
-from wherevit.train.evals.spatial import SpatialEvalConfig, evaluate_spatial
+from wherevit.train.evals.suite import SuiteConfig, evaluate_suite, headline_scores
 from wherevit.train.loop import train
 
 _SHARP = ["dino.centering=sinkhorn", "dino.koleo_weight=0.1", "data.crops.color_jitter_p=0.2", "data.crops.grayscale_p=0.0"]
+TASKS = ("depth", "seg", "pose", "spatial", "probes")  # the table's columns without jigsaw
 VARIANTS: dict[str, list[str]] = {
     "ema": [],  # the preset: EMA centre, teacher temperature 0.04 -> 0.07
     "sinkhorn": ["dino.centering=sinkhorn"],
@@ -33,6 +33,9 @@ VARIANTS: dict[str, list[str]] = {
     "sinkhorn_koleo_lightcolour_tt002": _SHARP + ["dino.teacher_temp=0.02", "dino.warmup_teacher_temp=0.02"],
     "sinkhorn_koleo_lightcolour_tt002_1000steps": _SHARP + ["dino.teacher_temp=0.02", "dino.warmup_teacher_temp=0.02",
                                                             "total_steps=1000", "ckpt_every=1000"],
+    # pretrain on views of the downstream 3-D scenes instead of the 2-D scenes
+    "scenes3d_sinkhorn_koleo_lightcolour_tt002": ["data.source=scenes3d"] + _SHARP
+    + ["dino.teacher_temp=0.02", "dino.warmup_teacher_temp=0.02"],
     "random": [],
 }
 
@@ -55,13 +58,8 @@ def run_variant(name: str, runs: Path, config: str) -> dict:
             if "loss/dino" in m:
                 curve.append({k: m.get(k) for k in ("step", "loss/dino", "dino/teacher_entropy", "dino/teacher_batch_entropy")})
     model, info = load_backbone(run, random_init=name == "random")
-    size = int(info["arch"]["img_size"][0])
-    depth = fit_head("depth", model, HeadTrainConfig(n_train=400, n_test=150, size=size, epochs=20), progress=False)[1]
-    spatial = evaluate_spatial(model, SpatialEvalConfig(n_images=400, crop_size=32))
-    probes = evaluate_probes(model)
-    scores = {"depth_rmse": depth["rmse"], "depth_abs_rel": depth["abs_rel"],
-              "pos_scale_r2": spatial["position_scale"]["r2_mean"], "rel_loc_8way": spatial["relative_location"]["acc_8way"],
-              "knn": probes["knn_acc"], "linear": probes["linear_acc"]}
+    results = evaluate_suite(model, SuiteConfig(size=int(info["arch"]["img_size"][0]), tasks=TASKS))
+    scores = headline_scores(results)
     return {"variant": name, "overrides": overrides, "train_seconds": train_s, "curve": curve, "scores": scores}
 
 
@@ -78,6 +76,9 @@ def main() -> None:
         if name not in VARIANTS:
             ap.error(f"unknown variant {name!r}; choose from {', '.join(VARIANTS)}")
         r = run_variant(name, a.runs, a.config)
+        prev = out / f"{name}.json"
+        if r["train_seconds"] is None and prev.is_file():  # re-scored an existing run: keep its training time
+            r["train_seconds"] = json.loads(prev.read_text()).get("train_seconds")
         r |= {"command": "python " + " ".join(sys.argv), "date": datetime.now(timezone.utc).isoformat(timespec="seconds")}
         (out / f"{name}.json").write_text(json.dumps(r, indent=2))
         print(name, json.dumps({k: round(v, 3) for k, v in r["scores"].items()}), flush=True)

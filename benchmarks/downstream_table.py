@@ -18,10 +18,7 @@ from pathlib import Path
 
 from wherevit.train.checkpoint import load_backbone
 from wherevit.train.config import load_train_config
-from wherevit.train.downstream.fit import HeadTrainConfig, fit_head
-from wherevit.train.evals.jigsaw import JigsawConfig, evaluate_jigsaw
-from wherevit.train.evals.probes import evaluate_probes
-from wherevit.train.evals.spatial import SpatialEvalConfig, evaluate_spatial
+from wherevit.train.evals.suite import SuiteConfig, evaluate_suite
 from wherevit.train.loop import train
 
 
@@ -45,11 +42,7 @@ def main() -> None:
     for label, spec, rnd in (("DINO", "dino", False), ("DINO + SP", "dino_sp", False), ("random weights", "dino", True)):
         model, info = load_backbone(a.runs / spec, random_init=rnd)
         size = int(info["arch"]["img_size"][0])
-        hc = HeadTrainConfig(n_train=a.n_train, n_test=a.n_test, size=size, epochs=a.epochs)
-        r = {t: fit_head(t, model, hc, progress=False)[1] for t in ("depth", "seg", "pose")}
-        r["spatial"] = evaluate_spatial(model, SpatialEvalConfig(n_images=400, crop_size=32))
-        r["jigsaw"] = evaluate_jigsaw(model, JigsawConfig(n_train=200, n_test=150, image_size=size))
-        r["probes"] = evaluate_probes(model)
+        r = evaluate_suite(model, SuiteConfig(size=size, n_train=a.n_train, n_test=a.n_test, epochs=a.epochs))
         rows[label] = r
         print(label, json.dumps({k: {kk: vv for kk, vv in v.items() if isinstance(vv, (int, float))} for k, v in r.items()}), flush=True)
     head = ("| backbone | depth RMSE (m) | depth AbsRel | seg mIoU | pose rot. err (deg) | pose transl. dir. err (deg) | "
