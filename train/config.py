@@ -104,13 +104,19 @@ class DinoConfig:
     warmup_teacher_temp_steps: int = 0  # 0: 30% of the run
     center_momentum: float = 0.9
     # "ema": DINO's running centre; "sinkhorn": DINOv2's Sinkhorn-Knopp batch centring, which
-    # forces the teacher's batch to spread over the prototypes (resists collapse at small scale)
+    # spreads each teacher batch evenly over the prototypes (see benchmarks/README.md for its effect)
     centering: Literal["ema", "sinkhorn"] = "ema"
     sinkhorn_iterations: int = 3
     koleo_weight: float = 0.0  # DINOv2's KoLeo spreading term on the student's global CLS tokens
     momentum_teacher: float = 0.996  # cosine to momentum_teacher_end
     momentum_teacher_end: float = 1.0
     freeze_last_layer_steps: int = 0
+
+    def validate(self) -> None:
+        if self.sinkhorn_iterations < 1:
+            raise ValueError(f"sinkhorn_iterations must be >= 1, got {self.sinkhorn_iterations}")
+        if self.koleo_weight < 0:
+            raise ValueError(f"koleo_weight must be >= 0, got {self.koleo_weight}")
 
 
 @dataclass

@@ -28,8 +28,8 @@ from wherevit.train.checkpoint import (
 )
 from wherevit.train.config import TrainConfig
 from wherevit.train.data.dataset import MultiCrop, SSLDataset, StepBatchSampler
-from wherevit.train.data.sources import ImageFolder, ImageSource
 from wherevit.train.data.scenes3d import SceneViews
+from wherevit.train.data.sources import ImageFolder, ImageSource
 from wherevit.train.data.synthetic import SyntheticScenes
 from wherevit.train.data.views import ViewSpec
 from wherevit.train.distributed import DistInfo, barrier, init_distributed

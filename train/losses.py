@@ -81,7 +81,8 @@ class DINOLoss(nn.Module):
 
     @torch.no_grad()
     def update_center(self, teacher_logits: torch.Tensor) -> None:
-        """EMA of the teacher's batch mean (kept with either centring: it is cheap and logged)."""
+        """EMA of the teacher's batch mean. Kept with either centring (it is cheap), so a run can
+        switch from Sinkhorn to the EMA centre on resume with a warm centre."""
         batch_sum = teacher_logits.float().sum(dim=0, keepdim=True)
         count = torch.tensor([teacher_logits.shape[0]], dtype=torch.float32, device=batch_sum.device)
         if _dist_on():

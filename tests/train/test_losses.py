@@ -68,3 +68,5 @@ def test_dino_loss_centering_choices():
         DINOLoss(8, centering="median")
     with pytest.raises(ConfigError, match="centering"):
         load_train_config("quickstart", ["dino.centering=median"])
+    with pytest.raises(ConfigError, match="koleo_weight must be >= 0"):
+        load_train_config("quickstart", ["dino.koleo_weight=-0.1"])
