@@ -18,8 +18,17 @@ from pathlib import Path
 
 from wherevit.train.checkpoint import load_backbone
 from wherevit.train.config import load_train_config
-from wherevit.train.evals.suite import SuiteConfig, evaluate_suite
+from wherevit.train.evals.suite import SuiteConfig, evaluate_suite, headline_scores
 from wherevit.train.loop import train
+
+# (headline_scores key, column title, format): the table's columns, in order
+COLUMNS = [
+    ("depth_rmse", "depth RMSE (m)", ".3f"), ("depth_abs_rel", "depth AbsRel", ".3f"), ("seg_miou", "seg mIoU", ".3f"),
+    ("pose_rot_err_deg", "pose rot. err (deg)", ".2f"), ("pose_trans_dir_err_deg", "pose transl. dir. err (deg)", ".1f"),
+    ("pos_scale_r2", "pos/scale R^2", ".3f"), ("rel_loc_8way", "8-way rel. loc.", ".3f"),
+    ("jigsaw_per_tile", "jigsaw per-tile", ".3f"), ("jigsaw_full_perm", "jigsaw full perm.", ".3f"),
+    ("knn", "k-NN", ".3f"), ("linear", "linear", ".3f"),
+]
 
 
 def main() -> None:
@@ -45,15 +54,11 @@ def main() -> None:
         r = evaluate_suite(model, SuiteConfig(size=size, n_train=a.n_train, n_test=a.n_test, epochs=a.epochs))
         rows[label] = r
         print(label, json.dumps({k: {kk: vv for kk, vv in v.items() if isinstance(vv, (int, float))} for k, v in r.items()}), flush=True)
-    head = ("| backbone | depth RMSE (m) | depth AbsRel | seg mIoU | pose rot. err (deg) | pose transl. dir. err (deg) | "
-            "pos/scale R^2 | 8-way rel. loc. | jigsaw per-tile | jigsaw full perm. | k-NN | linear |")
-    table = [head, "|" + " --- |" * (head.count("|") - 1)]
+    head = "| backbone | " + " | ".join(title for _, title, _ in COLUMNS) + " |"
+    table = [head, "|" + " --- |" * (len(COLUMNS) + 1)]
     for label, r in rows.items():
-        table.append(f"| {label} | {r['depth']['rmse']:.3f} | {r['depth']['abs_rel']:.3f} | {r['seg']['miou']:.3f} | "
-                     f"{r['pose']['rot_err_median_deg']:.2f} | {r['pose']['trans_dir_err_median_deg']:.1f} | "
-                     f"{r['spatial']['position_scale']['r2_mean']:.3f} | {r['spatial']['relative_location']['acc_8way']:.3f} | "
-                     f"{r['jigsaw']['per_tile_acc']:.3f} | {r['jigsaw']['full_permutation_acc']:.3f} | "
-                     f"{r['probes']['knn_acc']:.3f} | {r['probes']['linear_acc']:.3f} |")
+        scores = headline_scores(r)
+        table.append(f"| {label} | " + " | ".join(format(scores[key], fmt) for key, _, fmt in COLUMNS) + " |")
     r0 = rows["DINO"]
     table.append(f"| chance / baseline | {r0['depth']['baseline']['rmse']:.3f} | {r0['depth']['baseline']['abs_rel']:.3f} | "
                  f"{r0['seg']['baseline']['miou']:.3f} | {r0['pose']['baseline']['rot_err_median_deg']:.2f} | "
