@@ -126,12 +126,11 @@ class SSLMetaArch(nn.Module):
         s_logits, s_global_cls, plugin_out = student_fn({g: views[g] for g in self.student_groups}, teacher_feats, batch, self.dino_groups)
 
         B = batch["global"]["images"].shape[0]
-        probs = self.dino_loss.teacher_probs(t_logits, teacher_temp).chunk(self.cfg.data.crops.n_global)
-        dino = self.dino_loss(list(s_logits.split(B)), list(probs))
+        q = self.dino_loss.teacher_probs(t_logits, teacher_temp)  # (n_global * B, K)
+        dino = self.dino_loss(list(s_logits.split(B)), list(q.chunk(self.cfg.data.crops.n_global)))
         # collapse watch (log K is the ceiling): per-sample entropy near log K means uniform targets,
         # nothing to distil; batch entropy well below log K means the batch piles onto few prototypes
         with torch.no_grad():
-            q = torch.cat(probs)
             qm = q.mean(0)
             watch = {"dino/teacher_entropy": -(q * q.clamp_min(1e-12).log()).sum(-1).mean(),
                      "dino/teacher_batch_entropy": -(qm * qm.clamp_min(1e-12).log()).sum()}

@@ -175,9 +175,9 @@ class SceneSet:
     def __len__(self) -> int:
         return self.n
 
-    def views(self) -> dict[str, np.ndarray]:
-        """Both views of every pair stacked as single views: rgb, depth, labels (2n, ...)."""
-        return {k: np.concatenate([self.data[f"a_{k}"], self.data[f"b_{k}"]]) for k in ("rgb", "depth", "labels")}
+    def views(self, keys: tuple[str, ...] = ("rgb", "depth", "labels")) -> dict[str, np.ndarray]:
+        """Both views of every pair stacked as single views (2n, ...), for the arrays in ``keys``."""
+        return {k: np.concatenate([self.data[f"a_{k}"], self.data[f"b_{k}"]]) for k in keys}
 
 
 class SceneViews:
@@ -190,7 +190,7 @@ class SceneViews:
         if count <= 0:
             raise ValueError(f"scenes3d data set needs count > 0, got {count}")
         self.count, self.size, self.seed = count, size, seed
-        self.rgb = SceneSet((count + 1) // 2, size, seed, cache_dir).views()["rgb"][:count]
+        self.rgb = SceneSet((count + 1) // 2, size, seed, cache_dir).views(("rgb",))["rgb"][:count]  # depth/labels unused here
 
     def __len__(self) -> int:
         return self.count
