@@ -9,7 +9,7 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
-__all__ = ["DistInfo", "init_distributed", "barrier", "shutdown"]
+__all__ = ["DistInfo", "init_distributed", "is_distributed", "barrier", "shutdown"]
 
 
 @dataclass(frozen=True)
@@ -41,11 +41,16 @@ def init_distributed(device: torch.device) -> DistInfo:
     return DistInfo(rank, world, local)
 
 
+def is_distributed() -> bool:
+    """True inside an initialised process group (collectives must run); False in one process."""
+    return dist.is_available() and dist.is_initialized()
+
+
 def barrier() -> None:
-    if dist.is_available() and dist.is_initialized():
+    if is_distributed():
         dist.barrier()
 
 
 def shutdown() -> None:
-    if dist.is_available() and dist.is_initialized():
+    if is_distributed():
         dist.destroy_process_group()

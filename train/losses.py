@@ -7,11 +7,9 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+from wherevit.train.distributed import is_distributed
+
 __all__ = ["DINOLoss", "KoLeoLoss", "sinkhorn_knopp"]
-
-
-def _dist_on() -> bool:
-    return dist.is_available() and dist.is_initialized()
 
 
 @torch.no_grad()
@@ -26,15 +24,15 @@ def sinkhorn_knopp(logits: torch.Tensor, temp: float, n_iterations: int = 3) -> 
     # shift each sample's logits by its max so exp cannot overflow and every sample keeps mass; a
     # per-sample factor is a column scaling, which Sinkhorn's column normalisation absorbs
     q = torch.exp(x - x.max(dim=1, keepdim=True).values).t()  # (K, B)
-    world = dist.get_world_size() if _dist_on() else 1
+    world = dist.get_world_size() if is_distributed() else 1
     n_samples, n_protos = q.shape[1] * world, q.shape[0]
     total = q.sum().reshape(1)
-    if _dist_on():
+    if is_distributed():
         dist.all_reduce(total)
     q /= total
     for _ in range(n_iterations):
         rows = q.sum(dim=1, keepdim=True)
-        if _dist_on():
+        if is_distributed():
             dist.all_reduce(rows)
         q /= rows.clamp_min(1e-30) * n_protos  # a prototype no sample is near keeps zero mass
         q /= q.sum(dim=0, keepdim=True) * n_samples
@@ -85,7 +83,7 @@ class DINOLoss(nn.Module):
         switch from Sinkhorn to the EMA centre on resume with a warm centre."""
         batch_sum = teacher_logits.float().sum(dim=0, keepdim=True)
         count = torch.tensor([teacher_logits.shape[0]], dtype=torch.float32, device=batch_sum.device)
-        if _dist_on():
+        if is_distributed():
             dist.all_reduce(batch_sum)
             dist.all_reduce(count)
         self.center.mul_(self.center_momentum).add_(batch_sum / count, alpha=1 - self.center_momentum)
