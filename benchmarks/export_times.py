@@ -14,8 +14,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from wherevit.export.api import ExportRequest, export_artifacts
-from wherevit.runtime.bench import machine_info
-from wherevit.runtime.sidecar import read_sidecar
+from wherevit.app.bench import machine_info
+from wherevit.base.sidecar import read_sidecar
 
 
 def main() -> None:

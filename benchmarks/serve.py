@@ -23,7 +23,7 @@ import numpy as np
 import tritonclient.http as th
 
 from wherevit import runtime
-from wherevit.runtime.bench import TimingConfig, machine_info, time_callable
+from wherevit.app.bench import TimingConfig, machine_info, time_callable
 
 
 def free_port() -> int:
@@ -54,7 +54,7 @@ def main() -> None:
     model.close()
 
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "wherevit.cli", "serve", a.artifact, "--port", str(port), "--backend", a.backend,
+    proc = subprocess.Popen([sys.executable, "-m", "wherevit.app.cli", "serve", a.artifact, "--port", str(port), "--backend", a.backend,
                              "--max-batch", str(max_batch), "--max-wait-ms", str(a.max_wait_ms), "--max-queue", "4096"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
     url = f"127.0.0.1:{port}"

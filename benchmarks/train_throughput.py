@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from wherevit.runtime.bench import machine_info
+from wherevit.app.bench import machine_info
 from wherevit.train.config import load_train_config
 from wherevit.train.data.dataset import MultiCrop
 from wherevit.train.data.synthetic import render_scene

@@ -25,7 +25,7 @@ import onnx
 import torch
 from torch import nn
 
-from wherevit.io import atomic_write_with
+from wherevit.base.io import atomic_write_with
 from wherevit.train.backbone import backbone_features
 
 __all__ = ["FeatureModel", "OnnxExportOptions", "export_onnx", "check_onnx", "slim_onnx", "DTYPES"]

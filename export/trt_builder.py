@@ -20,8 +20,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from wherevit.errors import WherevitError
-from wherevit.io import atomic_write_bytes
+from wherevit.base.errors import WherevitError
+from wherevit.base.io import atomic_write_bytes
 
 __all__ = [
     "TrtFlavour", "BuildPlan", "plan_build", "detect_flavour", "build_engine", "EngineBuildError",

@@ -22,8 +22,8 @@ from wherevit.runtime.backends import (
     InputError,
     registered_backends,
 )
-from wherevit.runtime.image import Preprocess, decode_image, read_image, to_rgb_uint8
-from wherevit.runtime.sidecar import read_sidecar
+from wherevit.base.image import Preprocess, decode_image, read_image, to_rgb_uint8
+from wherevit.base.sidecar import read_sidecar
 
 __all__ = ["Model", "Features", "load", "ImageLike", "available_backends"]
 

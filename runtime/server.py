@@ -34,7 +34,7 @@ from wherevit.runtime.batching import (
     QueueFull,
     ShuttingDown,
 )
-from wherevit.runtime.image import ImageDecodeError, decode_image
+from wherevit.base.image import ImageDecodeError, decode_image
 from wherevit.runtime.kserve import (
     InferRequest,
     ProtocolError,

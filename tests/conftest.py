@@ -39,7 +39,7 @@ def tiny_train_dict(**over) -> dict:
 @pytest.fixture
 def tiny_cfg():
     """Factory: ``tiny_cfg(**{"plugins": {}, "total_steps": 10})`` -> validated TrainConfig."""
-    from wherevit.config import from_dict
+    from wherevit.base.config import from_dict
     from wherevit.train.config import TrainConfig
 
     def make(**over):
@@ -51,7 +51,7 @@ def tiny_cfg():
 @pytest.fixture(scope="session")
 def trained_run(tmp_path_factory):
     """A tiny DINO+SP run (3 steps): a real training checkpoint for export and runtime tests."""
-    from wherevit.config import from_dict
+    from wherevit.base.config import from_dict
     from wherevit.train.config import TrainConfig
     from wherevit.train.loop import train
 

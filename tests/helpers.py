@@ -17,7 +17,7 @@ class Server:
     def __init__(self, artifact, *args):
         self.port = free_port()
         self.url = f"127.0.0.1:{self.port}"
-        self.proc = subprocess.Popen([sys.executable, "-m", "wherevit.cli", "serve", str(artifact), "--port", str(self.port), *args],
+        self.proc = subprocess.Popen([sys.executable, "-m", "wherevit.app.cli", "serve", str(artifact), "--port", str(self.port), *args],
                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         client = _client()(self.url)
         deadline = time.monotonic() + 60

@@ -80,7 +80,7 @@ def backbone_features(model: VisionTransformer, x: torch.Tensor) -> BackboneFeat
 @torch.no_grad()
 def embed_images(model: VisionTransformer, rgb, batch_size: int = 128) -> BackboneFeatures:
     """Frozen features of (N, H, W, 3) uint8 RGB images (ImageNet normalisation), as CPU tensors."""
-    from wherevit.runtime.image import IMAGENET_MEAN, IMAGENET_STD
+    from wherevit.base.image import IMAGENET_MEAN, IMAGENET_STD
 
     mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
     std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)

@@ -24,8 +24,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open, save_file
 
 from wherevit import __version__
-from wherevit.errors import WherevitError
-from wherevit.io import atomic_write_text, atomic_write_with, check_writable_dir
+from wherevit.base.errors import WherevitError
+from wherevit.base.io import atomic_write_text, atomic_write_with, check_writable_dir
 from wherevit.train.backbone import create_backbone, describe_backbone
 
 __all__ = [
@@ -192,7 +192,7 @@ def load_backbone(spec: str | Path, which: str = "teacher", dynamic_img_size: bo
         if which not in ("teacher", "student"):
             raise ValueError(f"which must be 'teacher' or 'student', got {which!r}")
         cfg = json.loads(meta["config"])
-        from wherevit.config import from_dict
+        from wherevit.base.config import from_dict
         from wherevit.train.backbone import timm_kwargs
         from wherevit.train.config import TrainConfig
 

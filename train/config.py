@@ -1,7 +1,7 @@
 """Training configuration: validated dataclasses loaded from YAML (see ``configs/``).
 
 Every field has a default that is sensible at ImageNet/ViT-S scale; the presets in ``configs/``
-override what differs. Unknown keys are errors (``wherevit.config.from_dict``). Plug-in sections
+override what differs. Unknown keys are errors (``wherevit.base.config.from_dict``). Plug-in sections
 are validated by each plug-in's own config dataclass when the plug-in is created.
 """
 
@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Optional
 
-from wherevit.config import ConfigError, apply_overrides, from_dict, load_yaml, to_dict
+from wherevit.base.config import ConfigError, apply_overrides, from_dict, load_yaml, to_dict
 
 __all__ = [
     "ModelConfig", "CropConfig", "DataConfig", "DinoConfig", "OptimConfig", "TrainConfig",

@@ -13,7 +13,7 @@ from typing import Any, Callable, Mapping
 import torch
 from torch import nn
 
-from wherevit.runtime.image import IMAGENET_MEAN, IMAGENET_STD
+from wherevit.base.image import IMAGENET_MEAN, IMAGENET_STD
 from wherevit.train.backbone import (
     BackboneFeatures,
     backbone_features,

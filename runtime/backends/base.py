@@ -13,7 +13,7 @@ from typing import ClassVar, Mapping
 
 import numpy as np
 
-from wherevit.errors import WherevitError
+from wherevit.base.errors import WherevitError
 
 __all__ = ["Backend", "BackendUnavailable", "InputError", "register_backend", "registered_backends", "NP_DTYPES"]
 

@@ -13,7 +13,7 @@ from typing import Mapping
 
 import numpy as np
 
-from wherevit.errors import WherevitError
+from wherevit.base.errors import WherevitError
 from wherevit.runtime.backends.base import Backend, register_backend
 from wherevit.runtime.backends.cuda import (
     cuda_check,

@@ -11,14 +11,14 @@ import torch
 from wherevit import runtime
 from wherevit.runtime.backends import BackendUnavailable, InputError
 from wherevit.runtime.backends.tensorrt import EngineMismatch, check_engine_compat
-from wherevit.runtime.image import ImageDecodeError
+from wherevit.base.image import ImageDecodeError
 from wherevit.train.backbone import backbone_features
 from wherevit.train.checkpoint import load_backbone
 from wherevit.train.data.synthetic import render_scene
 
 
 def test_runtime_imports_without_torch():
-    code = ("import sys; import wherevit.runtime, wherevit.runtime.server, wherevit.cli; "
+    code = ("import sys; import wherevit.runtime, wherevit.runtime.server, wherevit.app.cli; "
             "assert 'torch' not in sys.modules, 'runtime pulled in torch'")
     subprocess.run([sys.executable, "-c", code], check=True)
 

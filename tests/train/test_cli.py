@@ -2,7 +2,7 @@ import json
 
 from click.testing import CliRunner
 
-from wherevit.cli import main
+from wherevit.app.cli import main
 
 
 def test_help_lists_the_workflow():

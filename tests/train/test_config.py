@@ -1,7 +1,7 @@
 import pytest
 from conftest import tiny_train_dict
 
-from wherevit.config import ConfigError, from_dict
+from wherevit.base.config import ConfigError, from_dict
 from wherevit.train.config import TrainConfig, load_train_config, preset_names
 
 

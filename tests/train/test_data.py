@@ -2,7 +2,7 @@ import cv2
 import numpy as np
 import pytest
 
-from wherevit.runtime.image import ImageDecodeError, decode_image, read_image
+from wherevit.base.image import ImageDecodeError, decode_image, read_image
 from wherevit.train.data.dataset import MultiCrop, SSLDataset, StepBatchSampler
 from wherevit.train.data.sources import DataError, ImageFolder
 from wherevit.train.data.synthetic import render_scene, write_synthetic_folder

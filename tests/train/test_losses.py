@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from wherevit.config import ConfigError
+from wherevit.base.config import ConfigError
 from wherevit.train.config import load_train_config
 from wherevit.train.losses import DINOLoss, KoLeoLoss, sinkhorn_knopp
 

@@ -3,7 +3,7 @@ import itertools
 import numpy as np
 from click.testing import CliRunner
 
-from wherevit.cli import main
+from wherevit.app.cli import main
 from wherevit.train.evals.jigsaw import JigsawConfig, _assemble, _tiles, best_assignment, evaluate_jigsaw
 from wherevit.train.evals.probes import knn_accuracy
 

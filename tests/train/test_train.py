@@ -90,7 +90,7 @@ def test_two_process_ddp_matches_one_process(tmp_path, centering):
     cfg_file = tmp_path / "tiny.yaml"
     cfg_file.write_text(yaml.safe_dump(cfg))
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    base = [sys.executable, "-m", "wherevit.cli", "train", "--config", str(cfg_file), "--no-progress"]
+    base = [sys.executable, "-m", "wherevit.app.cli", "train", "--config", str(cfg_file), "--no-progress"]
     subprocess.run(base + ["--out", str(tmp_path / "one")], check=True, env=env, timeout=300)
     port = free_port()
     subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", "2",
@@ -114,7 +114,7 @@ def test_two_process_resume_is_exact(tmp_path):
 
     def torchrun(*args):
         subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", "2",
-                        "--master_addr", "127.0.0.1", "--master_port", str(free_port()), "-m", "wherevit.cli", "train",
+                        "--master_addr", "127.0.0.1", "--master_port", str(free_port()), "-m", "wherevit.app.cli", "train",
                         "--config", str(cfg_file), "--no-progress", *args], check=True, env=env, timeout=300)
 
     torchrun("--out", str(tmp_path / "straight"))

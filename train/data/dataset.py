@@ -12,7 +12,7 @@ from typing import Callable, Iterator, Mapping
 
 import numpy as np
 
-from wherevit.runtime.image import ImageDecodeError
+from wherevit.base.image import ImageDecodeError
 from wherevit.train.data.sources import DataError, ImageSource
 from wherevit.train.data.views import ViewSpec, make_view
 

@@ -165,7 +165,7 @@ class SceneSet:
             data = {f"{v}_{k}": np.stack([p[v][k] for p in pairs]) for v in ("a", "b") for k in ("rgb", "depth", "labels", "K")}
             data.update({k: np.stack([p[k] for p in pairs]) for k in ("T_a", "T_b", "T_ab")})
             cache.mkdir(parents=True, exist_ok=True)
-            from wherevit.io import atomic_path
+            from wherevit.base.io import atomic_path
 
             with atomic_path(path) as tmp:
                 with open(tmp, "wb") as fh:

@@ -13,8 +13,8 @@ from typing import Protocol
 
 import numpy as np
 
-from wherevit.errors import WherevitError
-from wherevit.runtime.image import IMAGE_EXTENSIONS, read_image
+from wherevit.base.errors import WherevitError
+from wherevit.base.image import IMAGE_EXTENSIONS, read_image
 
 __all__ = ["ImageSource", "ImageFolder", "DataError"]
 

@@ -25,8 +25,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from wherevit.errors import WherevitError
-from wherevit.runtime.image import IMAGE_EXTENSIONS, read_image
+from wherevit.base.errors import WherevitError
+from wherevit.base.image import IMAGE_EXTENSIONS, read_image
 from wherevit.train.data.scenes3d import CLASSES, SceneSet
 from wherevit.train.evals.dense_metrics import IGNORE_INDEX
 

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 from tqdm import tqdm
 
-from wherevit.io import atomic_write_text, atomic_write_with
+from wherevit.base.io import atomic_write_text, atomic_write_with
 from wherevit.train.backbone import embed_images
 from wherevit.train.data.scenes3d import CLASSES
 from wherevit.train.downstream.datasets import folder_splits, synthetic_splits

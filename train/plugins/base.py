@@ -21,7 +21,7 @@ from typing import Any, ClassVar, Mapping
 import torch
 from torch import nn
 
-from wherevit.config import from_dict
+from wherevit.base.config import from_dict
 from wherevit.train.backbone import BackboneFeatures
 from wherevit.train.data.dataset import ViewSampler
 

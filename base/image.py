@@ -15,7 +15,7 @@ from typing import Sequence
 import cv2
 import numpy as np
 
-from wherevit.errors import WherevitError
+from wherevit.base.errors import WherevitError
 
 __all__ = [
     "IMAGE_EXTENSIONS",

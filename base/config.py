@@ -17,7 +17,7 @@ from typing import Any, Mapping, TypeVar
 
 import yaml
 
-from wherevit.errors import WherevitError
+from wherevit.base.errors import WherevitError
 
 __all__ = ["ConfigError", "from_dict", "to_dict", "load_yaml", "apply_overrides"]
 

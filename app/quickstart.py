@@ -25,7 +25,7 @@ def quickstart(out: str | Path = "runs/quickstart", steps: int | None = None, pr
     """Tiny DINO+SP pretraining on generated scenes, then export, engine build and benchmark."""
     from wherevit.export.api import ExportRequest, export_artifacts
     from wherevit.export.trt_builder import EngineBuildError, detect_flavour
-    from wherevit.runtime.bench import (
+    from wherevit.app.bench import (
         BenchRequest,
         TimingConfig,
         format_table,

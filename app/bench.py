@@ -21,7 +21,7 @@ from typing import Callable
 
 import numpy as np
 
-from wherevit.io import atomic_write_text
+from wherevit.base.io import atomic_write_text
 from wherevit.runtime.compare import compare
 
 __all__ = ["BenchRow", "BenchRequest", "TimingConfig", "time_callable", "machine_info", "write_results", "format_table",
@@ -214,7 +214,7 @@ def _artifacts_for(req: BenchRequest, notes: list[str]) -> tuple[dict[tuple[str,
     """(kind, precision) -> (artifact path, its verified sidecar), and the checkpoint for PyTorch rows.
 
     Each sidecar is read (and its artifact hashed) once here; the rows reuse it."""
-    from wherevit.runtime.sidecar import read_sidecar, sidecar_path
+    from wherevit.base.sidecar import read_sidecar, sidecar_path
 
     target = Path(req.target)
     if target.is_file() and sidecar_path(target).is_file():
@@ -270,7 +270,7 @@ def run_bench(req: BenchRequest) -> tuple[list[BenchRow], dict[str, Path]]:
     # The PyTorch fp32 reference, once per batch size.
     ref_out, torch_reason = {}, None
     try:
-        from wherevit.export.torch_runners import TorchRunner, torch_unavailable_reason
+        from wherevit.app.torch_backend import TorchRunner, torch_unavailable_reason
     except ImportError as e:
         torch_reason = f"PyTorch is not installed ({e.name}); pip install 'wherevit[export]'"
     if torch_reason is None and not ckpt:

@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from wherevit import __version__
-from wherevit.errors import WherevitError
-from wherevit.io import atomic_write_text, sha256_file
+from wherevit.base.errors import WherevitError
+from wherevit.base.io import atomic_write_text, sha256_file
 
 __all__ = ["SIDECAR_FORMAT", "SidecarError", "sidecar_path", "write_sidecar", "read_sidecar", "artifact_record"]
 

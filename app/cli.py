@@ -15,7 +15,7 @@ from pathlib import Path
 import click
 
 from wherevit import __version__
-from wherevit.errors import WherevitError
+from wherevit.base.errors import WherevitError
 
 # Errors a user can fix: shown as one clear line, not a traceback.
 _USER_ERRORS: tuple[type[BaseException], ...] = (WherevitError, ValueError, FileNotFoundError, PermissionError, KeyError)
@@ -66,7 +66,7 @@ def train(config: str | None, overrides: tuple[str, ...], out: Path | None, resu
     Runs as one process, or as many under torchrun (DDP; world size from the environment):
 
     \b
-      torchrun --nproc_per_node 8 -m wherevit.cli train --config vit_s16_dino_sp --set data.path=/data/in1k/train
+      torchrun --nproc_per_node 8 -m wherevit.app.cli train --config vit_s16_dino_sp --set data.path=/data/in1k/train
     """
     from wherevit.train.config import load_train_config
     from wherevit.train.loop import train as train_fn
@@ -94,7 +94,7 @@ def quickstart(out: Path, steps: int | None, no_progress: bool) -> None:
 
     Minutes on a CPU; nothing is downloaded.
     """
-    from wherevit.pipeline import quickstart as run_quickstart
+    from wherevit.app.quickstart import quickstart as run_quickstart
 
     _run(run_quickstart, out, steps, progress=not no_progress, echo=click.echo)
 
@@ -127,7 +127,7 @@ def eval_spatial(checkpoint: str, which: str, random_init: bool, n_images: int, 
 
     CHECKPOINT is a run directory, a checkpoint directory, a backbone.safetensors or a timm model name.
     """
-    from wherevit.io import atomic_write_text
+    from wherevit.base.io import atomic_write_text
     from wherevit.train.checkpoint import load_backbone
     from wherevit.train.evals.spatial import SpatialEvalConfig, evaluate_spatial
 
@@ -218,7 +218,7 @@ def serve(artifact: str, host: str, port: int, name: str | None, backend: str, m
     from wherevit.runtime.batching import BatchingConfig
     from wherevit.runtime.server import ServeConfig
     from wherevit.runtime.server import serve as serve_fn
-    from wherevit.runtime.sidecar import read_sidecar
+    from wherevit.base.sidecar import read_sidecar
 
     meta = _run(read_sidecar, artifact)
     mb = max_batch or int(meta["batch"]["max"])
@@ -247,7 +247,7 @@ def bench(target: str, backends: str, batches: str, precisions: str, reference: 
     TARGET is an exported artifact (its siblings in the same folder join in) or a checkpoint /
     timm model name, which is exported first. Writes bench.json, bench.csv and bench.png to --out.
     """
-    from wherevit.runtime.bench import (
+    from wherevit.app.bench import (
         ALL_BACKENDS,
         BenchRequest,
         TimingConfig,
@@ -366,5 +366,5 @@ def data_synth(out: Path, count: int, size: int, seed: int) -> None:
     click.echo(f"wrote {len(paths)} images to {out}")
 
 
-if __name__ == "__main__":  # `python -m wherevit.cli` (what torchrun runs)
+if __name__ == "__main__":  # `python -m wherevit.app.cli` (what torchrun runs)
     sys.exit(main())
