@@ -1,8 +1,9 @@
 """``export_artifacts``: checkpoint (or timm name) -> ONNX (+ engine), each with its sidecar.
 
 Reads as a chain of small steps: BackboneFromCheckpoint -> FeatureModel -> OnnxFromModel ->
-parity (ONNX Runtime vs PyTorch) -> EngineFromOnnx. A step that fails removes what this call
-wrote, so no half-made artifact is left behind.
+parity (ONNX Runtime vs PyTorch) -> EngineFromOnnx. ``--precision int8`` adds QuantizeOnnx (from
+the fp32 ONNX, see ``export/quantize.py``) -> cosine parity -> the engine from the Q/DQ graph. A
+step that fails removes what this call wrote, so no half-made artifact is left behind.
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ from wherevit.export.onnx_export import (
     export_onnx,
     torch_reference,
 )
-from wherevit.export.trt_builder import build_engine, detect_flavour, plan_build
+from wherevit.export.quantize import QuantOptions, calibration_set, quantize_onnx
+from wherevit.export.trt_builder import EngineBuildError, build_engine, detect_flavour, plan_build
 from wherevit.base.io import check_writable_dir
 from wherevit.runtime.backends.onnxruntime import OrtCpu
 from wherevit.runtime.compare import DEFAULT_RTOL, Comparison, compare
@@ -77,6 +79,7 @@ class ExportRequest:
     expect_model: str | None = None
     opset: int = 18
     head: str | None = None  # head_<task>.safetensors from `wherevit train-head`: export backbone + head as one graph
+    quant: QuantOptions = field(default_factory=QuantOptions)  # used when precision is "int8"
 
 
 @dataclass
@@ -84,6 +87,8 @@ class ExportResult:
     onnx: Path
     engine: Path | None = None
     parity: Comparison | None = None
+    int8: Path | None = None  # the quantised ONNX (precision "int8"; ``onnx`` is its fp32 source)
+    int8_parity: Comparison | None = None
     sidecars: list[Path] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
@@ -121,8 +126,8 @@ def export_artifacts(req: ExportRequest) -> ExportResult:
     """Export per ``req``; see the module docstring. Raises ``ParityError`` when parity fails."""
     if req.format not in ("onnx", "engine"):
         raise ValueError(f"--format must be onnx or engine, got {req.format!r}")
-    if req.precision not in DEFAULT_RTOL:
-        raise ValueError(f"--precision must be one of {', '.join(DEFAULT_RTOL)}, got {req.precision!r}")
+    if req.precision not in (*DEFAULT_RTOL, "int8"):
+        raise ValueError(f"--precision must be one of {', '.join(DEFAULT_RTOL)}, int8; got {req.precision!r}")
     batch = parse_batch(req.batch)
     out_dir = check_writable_dir(req.out_dir)
     plan = None
@@ -151,7 +156,12 @@ def export_artifacts(req: ExportRequest) -> ExportResult:
     else:
         make = lambda bb, prec: FeatureModel(bb, prec, req.pooled).eval()
     ref_model = make(copy.deepcopy(model), "fp32")
-    onnx_precision = plan.onnx_precision if plan else req.precision
+    quant = calib = None
+    if req.precision == "int8":  # bad calibration input fails here, before the slow steps
+        # TensorRT's explicit quantisation takes int8 activations with zero point 0 only.
+        quant = dataclasses.replace(req.quant, symmetric_activations=True) if plan else req.quant
+        calib = calibration_set(preprocess, ref_model.input_names, quant) if quant.mode == "static" else None
+    onnx_precision = "fp32" if req.precision == "int8" else plan.onnx_precision if plan else req.precision
     rtol = req.rtol or DEFAULT_RTOL[onnx_precision]
     stem = head_meta["task"] if head_meta else "model"
     result = ExportResult(onnx=out_dir / f"{stem}_{onnx_precision}.onnx")
@@ -181,7 +191,9 @@ def export_artifacts(req: ExportRequest) -> ExportResult:
         written.append(sidecar_path(result.onnx))
         result.sidecars.append(write_sidecar(result.onnx, {"kind": "onnx", **meta}, record=onnx_record))
 
-        if plan is not None:
+        if quant is not None:
+            _export_int8(result, ref_model, preprocess, quant, calib, meta, head_meta, plan, req, batch, size, stem, written)
+        elif plan is not None:
             result.engine = out_dir / f"{stem}_{req.precision}.engine"
             written.append(result.engine)
             eng = build_engine(result.onnx, result.engine, plan, fm.input_names, (3, *size), batch, req.workspace_mb,
@@ -195,6 +207,48 @@ def export_artifacts(req: ExportRequest) -> ExportResult:
             pth.unlink(missing_ok=True)
         raise
     return result
+
+
+def _export_int8(result: ExportResult, ref_model, preprocess: Preprocess, quant: QuantOptions, calib, meta: dict,
+                 head_meta: dict | None, plan, req: ExportRequest, batch, size, stem: str, written: list[Path]) -> None:
+    """fp32 ONNX -> INT8 ONNX, cosine parity (fails below ``quant.min_cosine``), engine attempt, sidecars."""
+    from wherevit.export.quant_parity import comparison_report, cosine_parity, head_metric_change, quant_parity_inputs
+
+    out = result.int8 = result.onnx.with_name(f"{stem}_int8.onnx")
+    written.append(out)
+    qfacts = quantize_onnx(result.onnx, out, quant, calib)
+    feeds, described = quant_parity_inputs(preprocess, ref_model.input_names, quant, calib.held_out if calib else [])
+    cmp = result.int8_parity = cosine_parity(ref_model, out, feeds, quant.min_cosine)
+    parity = {"backend": "onnxruntime CPUExecutionProvider", "reference": "PyTorch fp32", "criterion":
+              f"per-sample cosine similarity >= {quant.min_cosine:g} for every float output (mean and minimum over samples)",
+              "images": described, **comparison_report(cmp)}
+    if head_meta:
+        parity["head_metric"] = head_metric_change(ref_model, out, preprocess, head_meta["task"])
+    if not cmp:
+        raise ParityError(f"INT8 parity failed for {out.name} (minimum per-sample cosine >= {quant.min_cosine:g} required; "
+                          f"calibration: {qfacts.get('calibration', 'dynamic')}):\n{cmp.summary()}")
+    record = artifact_record(out)
+    qmeta = {**meta, "precision": "int8", "parity": parity, "onnx": {**meta["onnx"], "sha256": record["sha256"]},
+             "quantization": {**qfacts, "source_onnx": {"file": result.onnx.name, "sha256": meta["onnx"]["sha256"]}}}
+    if plan is not None:
+        engine = out.with_name(f"{stem}_int8.engine")
+        written.append(engine)
+        try:
+            eng = build_engine(out, engine, plan, ref_model.input_names, (3, *size), batch, req.workspace_mb,
+                               timing_cache=out.parent / f".timing_cache.{plan.flavour.module}.bin")
+        except EngineBuildError as e:  # the builder's refusal is a result worth keeping: record it verbatim
+            qmeta["trt_build"] = {"built": False, "plan": plan.to_dict(), "refusal": str(e)}
+            result.notes.append(f"{plan.flavour.module} {plan.flavour.version} did not build the INT8 engine "
+                                f"(recorded in the sidecar): {str(e).splitlines()[0]}")
+        else:
+            result.engine = engine
+            qmeta["trt_build"] = {"built": True, "engine": engine.name, **eng}
+            emeta = {**qmeta, "kind": "engine", "engine": eng}
+            emeta["parity"] = {"onnx": parity, "engine": {"passed": None, "skipped": "engine parity runs where the engine runs (wherevit bench on its GPU)"}}
+            written.append(sidecar_path(engine))
+            result.sidecars.append(write_sidecar(engine, emeta))
+    written.append(sidecar_path(out))
+    result.sidecars.append(write_sidecar(out, {**qmeta, "kind": "onnx"}, record=record))
 
 
 def _artifact_meta(model, info: dict, req: ExportRequest, pre: Preprocess, batch, precision: str, dim: int, grid, parity,

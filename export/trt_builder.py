@@ -6,6 +6,8 @@ The libraries share the Python API family but differ in how precision is express
   on request, a strongly typed network built from an fp16/bf16 ONNX.
 * TensorRT 11.x: strongly typed only; the precision is the ONNX's own types.
 * TensorRT-RTX: strongly typed, builds without a GPU for explicit compute-capability targets.
+* INT8 is explicit quantisation everywhere: the Q/DQ nodes of the quantised ONNX say what runs in
+  int8 (TensorRT 10.x weakly typed also needs the ``INT8`` builder flag to honour them).
 
 ``plan_build`` turns (library, version, precision) into a ``BuildPlan`` -- pure data, unit-tested
 for every flavour -- and ``build_engine`` carries a plan out with the real library, imported only
@@ -97,9 +99,12 @@ def parse_compute_capabilities(spec: str | None) -> tuple[str, ...]:
 
 def plan_build(flavour: TrtFlavour, precision: str, compute_capabilities: tuple[str, ...] = (),
                strongly_typed: bool | None = None) -> BuildPlan:
-    """Decide network flags, builder flags and the ONNX precision for a library version."""
-    if precision not in ("fp32", "fp16", "bf16"):
-        raise ValueError(f"precision must be fp32, fp16 or bf16, got {precision!r}")
+    """Decide network flags, builder flags and the ONNX precision for a library version.
+
+    ``int8``: the network is parsed from the Q/DQ ONNX (``onnx_precision`` "int8")."""
+    if precision not in ("fp32", "fp16", "bf16", "int8"):
+        raise ValueError(f"precision must be fp32, fp16, bf16 or int8, got {precision!r}")
+    qdq = ("explicit quantisation: int8 where the ONNX has Q/DQ nodes, float elsewhere",) if precision == "int8" else ()
     if compute_capabilities and not flavour.has_compute_capability_targets:
         raise ValueError(f"{flavour.module} {flavour.version} builds for the GPU it runs on; "
                          "compute-capability targets are a TensorRT-RTX option")
@@ -108,15 +113,17 @@ def plan_build(flavour: TrtFlavour, precision: str, compute_capabilities: tuple[
         if "SM90" in ccs:
             raise ValueError("TensorRT-RTX does not support compute capability 9.0 (H100/H200); build with the full `tensorrt`")
         return BuildPlan(flavour, precision, precision, ("STRONGLY_TYPED",), (), ccs,
-                         ("strongly typed: precision comes from the ONNX",))
+                         ("strongly typed: precision comes from the ONNX",) + qdq)
     if flavour.strongly_typed_only:
         if strongly_typed is False:
             raise ValueError(f"TensorRT {flavour.version} is strongly typed only; weak typing (precision flags) was removed in 11.0")
         return BuildPlan(flavour, precision, precision, ("STRONGLY_TYPED",), (), (),
-                         ("strongly typed: precision comes from the ONNX",))
+                         ("strongly typed: precision comes from the ONNX",) + qdq)
     if strongly_typed:
         return BuildPlan(flavour, precision, precision, ("STRONGLY_TYPED",), (), (),
-                         ("strongly typed on request",))
+                         ("strongly typed on request",) + qdq)
+    if precision == "int8":
+        return BuildPlan(flavour, precision, precision, (), ("INT8",), (), qdq)
     flags = {"fp32": (), "fp16": ("FP16",), "bf16": ("BF16",)}[precision]
     notes = ("weakly typed: float32 ONNX, the builder may pick lower-precision kernels",)
     return BuildPlan(flavour, precision, "fp32", (), flags, (), notes)
