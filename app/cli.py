@@ -147,9 +147,20 @@ def eval_spatial(checkpoint: str, which: str, random_init: bool, n_images: int, 
 @click.argument("checkpoint")
 @click.option("-f", "--format", "fmt", type=click.Choice(["onnx", "engine"]), default="onnx", show_default=True,
               help="onnx: ONNX + sidecar. engine: also a TensorRT plan built from it.")
-@click.option("-p", "--precision", type=click.Choice(["fp32", "fp16", "bf16"]), default="fp32", show_default=True)
+@click.option("-p", "--precision", type=click.Choice(["fp32", "fp16", "bf16", "int8"]), default="fp32", show_default=True,
+              help="int8: also an INT8 ONNX quantised from the fp32 one (ONNX Runtime), cosine-parity checked.")
 @click.option("-b", "--batch", default="1:8:64", show_default=True,
               help="min:opt:max batch for the dynamic batch axis and the TensorRT profile (opt = typical batch).")
+@click.option("--quant", "quant_mode", type=click.Choice(["static", "dynamic"]), default="static", show_default=True,
+              help="int8: static Q/DQ (calibrated, batch-independent) or dynamic (scales per call over the batch; served one image at a time).")
+@click.option("--calib", default=None, type=click.Path(file_okay=False),
+              help="int8: folder of calibration images (default: generated scenes).")
+@click.option("--calib-count", type=int, default=64, show_default=True, help="int8: calibration images used.")
+@click.option("--calib-method", type=click.Choice(["minmax", "entropy", "percentile"]), default="minmax", show_default=True)
+@click.option("--min-cosine", type=float, default=0.99, show_default=True,
+              help="int8: fail below this per-sample cosine similarity to PyTorch fp32 (any float output).")
+@click.option("--reduce-range/--full-range", "reduce_range", default=None,
+              help="int8: 7-bit weights (default: on exactly when the CPU lacks VNNI).")
 @click.option("--imgsz", type=int, default=None, help="Input size (square). Default: the backbone's training size.")
 @click.option("-o", "--out", "out", type=click.Path(file_okay=False, path_type=Path), default=Path("artifacts"), show_default=True)
 @click.option("--which", type=click.Choice(["teacher", "student"]), default="teacher", show_default=True,
@@ -168,13 +179,15 @@ def eval_spatial(checkpoint: str, which: str, random_init: bool, n_images: int, 
               help="A head_<task>.safetensors from `wherevit train-head`: export backbone + head as one graph.")
 def export(checkpoint: str, fmt: str, precision: str, batch: str, imgsz: int | None, out: Path, which: str,
            dynamic_hw: bool, no_pooled: bool, trt_lib: str, ccs: str | None, strongly_typed: bool | None,
-           workspace_mb: int, rtol: float | None, expect_model: str | None, head: str | None) -> None:
+           workspace_mb: int, rtol: float | None, expect_model: str | None, head: str | None, quant_mode: str,
+           calib: str | None, calib_count: int, calib_method: str, min_cosine: float, reduce_range: bool | None) -> None:
     """Export a backbone to ONNX (and a TensorRT engine), parity-checked, each with a sidecar JSON.
 
     CHECKPOINT is a run directory, checkpoint directory, backbone.safetensors, or a timm model
     name such as vit_small_patch16_224 (random weights: try export without training).
     """
     from wherevit.export.api import ExportRequest, export_artifacts, parse_batch
+    from wherevit.export.quantize import QuantOptions
     from wherevit.export.trt_builder import parse_compute_capabilities
 
     req = ExportRequest(
@@ -182,6 +195,8 @@ def export(checkpoint: str, fmt: str, precision: str, batch: str, imgsz: int | N
         imgsz=imgsz, which=which, dynamic_hw=dynamic_hw, pooled=not no_pooled, trt_lib=trt_lib,
         compute_capabilities=_run(parse_compute_capabilities, ccs), strongly_typed=strongly_typed,
         workspace_mb=workspace_mb, rtol=rtol, expect_model=expect_model, head=head,
+        quant=_run(QuantOptions, mode=quant_mode, method=calib_method, calib=calib, calib_count=calib_count,
+                   reduce_range=reduce_range, min_cosine=min_cosine),
     )
     if dynamic_hw and fmt == "engine":
         raise click.UsageError("--dynamic-hw is for ONNX only; engines are built for one input size (use --imgsz)")
@@ -191,7 +206,11 @@ def export(checkpoint: str, fmt: str, precision: str, batch: str, imgsz: int | N
         click.echo(res.parity.summary())
     for note in res.notes:
         click.echo(f"note: {note}", err=True)
+    if res.int8_parity is not None:
+        click.echo(res.int8_parity.summary())
     click.echo(f"onnx:   {res.onnx}")
+    if res.int8:
+        click.echo(f"int8:   {res.int8}")
     if res.engine:
         click.echo(f"engine: {res.engine}")
     for sc in res.sidecars:

@@ -158,8 +158,8 @@ def export_artifacts(req: ExportRequest) -> ExportResult:
     ref_model = make(copy.deepcopy(model), "fp32")
     quant = calib = None
     if req.precision == "int8":  # bad calibration input fails here, before the slow steps
-        # TensorRT's explicit quantisation takes int8 activations with zero point 0 only.
-        quant = dataclasses.replace(req.quant, symmetric_activations=True) if plan else req.quant
+        # TensorRT's explicit quantisation takes int8 activations with zero point 0, and 8-bit DQ inputs only.
+        quant = dataclasses.replace(req.quant, symmetric_activations=True, quantize_bias=False) if plan else req.quant
         calib = calibration_set(preprocess, ref_model.input_names, quant) if quant.mode == "static" else None
     onnx_precision = "fp32" if req.precision == "int8" else plan.onnx_precision if plan else req.precision
     rtol = req.rtol or DEFAULT_RTOL[onnx_precision]
@@ -238,8 +238,9 @@ def _export_int8(result: ExportResult, ref_model, preprocess: Preprocess, quant:
                                timing_cache=out.parent / f".timing_cache.{plan.flavour.module}.bin")
         except EngineBuildError as e:  # the builder's refusal is a result worth keeping: record it verbatim
             qmeta["trt_build"] = {"built": False, "plan": plan.to_dict(), "refusal": str(e)}
+            lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
             result.notes.append(f"{plan.flavour.module} {plan.flavour.version} did not build the INT8 engine "
-                                f"(recorded in the sidecar): {str(e).splitlines()[0]}")
+                                f"(recorded verbatim in the sidecar): {' | '.join(lines[:2])[:400]}")
         else:
             result.engine = engine
             qmeta["trt_build"] = {"built": True, "engine": engine.name, **eng}

@@ -64,6 +64,7 @@ class QuantOptions:
     per_channel: bool = True
     reduce_range: bool | None = None  # None: True on a CPU without VNNI (ONNX Runtime's advice), else False
     symmetric_activations: bool = False  # int8 activations with zero point 0 (TensorRT needs this; set for engines)
+    quantize_bias: bool = True  # int32 biases (ONNX Runtime fuses them); TensorRT's parser takes only 8-bit DQ inputs
     min_cosine: float = 0.99
     parity_count: int = 16
     calib_batch: int = 8
@@ -227,7 +228,11 @@ def quantize_onnx(fp32_onnx: Path, out: Path, opts: QuantOptions, calib: Calibra
                         op_types_to_quantize=list(ops), per_channel=opts.per_channel, reduce_range=reduce_range,
                         activation_type=QuantType.QInt8 if opts.symmetric_activations else QuantType.QUInt8,
                         weight_type=QuantType.QInt8, nodes_to_exclude=exclude, calibrate_method=method,
-                        extra_options={"ActivationSymmetric": opts.symmetric_activations, "WeightSymmetric": True},
+                        # Q/DQ on the inputs only: every quantised op yields float, so LayerNorm and softmax
+                        # read float (no 8-bit rounding of attention logits before the softmax).
+                        extra_options={"ActivationSymmetric": opts.symmetric_activations, "WeightSymmetric": True,
+                                       "QuantizeBias": opts.quantize_bias,
+                                       "OpTypesToExcludeOutputQuantization": list(ops)},
                     )
             else:
                 quantize_dynamic(str(pre), str(dst), op_types_to_quantize=list(ops), per_channel=opts.per_channel,
@@ -248,6 +253,7 @@ def quantize_onnx(fp32_onnx: Path, out: Path, opts: QuantOptions, calib: Calibra
         "weights": "int8, symmetric" + (", per output channel" if opts.per_channel else ", per tensor"),
         "activations": ("computed per call over the batch (uint8)" if opts.mode == "dynamic" else
                         "int8, symmetric (zero point 0)" if opts.symmetric_activations else "uint8, asymmetric"),
+        "biases": "int32" if opts.mode == "static" and opts.quantize_bias else "float",
         "reduce_range": reduce_range,
         "reduce_range_reason": why,
         "cpu": (isa or cpu_isa()).to_dict(),

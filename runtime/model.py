@@ -3,7 +3,9 @@
 The sidecar beside the artifact supplies everything: input name and size, preprocessing
 (OpenCV resize, mean/std, colour order), output names, batch range. Inputs larger than the
 artifact's max batch are split; a batch smaller than the profile's minimum is padded only up to
-that minimum and the padding is dropped from the outputs.
+that minimum and the padding is dropped from the outputs. An artifact whose sidecar says its outputs
+depend on the batch (dynamic INT8 quantisation: activation scales span the batch) is run one image
+at a time, so an image's features never depend on what it was sent with.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from wherevit.runtime.backends import (
 from wherevit.base.image import Preprocess, decode_image, read_image, to_rgb_uint8
 from wherevit.base.sidecar import read_sidecar
 
-__all__ = ["Model", "Features", "load", "ImageLike", "available_backends"]
+__all__ = ["Model", "Features", "load", "ImageLike", "available_backends", "batch_dependent"]
 
 ImageLike = Union[str, os.PathLike, bytes, bytearray, memoryview, np.ndarray]
 
@@ -59,6 +61,11 @@ class Features:
         return t.reshape(t.shape[0], self.grid[0], self.grid[1], t.shape[-1])
 
 
+def batch_dependent(meta: dict) -> bool:
+    """True when an image's outputs depend on its batch-mates (the sidecar's ``quantization.batch_dependent``)."""
+    return bool((meta.get("quantization") or {}).get("batch_dependent", False))
+
+
 def available_backends(meta: dict) -> dict[str, str | None]:
     """Every registered backend -> None if it can run this artifact here, else why not."""
     return {name: cls.unavailable_reason(meta) for name, cls in registered_backends().items()}
@@ -78,6 +85,7 @@ class Model:
         grid = next((o.get("grid") for o in self.meta["outputs"] if o["name"] == "patch_tokens"), None)
         self.grid = tuple(grid) if grid else None
         self.batch = self.meta["batch"]
+        self.batch_dependent = batch_dependent(self.meta)
         self.backend = self._open_backend(backend, backend_opts)
 
     def _open_backend(self, name: str, opts: dict) -> Backend:
@@ -163,7 +171,7 @@ class Model:
             raise InputError(f"inputs have different batch sizes {sorted(sizes)}")
         total = sizes.pop()
         chunks = []
-        lo, hi = int(self.batch["min"]), self.max_batch
+        lo, hi = int(self.batch["min"]), 1 if self.batch_dependent else self.max_batch
         for start in range(0, total, hi):
             x = {k: v[start : start + hi] for k, v in feeds.items()}
             n = min(hi, total - start)

@@ -18,6 +18,7 @@ Endpoints: ``GET /v2``, ``/v2/health/live``, ``/v2/health/ready``, ``/v2/models/
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import re
 from dataclasses import dataclass, field
@@ -72,6 +73,13 @@ class InferenceService:
     version = "1"
 
     def __init__(self, model: Model, cfg: ServeConfig):
+        self.notice = None
+        if model.batch_dependent and cfg.batching.max_batch > 1:
+            # Requests from different clients must not change each other's results.
+            cfg = dataclasses.replace(cfg, batching=dataclasses.replace(cfg.batching, max_batch=1))
+            self.notice = (f"{model.artifact.name} is dynamically quantised (activation scales span the batch): "
+                           "serving it one image at a time (max batch 1), never batched with other requests")
+            log.warning(self.notice)
         self.model, self.cfg = model, cfg
         base = cfg.name or re.sub(r"[^A-Za-z0-9_.-]", "_", str(model.meta["model"].get("model") or "wherevit"))
         self.name, self.images_name = base, f"{base}_images"
@@ -264,8 +272,11 @@ def create_app(service: InferenceService) -> web.Application:
 
     async def on_startup(_):
         await service.start()
+        if service.notice:
+            print(f"wherevit serve: {service.notice}", flush=True)
         print(f"wherevit serve: ready on http://{service.cfg.host}:{service.cfg.port} "
-              f"(models {service.name!r}, {service.images_name!r}; backend {service.model.backend.name})", flush=True)
+              f"(models {service.name!r}, {service.images_name!r}; backend {service.model.backend.name}; "
+              f"max batch {service.cfg.batching.max_batch})", flush=True)
 
     async def on_shutdown(_):
         await service.stop()  # finish queued requests before connections close
@@ -278,7 +289,7 @@ def create_app(service: InferenceService) -> web.Application:
 def serve(artifact: str, cfg: ServeConfig, backend: str = "auto") -> None:
     """Open ``artifact`` and serve it until SIGINT/SIGTERM (graceful: queued requests complete)."""
     model = Model(artifact, backend)
-    if cfg.batching.max_batch > model.max_batch:
+    if cfg.batching.max_batch > model.max_batch and not model.batch_dependent:
         raise ValueError(f"--max-batch {cfg.batching.max_batch} exceeds the artifact's max batch {model.max_batch}")
     service = InferenceService(model, cfg)
     try:
