@@ -3,7 +3,13 @@
 Timing rules: warm-up runs are excluded (compilation, engine load, first-call allocation); each
 measurement repeats until both a minimum count and a minimum duration are reached; work on a GPU
 is synchronised before the clock stops; inputs rotate among several distinct random buffers (never
-zeros) so caches do not flatter. Each row also carries parity against the PyTorch fp32 reference.
+zeros) so caches do not flatter. Each row also carries parity against the PyTorch fp32 reference,
+computed on generated scenes (quantised graphs are calibrated for images, not noise): relative L2
+error for fp32/fp16 rows, per-sample cosine similarity for int8 and bf16 rows. The machine section
+names the CPU's ISA and its measured GEMM peaks per dtype (``app/machine.py``); each row carries its
+fraction of the peak of its dtype.
+
+Precisions: fp32, fp16, bf16, int8 (static Q/DQ) and int8-dynamic (dynamic quantisation).
 """
 
 from __future__ import annotations
@@ -52,7 +58,10 @@ class BenchRow:
     iters: int | None = None
     rel_l2: float | None = None
     max_abs: float | None = None
+    cos_min: float | None = None  # per-sample cosine to the PyTorch fp32 reference: the parity of int8 / bf16 rows
+    cos_mean: float | None = None
     parity_ok: bool | None = None
+    fraction_of_peak: float | None = None  # model GFLOP/s over the machine's GEMM peak of the row's dtype
     artifact: str | None = None
     artifact_bytes: int | None = None
     h2d_ms: float | None = None
@@ -82,11 +91,21 @@ def time_callable(fn: Callable[[int], object], cfg: TimingConfig, sync: Callable
             "p99_ms": float(np.percentile(ms, 99)), "mean_ms": float(ms.mean()), "iters": int(ms.size)}
 
 
-def parity_fields(reference: dict[str, np.ndarray] | None, got: dict[str, np.ndarray], rtol: float) -> dict:
+COSINE_ROWS = ("int8", "int8-dynamic", "bf16")  # parity by per-sample cosine rather than relative L2
+
+
+def parity_fields(reference: dict[str, np.ndarray] | None, got: dict[str, np.ndarray], rtol: float | None,
+                  min_cosine: float | None = None) -> dict:
+    """rel_l2, max_abs and cosine figures; ``parity_ok`` by cosine when ``min_cosine`` is given, else by ``rtol``."""
     if reference is None:
         return {}
-    cmp = compare({k: v for k, v in reference.items() if k in got}, got, rtol)
-    return {"rel_l2": cmp.worst_rel_l2, "max_abs": max((o.max_abs for o in cmp.outputs), default=None), "parity_ok": bool(cmp)}
+    from wherevit.runtime.compare import DEFAULT_MIN_COSINE
+
+    ref = {k: v for k, v in reference.items() if k in got}
+    cmp = compare(ref, got, rtol if rtol is not None else float("inf"), min_cosine=min_cosine or DEFAULT_MIN_COSINE)
+    ok = bool(cmp) if min_cosine is not None else bool(compare(ref, got, rtol))
+    return {"rel_l2": cmp.worst_rel_l2, "max_abs": max((o.max_abs for o in cmp.outputs), default=None),
+            "cos_min": cmp.worst_cosine, "cos_mean": min((o.cos_mean for o in cmp.outputs), default=None), "parity_ok": ok}
 
 
 def _versions() -> dict:
@@ -100,7 +119,8 @@ def _versions() -> dict:
     return out
 
 
-def machine_info() -> dict:
+def machine_info(peaks: bool = False) -> dict:
+    """Platform, versions, GPU; with ``peaks`` also the CPU's ISA and measured GEMM peaks (a few seconds)."""
     info = {"platform": platform.platform(), "python": platform.python_version(), "cpu": platform.processor() or platform.machine(),
             "cores_available": len(os.sched_getaffinity(0)), "versions": _versions(), "gpu": None}
     try:
@@ -115,17 +135,30 @@ def machine_info() -> dict:
             info["gpu"] = q.stdout.strip()
     except (OSError, subprocess.TimeoutExpired):
         pass
+    from wherevit.base.cpu import cpu_isa
+
+    info["isa"] = cpu_isa().to_dict()
+    if peaks:
+        from wherevit.app.machine import measure_peaks
+
+        info.update(measure_peaks())
     return info
 
 
 def format_table(rows: list[BenchRow]) -> str:
-    head = f"{'backend':<26}{'prec':<6}{'batch':>6}  {'status':<8}{'p50 ms':>9}{'p90 ms':>9}{'p99 ms':>9}{'img/s':>10}{'rel_l2':>10}  note"
+    head = (f"{'backend':<26}{'prec':<13}{'batch':>6}  {'status':<8}{'p50 ms':>9}{'p90 ms':>9}{'p99 ms':>9}{'img/s':>10}"
+            f"{'parity':>16}{'peak':>7}  note")
     lines = [head, "-" * len(head)]
     f = lambda v, fmt: format(v, fmt) if v is not None else "-".rjust(int(fmt.split(".")[0]))
     for r in rows:
         note = r.reason if r.status != "ok" else ("PARITY FAIL" if r.parity_ok is False else "")
-        lines.append(f"{r.backend:<26}{r.precision:<6}{r.batch:>6}  {r.status:<8}{f(r.p50_ms, '9.3f')}{f(r.p90_ms, '9.3f')}"
-                     f"{f(r.p99_ms, '9.3f')}{f(r.throughput_ips, '10.1f')}{f(r.rel_l2, '10.2e')}  {note}")
+        if r.precision in COSINE_ROWS and r.cos_min is not None:
+            parity = f"cos {r.cos_min:.4f}".rjust(16)
+        else:
+            parity = ("rel_l2 " + format(r.rel_l2, ".2e")).rjust(16) if r.rel_l2 is not None else "-".rjust(16)
+        peak = f"{100 * r.fraction_of_peak:6.0f}%" if r.fraction_of_peak is not None else "-".rjust(7)
+        lines.append(f"{r.backend:<26}{r.precision:<13}{r.batch:>6}  {r.status:<8}{f(r.p50_ms, '9.3f')}{f(r.p90_ms, '9.3f')}"
+                     f"{f(r.p99_ms, '9.3f')}{f(r.throughput_ips, '10.1f')}{parity}{peak}  {note}")
     return "\n".join(lines)
 
 
@@ -219,11 +252,11 @@ def _artifacts_for(req: BenchRequest, notes: list[str]) -> tuple[dict[tuple[str,
     target = Path(req.target)
     if target.is_file() and sidecar_path(target).is_file():
         meta = read_sidecar(target)
-        arts = {(meta["kind"], meta["precision"]): (target, meta)}
+        arts = {(meta["kind"], bench_precision(meta)): (target, meta)}
         for other in sorted(target.parent.glob("model_*.*")):  # siblings exported together
             if other != target and sidecar_path(other).is_file() and other.suffix in (".onnx", ".engine"):
                 m = read_sidecar(other)
-                arts.setdefault((m["kind"], m["precision"]), (other, m))
+                arts.setdefault((m["kind"], bench_precision(m)), (other, m))
         ckpt = req.reference or meta.get("model", {}).get("checkpoint")
         return arts, ckpt
     # A checkpoint: export what the requested backends need into out_dir/artifacts.
@@ -233,22 +266,36 @@ def _artifacts_for(req: BenchRequest, notes: list[str]) -> tuple[dict[tuple[str,
     hi = max(req.batches)
     batch = (1, min(8, hi), hi)
     want_engine = "tensorrt" in req.backends and _torch_device() == "cuda"
+    from wherevit.export.quantize import QuantOptions
+
     for p in req.precisions:
         fmt = "engine" if want_engine else "onnx"
+        prec, quant = ("int8", QuantOptions(mode="dynamic" if p == "int8-dynamic" else "static")) if p.startswith("int8") else (p, QuantOptions())
         try:
-            res = export_artifacts(ExportRequest(req.target, req.out_dir / "artifacts", format=fmt, precision=p, batch=batch,
-                                                 imgsz=req.imgsz))
+            res = export_artifacts(ExportRequest(req.target, req.out_dir / "artifacts", format=fmt, precision=prec, batch=batch,
+                                                 imgsz=req.imgsz, quant=quant))
         except Exception as e:
             if fmt == "engine":
-                res = export_artifacts(ExportRequest(req.target, req.out_dir / "artifacts", precision=p, batch=batch, imgsz=req.imgsz))
+                res = export_artifacts(ExportRequest(req.target, req.out_dir / "artifacts", precision=prec, batch=batch, imgsz=req.imgsz,
+                                                     quant=quant))
                 notes.append(f"{p} engine build failed: {e}")
             else:
                 raise
         notes += res.notes
-        arts[("onnx", p)] = (res.onnx, read_sidecar(res.onnx))
+        if res.int8 is not None:
+            arts.setdefault(("onnx", "fp32"), (res.onnx, read_sidecar(res.onnx)))
+            arts[("onnx", p)] = (res.int8, read_sidecar(res.int8))
+        else:
+            arts[("onnx", p)] = (res.onnx, read_sidecar(res.onnx))
         if res.engine:
             arts[("engine", p)] = (res.engine, read_sidecar(res.engine))
     return arts, req.reference or req.target
+
+
+def bench_precision(meta: dict) -> str:
+    """A row's precision label: the sidecar's, with dynamic INT8 told apart from static Q/DQ."""
+    q = meta.get("quantization") or {}
+    return "int8-dynamic" if meta.get("precision") == "int8" and q.get("mode") == "dynamic" else meta["precision"]
 
 
 def run_bench(req: BenchRequest) -> tuple[list[BenchRow], dict[str, Path]]:
@@ -256,7 +303,7 @@ def run_bench(req: BenchRequest) -> tuple[list[BenchRow], dict[str, Path]]:
     from tqdm import tqdm
 
     from wherevit.runtime.backends import registered_backends
-    from wherevit.runtime.compare import DEFAULT_RTOL
+    from wherevit.runtime.compare import DEFAULT_MIN_COSINE, DEFAULT_RTOL
     unknown = set(req.backends) - set(ALL_BACKENDS)
     if unknown:
         raise ValueError(f"unknown backend(s) {sorted(unknown)}; choose from {', '.join(ALL_BACKENDS)}")
@@ -266,6 +313,7 @@ def run_bench(req: BenchRequest) -> tuple[list[BenchRow], dict[str, Path]]:
     c, h, w = [int(d) for d in meta0["inputs"][0]["shape"][1:]]
     rng = np.random.default_rng(0)
     buffers = {b: [rng.standard_normal((b, c, h, w)).astype(np.float32) for _ in range(req.timing.n_buffers)] for b in req.batches}
+    scenes = _parity_batches(meta0, req.batches)
 
     # The PyTorch fp32 reference, once per batch size.
     ref_out, torch_reason = {}, None
@@ -278,7 +326,7 @@ def run_bench(req: BenchRequest) -> tuple[list[BenchRow], dict[str, Path]]:
     if torch_reason is None:
         try:
             ref_runner = TorchRunner(ckpt, "torch-eager", "fp32", "cpu", imgsz=(h, w) if (h, w) != (224, 224) else None)
-            ref_out = {b: ref_runner.infer({"images": buffers[b][0]}) for b in req.batches}
+            ref_out = {b: ref_runner.infer({"images": scenes[b]}) for b in req.batches}
         except Exception as e:
             torch_reason = f"cannot load the PyTorch reference {ckpt!r}: {e}"
     device = _torch_device()
@@ -286,7 +334,8 @@ def run_bench(req: BenchRequest) -> tuple[list[BenchRow], dict[str, Path]]:
     combos = [(p, be) for p in req.precisions for be in req.backends]
     bar = tqdm(total=len(combos) * len(req.batches), desc="bench", unit="row", disable=not req.progress)
     for prec, name in combos:
-        rtol = DEFAULT_RTOL[prec]
+        rtol = DEFAULT_RTOL.get(prec)
+        min_cos = DEFAULT_MIN_COSINE if prec in COSINE_ROWS else None
 
         def skip(reason: str) -> None:
             for b in req.batches:
@@ -307,7 +356,7 @@ def run_bench(req: BenchRequest) -> tuple[list[BenchRow], dict[str, Path]]:
                 skip(f"failed to build: {type(e).__name__}: {e}")
                 continue
             for b in req.batches:
-                rows.append(_bench_torch(runner, name, prec, b, buffers[b], ref_out.get(b), rtol, req, device))
+                rows.append(_bench_torch(runner, name, prec, b, buffers[b], ref_out.get(b), rtol, req, device, scenes[b], min_cos))
                 bar.update()
             continue
 
@@ -331,33 +380,59 @@ def run_bench(req: BenchRequest) -> tuple[list[BenchRow], dict[str, Path]]:
                 if not meta["batch"]["min"] <= b <= meta["batch"]["max"]:
                     rows.append(BenchRow(name, prec, b, "skipped", f"batch {b} outside the artifact's {meta['batch']['min']}..{meta['batch']['max']}"))
                 else:
-                    rows.append(_bench_backend(backend, name, prec, b, buffers[b], ref_out.get(b), rtol, art, req.timing))
+                    rows.append(_bench_backend(backend, name, prec, b, buffers[b], ref_out.get(b), rtol, art, req.timing, scenes[b], min_cos))
                 bar.update()
         finally:
             backend.deactivate()
     bar.close()
     settings = {"command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]), "target": str(req.target), "reference": ckpt, "batches": list(req.batches), "precisions": list(req.precisions),
                 "include_copies": req.include_copies, "timing": asdict(req.timing), "input_shape": [c, h, w],
-                "torch_device": device, "notes": notes}
-    return rows, write_results(rows, req.out_dir, {"machine": machine_info(), "settings": settings})
+                "torch_device": device, "notes": notes,
+                "parity_inputs": "generated scenes (seed 61000+), preprocessed per the sidecar; timing on random buffers"}
+    machine = machine_info(peaks=True)
+    if ref_out:
+        from wherevit.app.machine import annotate_fractions, model_gflops
+
+        gflops = model_gflops(ref_runner.model, (1, c, h, w))
+        settings["model_gflops_per_image"] = gflops
+        annotate_fractions(rows, gflops, machine.get("peaks", {}), cpu_rows=lambda r: _on_cpu(r.backend, device))
+    return rows, write_results(rows, req.out_dir, {"machine": machine, "settings": settings})
 
 
-def _bench_backend(backend, name, prec, b, bufs, ref, rtol, art: Path, timing: TimingConfig) -> BenchRow:
+def _on_cpu(backend: str, torch_device: str) -> bool:
+    from wherevit.runtime.backends import registered_backends
+
+    cls = registered_backends().get(backend)
+    return cls.device == "cpu" if cls is not None else torch_device == "cpu"
+
+
+def _parity_batches(meta: dict, batches) -> dict[int, np.ndarray]:
+    """Generated scenes (disjoint from INT8 calibration seeds), preprocessed as the artifact's sidecar says."""
+    from wherevit.base.image import Preprocess
+    from wherevit.export.quantize import PARITY_SEED, generated_images
+
+    pre = Preprocess.from_dict(meta["preprocess"])
+    return {b: pre(generated_images(pre.size, b, PARITY_SEED + 1000)) for b in batches}
+
+
+def _bench_backend(backend, name, prec, b, bufs, ref, rtol, art: Path, timing: TimingConfig, parity_x: np.ndarray,
+                   min_cos: float | None = None) -> BenchRow:
     feed = lambda i: backend.infer({backend.meta["inputs"][0]["name"]: bufs[i]})
     try:
         t = time_callable(feed, timing)
-        out = feed(0)
+        out = backend.infer({backend.meta["inputs"][0]["name"]: parity_x})
     except Exception as e:
         return BenchRow(name, prec, b, "failed", f"{type(e).__name__}: {e}")
     row = BenchRow(name, prec, b, "ok", **t, throughput_ips=b * 1000 / t["mean_ms"], artifact=str(art),
-                   artifact_bytes=art.stat().st_size, **parity_fields(ref, out, rtol))
+                   artifact_bytes=art.stat().st_size, **parity_fields(ref, out, rtol, min_cos))
     split = getattr(backend, "last_timings", None)
     if split:
         row.h2d_ms, row.compute_ms, row.d2h_ms = split.get("h2d_ms"), split.get("compute_ms"), split.get("d2h_ms")
     return row
 
 
-def _bench_torch(runner, name, prec, b, bufs, ref, rtol, req: BenchRequest, device: str) -> BenchRow:
+def _bench_torch(runner, name, prec, b, bufs, ref, rtol, req: BenchRequest, device: str, parity_x: np.ndarray,
+                 min_cos: float | None = None) -> BenchRow:
     import torch
 
     try:
@@ -367,8 +442,8 @@ def _bench_torch(runner, name, prec, b, bufs, ref, rtol, req: BenchRequest, devi
             dev = [torch.from_numpy(x).to(device) for x in bufs]
             fn = lambda i: runner.infer_device(dev[i])
         t = time_callable(fn, req.timing, sync=runner.sync)
-        out = runner.infer({"images": bufs[0]})
+        out = runner.infer({"images": parity_x})
     except Exception as e:
         return BenchRow(name, prec, b, "failed", f"{type(e).__name__}: {str(e)[:300]}")
-    return BenchRow(name, prec, b, "ok", **t, throughput_ips=b * 1000 / t["mean_ms"], **parity_fields(ref, out, rtol))
+    return BenchRow(name, prec, b, "ok", **t, throughput_ips=b * 1000 / t["mean_ms"], **parity_fields(ref, out, rtol, min_cos))
 

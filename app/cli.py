@@ -282,6 +282,9 @@ def bench(target: str, backends: str, batches: str, precisions: str, reference: 
     req = BenchRequest(target, out, names, bs, tuple(p.strip() for p in precisions.split(",")), reference, not no_copies,
                        TimingConfig(warmup=warmup, min_iters=min_iters, min_seconds=min_seconds), imgsz)
     rows, paths = _run(run_bench, req)
+    from wherevit.app.machine import format_machine
+
+    click.echo(format_machine(json.loads(Path(paths["json"]).read_text())["machine"]))
     click.echo(format_table(rows))
     for kind, p in paths.items():
         click.echo(f"{kind}: {p}")

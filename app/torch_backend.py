@@ -11,7 +11,7 @@ import copy
 import numpy as np
 import torch
 
-from wherevit.export.onnx_export import FeatureModel
+from wherevit.export.onnx_export import DTYPES, FeatureModel
 from wherevit.train.checkpoint import load_backbone
 
 __all__ = ["TorchRunner", "TORCH_MODES", "torch_unavailable_reason"]
@@ -22,6 +22,12 @@ TORCH_MODES = {"torch-eager": None, "torch-compile": "default", "torch-compile-c
 def torch_unavailable_reason(name: str, precision: str, device: str) -> str | None:
     if name == "torch-compile-cudagraphs" and device != "cuda":
         return "CUDA graphs need a CUDA GPU"
+    if precision not in DTYPES:
+        return f"PyTorch rows run fp32/fp16/bf16; {precision} rows are the runtime's quantised artifacts"
+    if device == "cpu" and precision == "bf16":
+        from wherevit.app.machine import bf16_cpu_reason
+
+        return bf16_cpu_reason()  # bf16 autocast on CPUs with BF16 instructions
     if device == "cpu" and precision != "fp32":
         return f"PyTorch {precision} matmuls on this CPU are not a deployment path; compare fp32"
     return None
@@ -34,7 +40,9 @@ class TorchRunner:
                  imgsz: tuple[int, int] | None = None, which: str = "teacher"):
         self.name, self.precision, self.device = name, precision, torch.device(device)
         model, self.info = load_backbone(checkpoint, which=which, dynamic_img_size=imgsz is not None)
-        self.model = FeatureModel(copy.deepcopy(model), precision).eval().to(self.device)
+        # CPU bf16: fp32 weights under autocast (oneDNN bf16 matmuls, float elsewhere), as users run it
+        self.autocast = self.device.type == "cpu" and precision == "bf16"
+        self.model = FeatureModel(copy.deepcopy(model), "fp32" if self.autocast else precision).eval().to(self.device)
         self.output_names = self.model.output_names
         mode = TORCH_MODES[name]
         self.fn = torch.compile(self.model, mode=mode) if mode else self.model
@@ -42,13 +50,15 @@ class TorchRunner:
     @torch.inference_mode()
     def infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         x = torch.from_numpy(feeds["images"]).to(self.device, non_blocking=True)
-        outs = self.fn(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.autocast):
+            outs = self.fn(x)
         return {n: o.float().cpu().numpy() for n, o in zip(self.output_names, outs)}
 
     @torch.inference_mode()
     def infer_device(self, x: torch.Tensor):
         """Outputs left on the device (timing without copies)."""
-        return self.fn(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.autocast):
+            return self.fn(x)
 
     def sync(self) -> None:
         if self.device.type == "cuda":

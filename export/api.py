@@ -214,7 +214,8 @@ def _export_int8(result: ExportResult, ref_model, preprocess: Preprocess, quant:
     """fp32 ONNX -> INT8 ONNX, cosine parity (fails below ``quant.min_cosine``), engine attempt, sidecars."""
     from wherevit.export.quant_parity import comparison_report, cosine_parity, head_metric_change, quant_parity_inputs
 
-    out = result.int8 = result.onnx.with_name(f"{stem}_int8.onnx")
+    suffix = "_dynamic" if quant.mode == "dynamic" else ""  # static and dynamic artifacts can sit side by side
+    out = result.int8 = result.onnx.with_name(f"{stem}_int8{suffix}.onnx")
     written.append(out)
     qfacts = quantize_onnx(result.onnx, out, quant, calib)
     feeds, described = quant_parity_inputs(preprocess, ref_model.input_names, quant, calib.held_out if calib else [])
@@ -231,7 +232,7 @@ def _export_int8(result: ExportResult, ref_model, preprocess: Preprocess, quant:
     qmeta = {**meta, "precision": "int8", "parity": parity, "onnx": {**meta["onnx"], "sha256": record["sha256"]},
              "quantization": {**qfacts, "source_onnx": {"file": result.onnx.name, "sha256": meta["onnx"]["sha256"]}}}
     if plan is not None:
-        engine = out.with_name(f"{stem}_int8.engine")
+        engine = out.with_suffix(".engine")
         written.append(engine)
         try:
             eng = build_engine(out, engine, plan, ref_model.input_names, (3, *size), batch, req.workspace_mb,

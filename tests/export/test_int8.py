@@ -215,3 +215,23 @@ def test_qdq_graph_goes_to_tensorrt_rtx_and_the_outcome_is_recorded(trained_run,
         assert read_sidecar(res.engine)["precision"] == "int8"
     else:  # the builder's own words, verbatim
         assert res.engine is None and tb["refusal"] and res.notes
+
+
+@pytest.mark.parametrize("task,metric", [("depth", "depth RMSE (m)"), ("seg", "segmentation mIoU")])
+def test_head_graph_int8_keeps_the_head_float_and_reports_its_metric(task, metric, trained_run, tmp_path):
+    from wherevit.train.checkpoint import load_backbone
+    from wherevit.train.downstream.fit import HeadTrainConfig, fit_head
+
+    cfg = HeadTrainConfig(n_train=16, n_test=8, size=32, epochs=2, cache_dir=str(tmp_path))
+    fit_head(task, load_backbone(trained_run)[0], cfg, progress=False, out_dir=tmp_path)
+    res = export_artifacts(ExportRequest(str(trained_run), tmp_path / "o", head=str(tmp_path / f"head_{task}.safetensors"),
+                                         precision="int8", batch=(1, 2, 4), quant=QuantOptions(calib_count=8)))
+    meta = read_sidecar(res.int8)
+    assert res.int8.name == f"{task}_int8.onnx" and meta["task"] == task
+    q = meta["quantization"]
+    assert q["nodes_excluded"] and "head layers" in q["kept_float"]  # the head's 1x1 conv stays float
+    hm = meta["parity"]["head_metric"]
+    assert hm["metric"] == metric and hm["scenes"] == 16
+    assert np.isfinite(hm["fp32_pytorch"]) and np.isfinite(hm["int8"]) and hm["change"] == pytest.approx(hm["int8"] - hm["fp32_pytorch"])
+    names = {o["name"] for o in meta["parity"]["outputs"]}
+    assert names == ({"depth"} if task == "depth" else {"logits"})  # labels (int64) derive from the logits
