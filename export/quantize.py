@@ -36,7 +36,7 @@ from wherevit.base.io import atomic_path
 
 __all__ = [
     "QuantOptions", "CalibrationError", "CalibrationSet", "QUANT_MODES", "CALIB_METHODS", "MIN_CALIB_IMAGES",
-    "reduce_range_decision", "calibration_set", "generated_images", "float_head_nodes", "quantize_onnx",
+    "reduce_range_decision", "calibration_set", "check_calibration_folder", "generated_images", "float_head_nodes", "quantize_onnx",
 ]
 
 log = logging.getLogger("wherevit.export")
@@ -135,6 +135,17 @@ def _read(paths: Sequence[Path]) -> list[np.ndarray]:
         except ImageDecodeError as e:
             raise CalibrationError(f"calibration image unreadable: {e}") from e
     return out
+
+
+def check_calibration_folder(opts: QuantOptions) -> None:
+    """Fail fast (before any export step) on a folder that cannot calibrate: missing, empty, too few or unreadable images."""
+    if opts.mode != "static" or opts.calib is None:
+        return
+    files = _folder_images(Path(opts.calib))
+    if len(files) < opts.calib_count:
+        raise CalibrationError(f"calibration folder {opts.calib} has {len(files)} images, too few for --calib-count "
+                               f"{opts.calib_count}; add images or lower --calib-count (at least {MIN_CALIB_IMAGES})")
+    _read(files[: opts.calib_count])
 
 
 def calibration_set(pre: Preprocess, input_names: Sequence[str], opts: QuantOptions) -> CalibrationSet:

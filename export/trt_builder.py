@@ -22,7 +22,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from wherevit.base.errors import WherevitError
+from wherevit.base.errors import InvalidRequest, WherevitError
 from wherevit.base.io import atomic_write_bytes
 
 __all__ = [
@@ -92,7 +92,7 @@ def parse_compute_capabilities(spec: str | None) -> tuple[str, ...]:
     for item in spec.split(","):
         s = item.strip().upper().removeprefix("SM").replace(".", "")
         if not s.isdigit() or len(s) < 2:
-            raise ValueError(f"compute capability {item!r} is not like 8.6 or sm86")
+            raise InvalidRequest(f"compute capability {item!r} is not like 8.6 or sm86")
         out.append(f"SM{s}")
     return tuple(out)
 
@@ -103,20 +103,20 @@ def plan_build(flavour: TrtFlavour, precision: str, compute_capabilities: tuple[
 
     ``int8``: the network is parsed from the Q/DQ ONNX (``onnx_precision`` "int8")."""
     if precision not in ("fp32", "fp16", "bf16", "int8"):
-        raise ValueError(f"precision must be fp32, fp16, bf16 or int8, got {precision!r}")
+        raise InvalidRequest(f"precision must be fp32, fp16, bf16 or int8, got {precision!r}")
     qdq = ("explicit quantisation: int8 where the ONNX has Q/DQ nodes, float elsewhere",) if precision == "int8" else ()
     if compute_capabilities and not flavour.has_compute_capability_targets:
-        raise ValueError(f"{flavour.module} {flavour.version} builds for the GPU it runs on; "
+        raise InvalidRequest(f"{flavour.module} {flavour.version} builds for the GPU it runs on; "
                          "compute-capability targets are a TensorRT-RTX option")
     if flavour.is_rtx:
         ccs = compute_capabilities or DEFAULT_RTX_TARGETS
         if "SM90" in ccs:
-            raise ValueError("TensorRT-RTX does not support compute capability 9.0 (H100/H200); build with the full `tensorrt`")
+            raise InvalidRequest("TensorRT-RTX does not support compute capability 9.0 (H100/H200); build with the full `tensorrt`")
         return BuildPlan(flavour, precision, precision, ("STRONGLY_TYPED",), (), ccs,
                          ("strongly typed: precision comes from the ONNX",) + qdq)
     if flavour.strongly_typed_only:
         if strongly_typed is False:
-            raise ValueError(f"TensorRT {flavour.version} is strongly typed only; weak typing (precision flags) was removed in 11.0")
+            raise InvalidRequest(f"TensorRT {flavour.version} is strongly typed only; weak typing (precision flags) was removed in 11.0")
         return BuildPlan(flavour, precision, precision, ("STRONGLY_TYPED",), (), (),
                          ("strongly typed: precision comes from the ONNX",) + qdq)
     if strongly_typed:
@@ -133,7 +133,7 @@ def detect_flavour(lib: str = "auto") -> TrtFlavour:
     """The TensorRT library to use: ``tensorrt`` if installed (the full builder), else ``tensorrt_rtx``."""
     names = LIBRARIES if lib == "auto" else (lib,)
     if lib not in ("auto",) + LIBRARIES:
-        raise ValueError(f"--trt-lib must be auto, tensorrt or tensorrt_rtx, got {lib!r}")
+        raise InvalidRequest(f"--trt-lib must be auto, tensorrt or tensorrt_rtx, got {lib!r}")
     for name in names:
         if importlib.util.find_spec(name) is None:
             continue
@@ -182,7 +182,7 @@ def build_engine(onnx_path: Path, out: Path, plan: BuildPlan, input_names: str |
             member = getattr(trt.ComputeCapability, cc, None)
             if member is None:
                 known = [m for m in trt.ComputeCapability.__members__ if m.startswith("SM")]
-                raise ValueError(f"{plan.flavour.module} does not know compute capability {cc}; it knows {', '.join(known)}")
+                raise InvalidRequest(f"{plan.flavour.module} does not know compute capability {cc}; it knows {', '.join(known)}")
             config.set_compute_capability(member, i)
     profile = builder.create_optimization_profile()
     c, h, w = input_chw

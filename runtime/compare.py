@@ -49,7 +49,8 @@ class Comparison:
     missing: list[str] = field(default_factory=list)
 
     def __bool__(self) -> bool:
-        return not self.missing and all(o.passed for o in self.outputs)
+        # Polygraphy's rule: a comparison that compared nothing is no evidence, so it fails.
+        return bool(self.outputs) and not self.missing and all(o.passed for o in self.outputs)
 
     @property
     def worst_rel_l2(self) -> float:
@@ -78,6 +79,8 @@ class Comparison:
                          f"{o.p99_abs:10.3e}  {'ok' if o.passed else f'FAIL (rel_l2 > {o.rtol:g})'}")
         for m in self.missing:
             lines.append(f"{m:<22} missing from the candidate outputs")
+        if not self.outputs:
+            lines.append("no common outputs were compared: FAIL")
         return "\n".join(lines)
 
 
@@ -98,6 +101,8 @@ def compare(reference: Mapping[str, np.ndarray], candidate: Mapping[str, np.ndar
     Pass criterion: relative L2 error <= ``rtol``; with ``min_cosine``, instead the minimum
     per-sample cosine similarity >= ``min_cosine`` (the quantised-artifact criterion)."""
     res = Comparison()
+    if not reference:
+        raise ValueError("compare() needs at least one reference output")
     for name, ref in reference.items():
         if name not in candidate:
             res.missing.append(name)

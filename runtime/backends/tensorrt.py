@@ -14,6 +14,7 @@ from typing import Mapping
 import numpy as np
 
 from wherevit.base.errors import WherevitError
+from wherevit.base.sidecar import Sidecar
 from wherevit.runtime.backends.base import Backend, register_backend
 from wherevit.runtime.backends.cuda import (
     cuda_check,
@@ -38,12 +39,12 @@ def installed_version(module: str) -> str | None:
         return None
 
 
-def check_engine_compat(meta: dict, installed: str | None, device_cc: str | None) -> None:
+def check_engine_compat(meta: Sidecar, installed: str | None, device_cc: str | None) -> None:
     """Raise ``EngineMismatch`` when the engine cannot run with library ``installed`` on ``device_cc``."""
-    eng = meta.get("engine") or {}
+    eng = meta.engine or {}
     lib, built = eng.get("library", "?"), eng.get("version", "?")
-    rebuild = (f"rebuild it on this machine: wherevit export {meta.get('model', {}).get('checkpoint', 'CKPT')} "
-               f"--format engine --precision {meta.get('precision', 'fp32')} --trt-lib {lib}")
+    rebuild = (f"rebuild it on this machine: wherevit export {meta.model.get('checkpoint', 'CKPT')} "
+               f"--format engine --precision {meta.precision} --trt-lib {lib}")
     if installed is None:
         raise EngineMismatch(f"engine built by {lib} {built}, but {lib} is not installed here; install {lib}=={built} or {rebuild}")
     if installed != built:
@@ -62,17 +63,18 @@ class TensorrtEngine(Backend):
 
     name = "tensorrt"
     kinds = ("engine",)
+    auto_priority = 10
     device = "cuda"
 
     @classmethod
-    def _unavailable_impl(cls, meta: dict) -> str | None:
-        lib = (meta.get("engine") or {}).get("library", "tensorrt")
+    def _unavailable_impl(cls, meta: Sidecar) -> str | None:
+        lib = (meta.engine or {}).get("library", "tensorrt")
         if installed_version(lib) is None:
             return f"{lib} is not installed"
         return cuda_unavailable_reason()
 
     def _activate_impl(self) -> None:
-        lib = self.meta["engine"]["library"]
+        lib = self.meta.engine["library"]
         check_engine_compat(self.meta, installed_version(lib), device_compute_capability())
         trt = importlib.import_module(lib)
         self.trt, self.rt = trt, cudart()
@@ -117,7 +119,7 @@ class TensorrtEngine(Backend):
             outs[name] = out
         cuda_check(rt.cudaEventRecord(ev[1], self.stream))
         if not self.context.execute_async_v3(self.stream):
-            raise RuntimeError(f"{self.meta['engine']['library']} execution failed")
+            raise RuntimeError(f"{self.meta.engine['library']} execution failed")
         cuda_check(rt.cudaEventRecord(ev[2], self.stream))
         for name, out in outs.items():
             cuda_check(rt.cudaMemcpyAsync(out.ctypes.data, self.buffers[name][0], out.nbytes, d2h, self.stream))
