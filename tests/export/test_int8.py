@@ -108,11 +108,6 @@ def test_constant_calibration_is_caught_and_leaves_nothing(trained_run, tmp_path
     assert not list(out.iterdir())
 
 
-def test_impossible_threshold_fails(static_int8, trained_run, tmp_path):
-    with pytest.raises(ParityError, match=r"cosine >= 1"):
-        _export(trained_run, tmp_path, min_cosine=1.0)
-
-
 @pytest.mark.parametrize("case,msg", [
     ("missing", "does not exist"), ("file", "not a folder"), ("empty", "holds no images"),
     ("unreadable", r"unreadable: .*bad\.jpg"), ("few", "has 3 images, too few for --calib-count 16"),
