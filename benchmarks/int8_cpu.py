@@ -36,7 +36,7 @@ from wherevit.export.api import ExportRequest, export_artifacts
 from wherevit.export.quantize import PARITY_SEED, QuantOptions, calibration_set, generated_images, quantize_onnx
 from wherevit.runtime.backends.onnxruntime import OrtCpu
 from wherevit.runtime.compare import compare
-from wherevit.base.sidecar import read_sidecar, write_sidecar
+from wherevit.base.sidecar import read_sidecar, sidecar_path, write_sidecar
 
 
 def _load(path: Path):
@@ -46,21 +46,24 @@ def _load(path: Path):
 
 def _variants(model: str, out: Path, calib_count: int) -> tuple[dict[str, Path], object, Preprocess]:
     """fp32 + INT8 variants; returns paths, the PyTorch fp32 reference module and the preprocessing."""
-    res = export_artifacts(ExportRequest(model, out, precision="int8", batch=(1, 1, 8), quant=QuantOptions(calib_count=calib_count)))
-    paths = {"fp32": res.onnx, "int8 static (export default)": res.int8}
+    fp32, int8 = out / "model_fp32.onnx", out / "model_int8.onnx"
+    if not (int8.is_file() and sidecar_path(int8).is_file() and read_sidecar(int8).model.get("checkpoint") == model):
+        res = export_artifacts(ExportRequest(model, out, precision="int8", batch=(1, 1, 8), quant=QuantOptions(calib_count=calib_count)))
+        fp32, int8 = res.onnx, res.int8
+    paths = {"fp32": fp32, "int8 static (export default)": int8}
     from wherevit.app.torch_backend import reference_model
 
-    meta = read_sidecar(res.onnx)
+    meta = read_sidecar(fp32)
     ref = reference_model(dataclasses.replace(meta, precision="fp32"))
     pre = meta.input_preprocess()
-    default_rr = read_sidecar(res.int8).quantization["reduce_range"]
+    default_rr = read_sidecar(int8).quantization["reduce_range"]
     extra = [("int8 dynamic", QuantOptions(mode="dynamic", calib_count=calib_count))]
     # the other reduce_range choice, to show what the ISA-based default buys
     extra.append((f"int8 static, reduce_range={not default_rr}", QuantOptions(calib_count=calib_count, reduce_range=not default_rr)))
     calib = calibration_set(pre, ["images"], QuantOptions(calib_count=calib_count))
     for name, q in extra:
         dst = out / (name.replace(" ", "_").replace(",", "").replace("=", "_") + ".onnx")
-        facts = quantize_onnx(res.onnx, dst, q, calib if q.mode == "static" else None)
+        facts = quantize_onnx(fp32, dst, q, calib if q.mode == "static" else None)
         write_sidecar(dst, dataclasses.replace(meta, precision="int8", quantization=facts, artifact=None))
         paths[name] = dst
     return paths, ref, pre

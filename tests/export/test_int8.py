@@ -230,3 +230,55 @@ def test_head_graph_int8_keeps_the_head_float_and_reports_its_metric(task, metri
     assert np.isfinite(hm["fp32_pytorch"]) and np.isfinite(hm["int8"]) and hm["change"] == pytest.approx(hm["int8"] - hm["fp32_pytorch"])
     names = {o["name"] for o in meta.parity["outputs"]}
     assert names == ({"depth"} if task == "depth" else {"logits"})  # labels (int64) derive from the logits
+
+
+def _bench(args, tmp_path):
+    import json
+
+    from click.testing import CliRunner
+
+    from wherevit.app.cli import main
+
+    res = CliRunner().invoke(main, ["bench", *args, "--min-seconds", "0.05", "--min-iters", "3", "--warmup", "1", "-o", str(tmp_path / "b")])
+    assert res.exit_code == 0, res.output
+    return res, json.loads((tmp_path / "b" / "bench.json").read_text())
+
+
+def test_bench_has_int8_rows_with_cosine_parity_and_the_machine_section(static_int8, dynamic_int8, tmp_path):
+    import shutil
+
+    art = tmp_path / "art"  # one folder: fp32, static and dynamic INT8 side by side
+    art.mkdir()
+    for p in (static_int8.onnx, static_int8.int8, dynamic_int8.int8):
+        for f in (p, p.with_name(p.name + ".json")):
+            shutil.copy(f, art / f.name)
+    res, data = _bench([str(art / "model_fp32.onnx"), "--batch", "2", "--backends", "ort-cpu,torch-eager",
+                        "--precision", "fp32,int8,int8-dynamic,bf16"], tmp_path)
+    by = {(r["backend"], r["precision"]): r for r in data["rows"]}
+    for prec in ("int8", "int8-dynamic"):
+        row = by[("ort-cpu", prec)]
+        assert row["status"] == "ok" and row["parity_ok"] is True and 0.99 <= row["cos_min"] <= 1 + 1e-9
+        assert row["fraction_of_peak"] > 0 and row["artifact"].endswith(f"model_{prec.replace('-', '_')}.onnx")
+        assert "runtime's quantised artifacts" in by[("torch-eager", prec)]["reason"]
+    assert by[("ort-cpu", "fp32")]["rel_l2"] < 1e-4 and by[("ort-cpu", "fp32")]["fraction_of_peak"] > 0
+    m = data["machine"]
+    assert m["isa"]["summary"] and m["peaks"]["fp32"]["gflops"] > 0 and m["peaks"]["int8"]["kernel"].endswith("MatMulInteger")
+    assert "machine:" in res.output and "GEMM peaks" in res.output and "cos 0.9" in res.output
+    bf16 = by[("torch-eager", "bf16")]
+    from wherevit.base.cpu import cpu_isa
+
+    if cpu_isa().bf16:
+        assert bf16["status"] == "ok" and bf16["cos_min"] >= 0.99
+    else:
+        assert bf16["status"] == "skipped" and "no BF16 instructions" in bf16["reason"]
+
+
+def test_cpu_bf16_row_runs_autocast_where_the_isa_allows(static_int8, tmp_path, monkeypatch):
+    """On a CPU with BF16 the PyTorch row runs under autocast; forced here so the path runs on any CPU."""
+    import wherevit.app.machine as machine
+
+    monkeypatch.setattr(machine, "bf16_cpu_reason", lambda isa=None: None)
+    _, data = _bench([str(static_int8.onnx), "--batch", "2", "--backends", "torch-eager", "--precision", "bf16"], tmp_path)
+    (row,) = data["rows"]
+    assert row["status"] == "ok" and row["precision"] == "bf16"
+    assert 0.95 < row["cos_min"] <= 1 + 1e-9 and row["rel_l2"] > 1e-4  # really ran in bf16, directions kept
