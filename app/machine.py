@@ -45,7 +45,6 @@ def _best_seconds(fn, repeats: int) -> float:
 
 def ort_gemm_peak(dtype: str = "fp32", n: int = 1024, repeats: int = 5, threads: int | None = None) -> GemmPeak:
     """ONNX Runtime CPU GEMM throughput: fp32 ``MatMul`` or int8 ``MatMulInteger`` (uint8 activations x int8 weights)."""
-    import onnx
     import onnxruntime as ort
     from onnx import TensorProto, helper, numpy_helper
 

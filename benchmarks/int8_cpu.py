@@ -32,11 +32,11 @@ from wherevit.app.bench import TimingConfig, machine_info, time_callable
 from wherevit.app.machine import model_gflops
 from wherevit.base.cpu import cpu_isa
 from wherevit.base.image import Preprocess
+from wherevit.base.sidecar import read_sidecar, sidecar_path, write_sidecar
 from wherevit.export.api import ExportRequest, export_artifacts
 from wherevit.export.quantize import PARITY_SEED, QuantOptions, calibration_set, generated_images, quantize_onnx
 from wherevit.runtime.backends.onnxruntime import OrtCpu
 from wherevit.runtime.compare import compare
-from wherevit.base.sidecar import read_sidecar, sidecar_path, write_sidecar
 
 
 def _load(path: Path):

@@ -17,7 +17,7 @@ import numpy as np
 
 from wherevit.base.image import Preprocess
 from wherevit.export.onnx_export import torch_reference
-from wherevit.export.quantize import PARITY_SEED, QuantOptions, _read, generated_images
+from wherevit.export.quantize import PARITY_SEED, QuantOptions, generated_images, read_images
 from wherevit.runtime.compare import Comparison, compare
 
 __all__ = ["quant_parity_inputs", "cosine_parity", "head_metric_change"]
@@ -33,7 +33,7 @@ def quant_parity_inputs(pre: Preprocess, input_names: Sequence[str], opts: Quant
     for k, name in enumerate(input_names):
         imgs = generated_images(pre.size, n - per_input, PARITY_SEED + 1000 * k)
         if per_input:
-            imgs += _read(from_folder[k * per_input:(k + 1) * per_input])
+            imgs += read_images(from_folder[k * per_input:(k + 1) * per_input])
         feeds[name] = pre(imgs)
     return feeds, described
 

@@ -19,10 +19,9 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
-import os
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -36,7 +35,7 @@ from wherevit.base.io import atomic_path
 
 __all__ = [
     "QuantOptions", "CalibrationError", "CalibrationSet", "QUANT_MODES", "CALIB_METHODS", "MIN_CALIB_IMAGES",
-    "reduce_range_decision", "calibration_set", "check_calibration_folder", "generated_images", "float_head_nodes", "quantize_onnx",
+    "reduce_range_decision", "calibration_set", "check_calibration_folder", "read_images", "generated_images", "float_head_nodes", "quantize_onnx",
 ]
 
 log = logging.getLogger("wherevit.export")
@@ -127,7 +126,8 @@ def _folder_images(folder: Path) -> list[Path]:
     return files
 
 
-def _read(paths: Sequence[Path]) -> list[np.ndarray]:
+def read_images(paths: Sequence[Path]) -> list[np.ndarray]:
+    """Decode image files to RGB; an unreadable one is a ``CalibrationError`` naming it."""
     out = []
     for p in paths:
         try:
@@ -145,7 +145,7 @@ def check_calibration_folder(opts: QuantOptions) -> None:
     if len(files) < opts.calib_count:
         raise CalibrationError(f"calibration folder {opts.calib} has {len(files)} images, too few for --calib-count "
                                f"{opts.calib_count}; add images or lower --calib-count (at least {MIN_CALIB_IMAGES})")
-    _read(files[: opts.calib_count])
+    read_images(files[: opts.calib_count])
 
 
 def calibration_set(pre: Preprocess, input_names: Sequence[str], opts: QuantOptions) -> CalibrationSet:
@@ -163,7 +163,7 @@ def calibration_set(pre: Preprocess, input_names: Sequence[str], opts: QuantOpti
         raise CalibrationError(f"calibration folder {folder} has {len(files)} images, too few for --calib-count {n}"
                                f"{f' x {len(input_names)} inputs' if len(input_names) > 1 else ''}; add images or lower --calib-count "
                                f"(at least {MIN_CALIB_IMAGES})")
-    feeds = {name: pre(_read(files[k * n:(k + 1) * n])) for k, name in enumerate(input_names)}
+    feeds = {name: pre(read_images(files[k * n:(k + 1) * n])) for k, name in enumerate(input_names)}
     return CalibrationSet(feeds, {"data": str(folder), "count": n, "files_in_folder": len(files),
                                   "first": files[0].name, "last": files[need - 1].name}, files[need:])
 
@@ -231,8 +231,6 @@ def quantize_onnx(fp32_onnx: Path, out: Path, opts: QuantOptions, calib: Calibra
             if opts.mode == "static":
                 method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
                           "percentile": CalibrationMethod.Percentile}[opts.method]
-                # Calibration runs an augmented copy of the graph on these threads, beside other work.
-                os.environ.setdefault("OMP_NUM_THREADS", str(len(os.sched_getaffinity(0))))
                 with contextlib.redirect_stdout(io.StringIO()):  # the histogram calibrators print progress
                     quantize_static(
                         str(pre), str(dst), _reader_class()(calib.feeds, opts.calib_batch), quant_format=QuantFormat.QDQ,
@@ -276,7 +274,3 @@ def quantize_onnx(fp32_onnx: Path, out: Path, opts: QuantOptions, calib: Calibra
         facts["calibration"] = {**calib.source, "method": opts.method, "batch": opts.calib_batch}
     return facts
 
-
-def options_dict(opts: QuantOptions) -> dict:
-    """The options as given (for the sidecar)."""
-    return asdict(opts)
