@@ -278,6 +278,8 @@ def test_cpu_bf16_row_runs_autocast_where_the_isa_allows(static_int8, tmp_path, 
     import wherevit.app.machine as machine
 
     monkeypatch.setattr(machine, "bf16_cpu_reason", lambda isa=None: None)
+    # the row is what is under test; an emulated bf16 GEMM peak on a CPU without BF16 only costs time
+    monkeypatch.setattr(machine, "torch_bf16_peak", lambda *a, **k: machine.GemmPeak("bf16", "torch.mm", skipped="test"))
     _, data = _bench([str(static_int8.onnx), "--batch", "2", "--backends", "torch-eager", "--precision", "bf16"], tmp_path)
     (row,) = data["rows"]
     assert row["status"] == "ok" and row["precision"] == "bf16"
