@@ -1,0 +1,120 @@
+"""AOTInductor packages (``.pt2``): an exported graph compiled ahead of time to a shared library.
+
+``torch._inductor.aoti_compile_and_package`` compiles the ``torch.export`` graph of the wrapped
+backbone (or backbone + head) into one zip that C++ loads with
+``torch::inductor::AOTIModelPackageLoader`` and Python with ``torch._inductor.aoti_load_package``
+-- no Python model code, no ONNX. The batch axis is dynamic over the profile's range; the input
+size is fixed. The package is compiled for one device (CPU unless CUDA is asked for) and runs only
+with a torch of a compatible version, both recorded in the sidecar's ``pt2`` section.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import io
+import logging
+import os
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from wherevit.base.errors import WherevitError
+from wherevit.base.image import Preprocess
+from wherevit.base.io import atomic_write_with
+from wherevit.runtime.compare import Comparison, compare
+
+__all__ = ["Pt2Error", "pt2_device", "compile_pt2", "run_pt2", "check_pt2_parity", "PT2_DEVICES"]
+
+log = logging.getLogger("wherevit.export")
+
+PT2_DEVICES = ("cpu", "cuda")
+
+
+class Pt2Error(WherevitError, RuntimeError):
+    """An AOTInductor package that cannot be compiled or loaded here."""
+
+
+def pt2_device(device: str) -> str:
+    """Check ``device`` ("cpu" or "cuda") can compile a package here; returns it."""
+    if device not in PT2_DEVICES:
+        raise ValueError(f"--device must be one of {', '.join(PT2_DEVICES)}, got {device!r}")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise Pt2Error("a CUDA .pt2 package is compiled on a machine with a CUDA GPU; this one has none "
+                       "(compile for the CPU with --device cpu, or export on the GPU machine)")
+    return device
+
+
+def compile_pt2(model: nn.Module, out: Path, batch: tuple[int, int, int], size: tuple[int, int], device: str = "cpu") -> dict:
+    """Export ``model`` (a ``FeatureModel``/``HeadModel``: float32 NCHW inputs by ``input_names``) and
+    compile it to ``out`` atomically; returns facts for the sidecar's ``pt2`` section."""
+    h, w = size
+    dev = torch.device(pt2_device(device))
+    model = model.eval().to(dev)
+    # torch.export specialises a batch of 1 to a constant: trace with 2 and mark the axis dynamic.
+    example = tuple(torch.randn(2, 3, h, w, device=dev) for _ in model.input_names)
+    dim = torch.export.Dim("batch", min=1, max=max(int(batch[2]), 2))
+    dynamic = tuple({0: dim} for _ in model.input_names)
+    t0 = time.perf_counter()
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        program = torch.export.export(model, example, dynamic_shapes=dynamic, strict=False)
+    t_export = time.perf_counter() - t0
+
+    def write(tmp: Path) -> None:
+        # aoti_compile_and_package insists on a .pt2 name; compile beside the final file, then move.
+        with tempfile.TemporaryDirectory(prefix=".pt2-", dir=tmp.parent) as d, warnings.catch_warnings(), \
+                contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            pkg = torch._inductor.aoti_compile_and_package(program, package_path=os.path.join(d, "model.pt2"))
+            os.replace(pkg, tmp)
+
+    t1 = time.perf_counter()
+    try:
+        atomic_write_with(out, write)
+    except Exception as e:
+        raise Pt2Error(f"AOTInductor could not compile {out.name} for {device}: {type(e).__name__}: {e}") from e
+    return {
+        "device": device,
+        "torch": torch.__version__,
+        "input_names": list(model.input_names),
+        "output_names": list(model.output_names),
+        "export_seconds": round(t_export, 2),
+        "compile_seconds": round(time.perf_counter() - t1, 2),
+        "compiler": f"torch._inductor.aoti_compile_and_package (torch {torch.__version__})",
+        "loaders": ["C++: torch::inductor::AOTIModelPackageLoader", "Python: torch._inductor.aoti_load_package"],
+    }
+
+
+def run_pt2(runner, feeds: dict[str, np.ndarray], input_names: list[str], output_names: list[str], device: str = "cpu") -> dict[str, np.ndarray]:
+    """Run a loaded package (``aoti_load_package``) on float32 NCHW batches by input name."""
+    with torch.inference_mode():
+        outs = runner(*(torch.from_numpy(np.ascontiguousarray(feeds[n])).to(device) for n in input_names))
+    if isinstance(outs, torch.Tensor):
+        outs = (outs,)
+    return {n: o.detach().cpu().numpy() for n, o in zip(output_names, outs)}
+
+
+def check_pt2_parity(package: Path, ref_model: nn.Module, preprocess: Preprocess, rtol: float, device: str = "cpu") -> tuple[Comparison, dict]:
+    """The package against the fp32 PyTorch model on random and generated-scene batches (floats only).
+
+    Returns the merged comparison and the sidecar's per-input-set report."""
+    from wherevit.export.api import parity_inputs
+    from wherevit.export.onnx_export import torch_reference
+
+    runner = torch._inductor.aoti_load_package(str(package))
+    ref_model = ref_model.eval().cpu()
+    report, merged = {}, Comparison()
+    for kind, feeds in parity_inputs(preprocess, list(ref_model.input_names)).items():
+        ref = {k: v for k, v in torch_reference(ref_model, feeds).items() if np.issubdtype(v.dtype, np.floating)}
+        got = run_pt2(runner, feeds, list(ref_model.input_names), list(ref_model.output_names), device)
+        cmp = compare(ref, got, rtol)
+        report[kind] = cmp.to_dict()
+        merged.outputs += [dataclasses.replace(o, name=f"{o.name}[{kind}]") for o in cmp.outputs]
+        merged.missing += cmp.missing
+    return merged, report
