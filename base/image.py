@@ -138,8 +138,12 @@ class Preprocess:
         return _resize(img, h, w, self.interpolation)
 
     def __call__(self, images: Sequence[np.ndarray]) -> np.ndarray:
-        """HxWx3 uint8 RGB images -> float32 NCHW batch, normalised."""
+        """HxWx3 uint8 RGB images -> float32 NCHW batch in ``color_order``, normalised (mean/std in that order)."""
+        if self.color_order not in ("RGB", "BGR"):
+            raise ValueError(f"unknown color_order {self.color_order!r} (RGB or BGR)")
         batch = np.stack([self.resize_rgb(im) for im in images]).astype(np.float32)
+        if self.color_order == "BGR":  # a model trained on OpenCV-ordered pixels
+            batch = batch[..., ::-1]
         batch *= 1.0 / 255.0
         batch -= np.asarray(self.mean, np.float32)
         batch /= np.asarray(self.std, np.float32)

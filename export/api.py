@@ -76,13 +76,15 @@ class ExportRequest:
     rtol: float | None = None
     expect_model: str | None = None
     opset: int = 18
+    device: str = "cpu"  # pt2: the device the package is compiled for ("cpu" or "cuda")
     head: str | None = None  # head_<task>.safetensors from `wherevit train-head`: export backbone + head as one graph
 
 
 @dataclass
 class ExportResult:
-    onnx: Path
+    onnx: Path | None
     engine: Path | None = None
+    pt2: Path | None = None
     parity: Comparison | None = None
     sidecars: list[Path] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
@@ -119,8 +121,8 @@ def _check_parity(ref_model, onnx_path: Path, preprocess: Preprocess, rtol: floa
 
 def export_artifacts(req: ExportRequest) -> ExportResult:
     """Export per ``req``; see the module docstring. Raises ``ParityError`` when parity fails."""
-    if req.format not in ("onnx", "engine"):
-        raise ValueError(f"--format must be onnx or engine, got {req.format!r}")
+    if req.format not in ("onnx", "engine", "pt2"):
+        raise ValueError(f"--format must be onnx, engine or pt2, got {req.format!r}")
     if req.precision not in DEFAULT_RTOL:
         raise ValueError(f"--precision must be one of {', '.join(DEFAULT_RTOL)}, got {req.precision!r}")
     batch = parse_batch(req.batch)
@@ -154,6 +156,8 @@ def export_artifacts(req: ExportRequest) -> ExportResult:
     onnx_precision = plan.onnx_precision if plan else req.precision
     rtol = req.rtol or DEFAULT_RTOL[onnx_precision]
     stem = head_meta["task"] if head_meta else "model"
+    if req.format == "pt2":
+        return _export_pt2(req, model, make, ref_model, info, preprocess, batch, size, out_dir, stem, head_meta)
     result = ExportResult(onnx=out_dir / f"{stem}_{onnx_precision}.onnx")
     written: list[Path] = []
     try:
@@ -190,6 +194,37 @@ def export_artifacts(req: ExportRequest) -> ExportResult:
             emeta["parity"] = {"onnx": parity, "engine": {"passed": None, "skipped": "engine parity runs where the engine runs (wherevit bench on its GPU)"}}
             written.append(sidecar_path(result.engine))
             result.sidecars.append(write_sidecar(result.engine, {"kind": "engine", **emeta}))
+    except BaseException:
+        for pth in written:
+            pth.unlink(missing_ok=True)
+        raise
+    return result
+
+
+def _export_pt2(req, model, make, ref_model, info, preprocess, batch, size, out_dir: Path, stem: str, head_meta) -> ExportResult:
+    from wherevit.export.formats.pt2 import check_pt2_parity, compile_pt2, pt2_device
+
+    if req.dynamic_hw:
+        raise ValueError("--dynamic-hw is for ONNX only; a .pt2 package is compiled for one input size (use --imgsz)")
+    device = pt2_device(req.device)
+    rtol = req.rtol or DEFAULT_RTOL[req.precision]
+    path = out_dir / f"{stem}_{req.precision}.pt2"
+    result = ExportResult(onnx=None, pt2=path)
+    written = [path, sidecar_path(path)]
+    try:
+        fm = make(model, req.precision)
+        facts = compile_pt2(fm, path, batch, size, device)
+        cmp, report = check_pt2_parity(path, ref_model, preprocess, rtol, device)
+        result.parity = cmp
+        parity = {"backend": f"torch._inductor.aoti_load_package ({device})", "reference": "PyTorch fp32", "rtol": rtol,
+                  "passed": bool(cmp), **report}
+        if not cmp:
+            raise ParityError(f"pt2 parity failed for {path.name} (tolerance rel_l2 <= {rtol:g}):\n{cmp.summary()}")
+        p = model.patch_embed.patch_size
+        grid = (size[0] // p[0], size[1] // p[1])
+        meta = _artifact_meta(fm, info, req, preprocess, batch, req.precision, int(model.embed_dim), grid, parity, head_meta)
+        meta["pt2"] = facts
+        result.sidecars.append(write_sidecar(path, {"kind": "pt2", **meta}))
     except BaseException:
         for pth in written:
             pth.unlink(missing_ok=True)

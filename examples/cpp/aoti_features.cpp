@@ -102,14 +102,15 @@ int main(int argc, char** argv) {
       std::vector<at::Tensor> parts;
       for (auto& c : chunks) parts.push_back(c[k]);
       at::Tensor t = at::cat(parts).contiguous();
-      std::cout << sc.outputs[k] << " " << c10::toString(t.scalar_type()) << " " << t.sizes() << " first:";
+      size_t itemsize = 0;
+      const std::string descr = npy_descr(t.scalar_type(), &itemsize);
+      std::cout << sc.outputs[k] << " " << (descr == "<f4" ? "float32" : descr == "<i8" ? "int64" : "int32") << " "
+                << t.sizes() << " first:";
       at::Tensor flat = t.reshape({-1}).to(at::kDouble);
       for (int64_t e = 0; e < std::min<int64_t>(4, flat.numel()); ++e)
         std::cout << " " << std::setprecision(6) << flat[e].item<double>();
       std::cout << "\n";
       if (!out_dir.empty()) {
-        size_t itemsize = 0;
-        const std::string descr = npy_descr(t.scalar_type(), &itemsize);
         std::vector<int64_t> shape(t.sizes().begin(), t.sizes().end());
         wherevit::write_npy(out_dir + "/" + sc.outputs[k] + ".npy", t.data_ptr(), descr, itemsize, shape);
       }
