@@ -145,8 +145,9 @@ def eval_spatial(checkpoint: str, which: str, random_init: bool, n_images: int, 
 
 @main.command()
 @click.argument("checkpoint")
-@click.option("-f", "--format", "fmt", type=click.Choice(["onnx", "engine"]), default="onnx", show_default=True,
-              help="onnx: ONNX + sidecar. engine: also a TensorRT plan built from it.")
+@click.option("-f", "--format", "fmt", type=click.Choice(["onnx", "engine", "pt2"]), default="onnx", show_default=True,
+              help="onnx: ONNX + sidecar. engine: also a TensorRT plan built from it. pt2: an AOTInductor package "
+                   "(C++: examples/cpp).")
 @click.option("-p", "--precision", type=click.Choice(["fp32", "fp16", "bf16"]), default="fp32", show_default=True)
 @click.option("-b", "--batch", default="1:8:64", show_default=True,
               help="min:opt:max batch for the dynamic batch axis and the TensorRT profile (opt = typical batch).")
@@ -166,9 +167,11 @@ def eval_spatial(checkpoint: str, which: str, random_init: bool, n_images: int, 
 @click.option("--model", "expect_model", default=None, help="Fail unless the checkpoint holds this timm model.")
 @click.option("--head", default=None, type=click.Path(exists=True, dir_okay=False),
               help="A head_<task>.safetensors from `wherevit train-head`: export backbone + head as one graph.")
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True,
+              help="pt2 only: the device the package is compiled for (cuda needs a CUDA GPU here).")
 def export(checkpoint: str, fmt: str, precision: str, batch: str, imgsz: int | None, out: Path, which: str,
            dynamic_hw: bool, no_pooled: bool, trt_lib: str, ccs: str | None, strongly_typed: bool | None,
-           workspace_mb: int, rtol: float | None, expect_model: str | None, head: str | None) -> None:
+           workspace_mb: int, rtol: float | None, expect_model: str | None, head: str | None, device: str) -> None:
     """Export a backbone to ONNX (and a TensorRT engine), parity-checked, each with a sidecar JSON.
 
     CHECKPOINT is a run directory, checkpoint directory, backbone.safetensors, or a timm model
@@ -181,7 +184,7 @@ def export(checkpoint: str, fmt: str, precision: str, batch: str, imgsz: int | N
         checkpoint=checkpoint, out_dir=out, format=fmt, precision=precision, batch=_run(parse_batch, batch),
         imgsz=imgsz, which=which, dynamic_hw=dynamic_hw, pooled=not no_pooled, trt_lib=trt_lib,
         compute_capabilities=_run(parse_compute_capabilities, ccs), strongly_typed=strongly_typed,
-        workspace_mb=workspace_mb, rtol=rtol, expect_model=expect_model, head=head,
+        workspace_mb=workspace_mb, rtol=rtol, expect_model=expect_model, head=head, device=device,
     )
     if dynamic_hw and fmt == "engine":
         raise click.UsageError("--dynamic-hw is for ONNX only; engines are built for one input size (use --imgsz)")
@@ -191,7 +194,10 @@ def export(checkpoint: str, fmt: str, precision: str, batch: str, imgsz: int | N
         click.echo(res.parity.summary())
     for note in res.notes:
         click.echo(f"note: {note}", err=True)
-    click.echo(f"onnx:   {res.onnx}")
+    if res.onnx:
+        click.echo(f"onnx:   {res.onnx}")
+    if res.pt2:
+        click.echo(f"pt2:    {res.pt2}")
     if res.engine:
         click.echo(f"engine: {res.engine}")
     for sc in res.sidecars:
