@@ -54,7 +54,6 @@ class BatchObserver(Protocol):
     def rejected(self, reason: str) -> None: ...
 
 
-Payload = "np.ndarray | dict[str, np.ndarray]"  # one array, or several inputs with the same batch size
 
 
 def _rows(x) -> int:

@@ -40,6 +40,7 @@ from wherevit.runtime.batching import (
 from wherevit.runtime.kserve import (
     InferRequest,
     ProtocolError,
+    datatype_of,
     encode_infer_response,
     parse_infer_request,
     triton_type,
@@ -51,7 +52,6 @@ __all__ = ["ServeConfig", "InferenceService", "create_app", "serve"]
 
 log = logging.getLogger("wherevit.serve")
 
-_NP_TO_KSERVE = {"float32": "FP32", "float16": "FP16", "uint8": "UINT8", "int64": "INT64", "int32": "INT32"}
 
 
 @dataclass
@@ -103,7 +103,7 @@ class InferenceService:
             raise ModelNotFound(f"unknown model {name!r}; this server has {self.name!r} and {self.images_name!r}")
 
     def _io(self, name: str) -> tuple[list[dict], list[dict]]:
-        outs = [{"name": o.name, "datatype": _NP_TO_KSERVE[o.dtype], "shape": [int(d) for d in o.shape]}
+        outs = [{"name": o.name, "datatype": datatype_of(np.empty(0, o.dtype)), "shape": [int(d) for d in o.shape]}
                 for o in self.model.meta.outputs]
         if name == self.images_name:
             ins = [{"name": self.bytes_names[n], "datatype": "BYTES", "shape": [-1]} for n in self.model.input_names]
