@@ -17,16 +17,16 @@ import click
 from wherevit import __version__
 from wherevit.base.errors import WherevitError
 
-# Errors a user can fix: shown as one clear line, not a traceback.
-_USER_ERRORS: tuple[type[BaseException], ...] = (WherevitError, ValueError, FileNotFoundError, PermissionError, KeyError)
+# Errors a user can fix: shown as one clear line. Anything else is a bug and keeps its traceback
+# (a ValueError or KeyError from deep inside a library says nothing to a user without it).
+_USER_ERRORS: tuple[type[BaseException], ...] = (WherevitError, FileNotFoundError, PermissionError)
 
 
 def _run(fn, *args, **kwargs):
     try:
         return fn(*args, **kwargs)
     except _USER_ERRORS as e:
-        msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
-        raise click.ClickException(f"{type(e).__name__}: {msg}") from e
+        raise click.ClickException(f"{type(e).__name__}: {e}") from e
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -36,13 +36,14 @@ def main(verbose: bool) -> None:
     """wherevit: pretrain spatially aware ViTs, export them to ONNX / TensorRT, and serve features.
 
     \b
-    The train-then-export workflow:
+    The train-then-export workflow (each command uses only files the ones before it wrote):
       wherevit train --config quickstart --out runs/qs      # DINO + SP on generated scenes (CPU ok)
       wherevit eval spatial runs/qs                          # position/scale probe on frozen features
-      wherevit export runs/qs --format onnx --out art/qs     # ONNX + sidecar, parity-checked
-      wherevit export runs/qs --format engine --out art/qs   # TensorRT(-RTX) engine + sidecar
-      wherevit bench art/qs/model.onnx                       # latency / throughput table
-      wherevit serve art/qs/model.onnx                       # KServe v2 HTTP on 127.0.0.1:8000
+      wherevit export runs/qs --out art/qs.onnx              # ONNX + sidecar, parity-checked
+      wherevit export runs/qs --out art/qs.engine            # TensorRT(-RTX) engine (+ art/qs.onnx) + sidecars
+      wherevit export runs/qs --out art/qs.pt2               # AOTInductor package for C++ (examples/cpp)
+      wherevit bench art/qs.onnx                             # latency / throughput table
+      wherevit serve art/qs.onnx                             # KServe v2 HTTP on 127.0.0.1:8000
     """
     logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
@@ -145,14 +146,16 @@ def eval_spatial(checkpoint: str, which: str, random_init: bool, n_images: int, 
 
 @main.command()
 @click.argument("checkpoint")
-@click.option("-f", "--format", "fmt", type=click.Choice(["onnx", "engine", "pt2"]), default="onnx", show_default=True,
-              help="onnx: ONNX + sidecar. engine: also a TensorRT plan built from it. pt2: an AOTInductor package "
-                   "(C++: examples/cpp).")
+@click.option("-f", "--format", "fmt", default=None,
+              help="onnx: ONNX + sidecar. engine: a TensorRT plan, with the ONNX it is built from. pt2: an AOTInductor "
+                   "package (C++: examples/cpp). Or a format a plug-in registers. Default: from --out's suffix, else onnx.")
 @click.option("-p", "--precision", type=click.Choice(["fp32", "fp16", "bf16"]), default="fp32", show_default=True)
 @click.option("-b", "--batch", default="1:8:64", show_default=True,
               help="min:opt:max batch for the dynamic batch axis and the TensorRT profile (opt = typical batch).")
 @click.option("--imgsz", type=int, default=None, help="Input size (square). Default: the backbone's training size.")
-@click.option("-o", "--out", "out", type=click.Path(file_okay=False, path_type=Path), default=Path("artifacts"), show_default=True)
+@click.option("-o", "--out", "out", type=click.Path(path_type=Path), default=Path("artifacts"), show_default=True,
+              help="A folder (files named <model|task>_<precision>.<ext>), or the file itself: art/qs.onnx, "
+                   "art/qs.engine or .plan, art/qs.pt2 (an engine's ONNX goes beside it as art/qs.onnx).")
 @click.option("--which", type=click.Choice(["teacher", "student"]), default="teacher", show_default=True,
               help="Network to export from a training checkpoint.")
 @click.option("--dynamic-hw", is_flag=True, help="Also make height/width dynamic (ONNX only; engines use fixed sizes).")
@@ -172,16 +175,17 @@ def eval_spatial(checkpoint: str, which: str, random_init: bool, n_images: int, 
 def export(checkpoint: str, fmt: str, precision: str, batch: str, imgsz: int | None, out: Path, which: str,
            dynamic_hw: bool, no_pooled: bool, trt_lib: str, ccs: str | None, strongly_typed: bool | None,
            workspace_mb: int, rtol: float | None, expect_model: str | None, head: str | None, device: str) -> None:
-    """Export a backbone to ONNX (and a TensorRT engine), parity-checked, each with a sidecar JSON.
+    """Export a backbone to ONNX, a TensorRT engine or an AOTInductor package, parity-checked, each with a sidecar JSON.
 
     CHECKPOINT is a run directory, checkpoint directory, backbone.safetensors, or a timm model
     name such as vit_small_patch16_224 (random weights: try export without training).
     """
-    from wherevit.export.api import ExportRequest, export_artifacts, parse_batch
+    from wherevit.export.api import ExportRequest, export_artifacts, parse_batch, resolve_output
     from wherevit.export.trt_builder import parse_compute_capabilities
 
+    out_dir, fmt, out_file = _run(resolve_output, out, fmt)
     req = ExportRequest(
-        checkpoint=checkpoint, out_dir=out, format=fmt, precision=precision, batch=_run(parse_batch, batch),
+        checkpoint=checkpoint, out_dir=out_dir, out_file=out_file, format=fmt, precision=precision, batch=_run(parse_batch, batch),
         imgsz=imgsz, which=which, dynamic_hw=dynamic_hw, pooled=not no_pooled, trt_lib=trt_lib,
         compute_capabilities=_run(parse_compute_capabilities, ccs), strongly_typed=strongly_typed,
         workspace_mb=workspace_mb, rtol=rtol, expect_model=expect_model, head=head, device=device,
@@ -194,12 +198,8 @@ def export(checkpoint: str, fmt: str, precision: str, batch: str, imgsz: int | N
         click.echo(res.parity.summary())
     for note in res.notes:
         click.echo(f"note: {note}", err=True)
-    if res.onnx:
-        click.echo(f"onnx:   {res.onnx}")
-    if res.pt2:
-        click.echo(f"pt2:    {res.pt2}")
-    if res.engine:
-        click.echo(f"engine: {res.engine}")
+    for name, path in res.artifacts.items():
+        click.echo(f"{name + ':':<8}{path}")
     for sc in res.sidecars:
         click.echo(f"sidecar: {sc}")
 
@@ -221,13 +221,13 @@ def serve(artifact: str, host: str, port: int, name: str | None, backend: str, m
 
     Works with Triton clients (tritonclient.http, perf_analyzer). Metrics at /metrics.
     """
+    from wherevit.base.sidecar import read_sidecar
     from wherevit.runtime.batching import BatchingConfig
     from wherevit.runtime.server import ServeConfig
     from wherevit.runtime.server import serve as serve_fn
-    from wherevit.base.sidecar import read_sidecar
 
     meta = _run(read_sidecar, artifact)
-    mb = max_batch or int(meta["batch"]["max"])
+    mb = max_batch or int(meta.batch.max)
     batching = _run(BatchingConfig, mb, max_wait_ms, max_queue, timeout_ms)
     cfg = ServeConfig(host=host, port=port, name=name, batching=batching, max_request_mb=max_request_mb)
     _run(serve_fn, artifact, cfg, backend)
@@ -236,7 +236,8 @@ def serve(artifact: str, host: str, port: int, name: str | None, backend: str, m
 @main.command()
 @click.argument("target")
 @click.option("--backends", default="all", show_default=True,
-              help="Comma list of ort-cpu, ort-cuda, ort-trt, tensorrt, torch-eager, torch-compile, torch-compile-cudagraphs.")
+              help="Comma list of registered backends (ort-cpu, ort-cuda, ort-trt, tensorrt, torch-eager, torch-compile, "
+                   "torch-compile-cudagraphs, and any a plug-in package adds), or all.")
 @click.option("--batch", "batches", default="1,8", show_default=True, help="Comma list of batch sizes.")
 @click.option("--precision", "precisions", default="fp32", show_default=True, help="Comma list of fp32, fp16, bf16.")
 @click.option("--reference", default=None, help="Checkpoint for the PyTorch rows and parity (default: the sidecar's).")
@@ -254,14 +255,13 @@ def bench(target: str, backends: str, batches: str, precisions: str, reference: 
     timm model name, which is exported first. Writes bench.json, bench.csv and bench.png to --out.
     """
     from wherevit.app.bench import (
-        ALL_BACKENDS,
         BenchRequest,
         TimingConfig,
         format_table,
         run_bench,
     )
 
-    names = ALL_BACKENDS if backends == "all" else tuple(b.strip() for b in backends.split(",") if b.strip())
+    names = None if backends == "all" else tuple(b.strip() for b in backends.split(",") if b.strip())
     try:
         bs = tuple(int(b) for b in batches.split(","))
     except ValueError:

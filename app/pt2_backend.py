@@ -13,6 +13,7 @@ from typing import Mapping
 
 import numpy as np
 
+from wherevit.base.sidecar import Sidecar
 from wherevit.runtime.backends.base import Backend, register_backend
 
 __all__ = ["Pt2Backend"]
@@ -25,12 +26,13 @@ class Pt2Backend(Backend):
     name = "pt2"
     kinds = ("pt2",)
     device = "cpu"
+    auto_priority = 50  # the only backend for .pt2 artifacts; after every ONNX/engine backend
 
     @classmethod
-    def _unavailable_impl(cls, meta: dict) -> str | None:
+    def _unavailable_impl(cls, meta: Sidecar) -> str | None:
         if importlib.util.find_spec("torch") is None:
             return "torch is not installed (an AOTInductor package runs through libtorch: pip install torch)"
-        if (meta.get("pt2") or {}).get("device") == "cuda":
+        if (meta.pt2 or {}).get("device") == "cuda":
             import torch
 
             if not torch.cuda.is_available():
@@ -40,7 +42,7 @@ class Pt2Backend(Backend):
     def _activate_impl(self) -> None:
         import torch
 
-        facts = self.meta.get("pt2") or {}
+        facts = self.meta.pt2 or {}
         self.torch_device = facts.get("device", "cpu")
         built = facts.get("torch")
         if built and built.split("+")[0] != torch.__version__.split("+")[0]:

@@ -19,17 +19,20 @@ import tempfile
 import time
 import warnings
 from pathlib import Path
+from typing import Mapping
 
 import numpy as np
 import torch
 from torch import nn
 
-from wherevit.base.errors import WherevitError
-from wherevit.base.image import Preprocess
+from wherevit.base.errors import InvalidRequest, WherevitError
 from wherevit.base.io import atomic_write_with
-from wherevit.runtime.compare import Comparison, compare
+from wherevit.base.sidecar import artifact_record, sidecar_path, write_sidecar
+from wherevit.export.formats.base import ExportContext, ExportFormat, register_format
+from wherevit.export.parity import ParityError, check_parity
+from wherevit.runtime.compare import DEFAULT_RTOL
 
-__all__ = ["Pt2Error", "pt2_device", "compile_pt2", "run_pt2", "check_pt2_parity", "PT2_DEVICES"]
+__all__ = ["Pt2Error", "Pt2Format", "pt2_device", "compile_pt2", "run_pt2", "PT2_DEVICES"]
 
 log = logging.getLogger("wherevit.export")
 
@@ -43,7 +46,7 @@ class Pt2Error(WherevitError, RuntimeError):
 def pt2_device(device: str) -> str:
     """Check ``device`` ("cpu" or "cuda") can compile a package here; returns it."""
     if device not in PT2_DEVICES:
-        raise ValueError(f"--device must be one of {', '.join(PT2_DEVICES)}, got {device!r}")
+        raise InvalidRequest(f"--device must be one of {', '.join(PT2_DEVICES)}, got {device!r}")
     if device == "cuda" and not torch.cuda.is_available():
         raise Pt2Error("a CUDA .pt2 package is compiled on a machine with a CUDA GPU; this one has none "
                        "(compile for the CPU with --device cpu, or export on the GPU machine)")
@@ -91,7 +94,8 @@ def compile_pt2(model: nn.Module, out: Path, batch: tuple[int, int, int], size: 
     }
 
 
-def run_pt2(runner, feeds: dict[str, np.ndarray], input_names: list[str], output_names: list[str], device: str = "cpu") -> dict[str, np.ndarray]:
+def run_pt2(runner, feeds: Mapping[str, np.ndarray], input_names: list[str], output_names: list[str],
+            device: str = "cpu") -> dict[str, np.ndarray]:
     """Run a loaded package (``aoti_load_package``) on float32 NCHW batches by input name."""
     with torch.inference_mode():
         outs = runner(*(torch.from_numpy(np.ascontiguousarray(feeds[n])).to(device) for n in input_names))
@@ -100,21 +104,41 @@ def run_pt2(runner, feeds: dict[str, np.ndarray], input_names: list[str], output
     return {n: o.detach().cpu().numpy() for n, o in zip(output_names, outs)}
 
 
-def check_pt2_parity(package: Path, ref_model: nn.Module, preprocess: Preprocess, rtol: float, device: str = "cpu") -> tuple[Comparison, dict]:
-    """The package against the fp32 PyTorch model on random and generated-scene batches (floats only).
+@register_format
+class Pt2Format(ExportFormat):
+    """``pt2``: the wrapped model -> an AOTInductor package + parity (the package itself, loaded back) + sidecar."""
 
-    Returns the merged comparison and the sidecar's per-input-set report."""
-    from wherevit.export.api import parity_inputs
-    from wherevit.export.onnx_export import torch_reference
+    name = "pt2"
+    suffixes = (".pt2",)
 
-    runner = torch._inductor.aoti_load_package(str(package))
-    ref_model = ref_model.eval().cpu()
-    report, merged = {}, Comparison()
-    for kind, feeds in parity_inputs(preprocess, list(ref_model.input_names)).items():
-        ref = {k: v for k, v in torch_reference(ref_model, feeds).items() if np.issubdtype(v.dtype, np.floating)}
-        got = run_pt2(runner, feeds, list(ref_model.input_names), list(ref_model.output_names), device)
-        cmp = compare(ref, got, rtol)
-        report[kind] = cmp.to_dict()
-        merged.outputs += [dataclasses.replace(o, name=f"{o.name}[{kind}]") for o in cmp.outputs]
-        merged.missing += cmp.missing
-    return merged, report
+    def check(self, req) -> None:
+        if req.dynamic_hw:
+            raise InvalidRequest("--dynamic-hw is for ONNX only; a .pt2 package is compiled for one input size (use --imgsz)")
+        pt2_device(req.device)
+
+    def build(self, ctx: ExportContext) -> Path:
+        req, precision = ctx.req, ctx.sidecar.precision
+        out = ctx.track(ctx.artifact_path(self, precision))
+        facts = compile_pt2(ctx.wrap(ctx.backbone, precision), out, ctx.batch, ctx.preprocess.size, req.device)
+        record = artifact_record(out)
+        meta = dataclasses.replace(ctx.sidecar, kind=self.name, precision=precision, pt2=facts)
+        meta.parity = self._parity(ctx, out, req.device, precision)
+        ctx.track(sidecar_path(out))
+        write_sidecar(out, meta, record=record)
+        ctx.produced[self.name] = out
+        return out
+
+    @staticmethod
+    def _parity(ctx: ExportContext, out: Path, device: str, precision: str) -> dict:
+        """The package as a user loads it (``aoti_load_package``) against PyTorch fp32; raises above tolerance."""
+        rtol = ctx.req.rtol or DEFAULT_RTOL[precision]
+        runner = torch._inductor.aoti_load_package(str(out))
+        names = (ctx.input_names, list(ctx.reference.output_names))
+        cmp, report = check_parity(ctx.reference, lambda feeds: run_pt2(runner, feeds, *names, device), ctx.preprocess, rtol,
+                                   batch=max(min(3, ctx.batch[2]), ctx.batch[0]))
+        if ctx.result is not None:
+            ctx.result.parity = cmp
+        if not cmp:
+            raise ParityError(f"pt2 parity failed for {out.name} (tolerance rel_l2 <= {rtol:g}):\n{cmp.summary()}")
+        return {"backend": f"torch._inductor.aoti_load_package ({device})", "reference": "PyTorch fp32", "rtol": rtol,
+                "passed": True, **report}

@@ -6,6 +6,7 @@ One compiled package is shared by the whole module (compiling takes ~15-30 s eve
 
 from __future__ import annotations
 
+import dataclasses
 import glob
 import hashlib
 import json
@@ -21,11 +22,13 @@ import torch
 
 import wherevit.app.pt2_backend  # noqa: F401  (registers the pt2 backend)
 from wherevit import runtime
+from wherevit.base.errors import InvalidRequest
 from wherevit.base.io import sha256_file
-from wherevit.base.sidecar import read_sidecar, sidecar_path
+from wherevit.base.sidecar import BatchRange, read_sidecar, sidecar_path
 from wherevit.export.api import ExportRequest, export_artifacts
 from wherevit.export.formats.pt2 import Pt2Error
-from wherevit.export.onnx_export import FeatureModel, torch_reference
+from wherevit.export.onnx_export import FeatureModel
+from wherevit.export.parity import torch_reference
 from wherevit.runtime.compare import DEFAULT_RTOL, compare
 from wherevit.train.checkpoint import load_backbone
 
@@ -43,19 +46,19 @@ def pt2_artifact(trained_run, tmp_path_factory):
 def test_pt2_export_sidecar_and_parity(pt2_artifact):
     meta = read_sidecar(pt2_artifact)
     assert pt2_artifact.name == "model_fp32.pt2"
-    assert meta["kind"] == "pt2" and meta["artifact"]["sha256"] == sha256_file(pt2_artifact)
-    assert meta["inputs"][0]["name"] == "images" and meta["inputs"][0]["shape"] == [-1, 3, 32, 32]
-    assert [o["name"] for o in meta["outputs"]] == ["cls", "patch_tokens", "pooled"]
-    assert meta["batch"] == {"min": 2, "opt": 3, "max": 4}
-    assert meta["pt2"]["device"] == "cpu" and meta["pt2"]["torch"] == torch.__version__
-    par = meta["parity"]
+    assert meta.kind == "pt2" and meta.artifact.sha256 == sha256_file(pt2_artifact)
+    assert meta.inputs[0].name == "images" and meta.inputs[0].shape == [-1, 3, 32, 32]
+    assert meta.output_names == ["cls", "patch_tokens", "pooled"]
+    assert meta.batch == BatchRange(2, 3, 4)
+    assert meta.pt2["device"] == "cpu" and meta.pt2["torch"] == torch.__version__
+    par = meta.parity
     assert par["passed"] is True and par["reference"] == "PyTorch fp32" and par["rtol"] == DEFAULT_RTOL["fp32"]
     assert all(o["rel_l2"] < 1e-5 for kind in ("random", "scenes") for o in par[kind]["outputs"])
 
 
 def test_pt2_backend_dynamic_batch_matches_pytorch(pt2_artifact, trained_run):
     ref = FeatureModel(load_backbone(trained_run, dynamic_img_size=False)[0]).eval()
-    with runtime.load(pt2_artifact, backend="pt2") as m:
+    with runtime.load(pt2_artifact) as m:  # "auto" finds the pt2 backend for a .pt2
         assert m.backend.name == "pt2"
         for b in (1, 4, 7):  # below the minimum (padded), the maximum, above it (split)
             x = np.random.default_rng(b).standard_normal((b, 3, 32, 32)).astype(np.float32)
@@ -65,18 +68,20 @@ def test_pt2_backend_dynamic_batch_matches_pytorch(pt2_artifact, trained_run):
             assert got["cls"].shape == (b, 64) and got["patch_tokens"].shape == (b, 16, 64)
 
 
-def test_pt2_refusals_are_clear(trained_run, tmp_path):
+def test_pt2_refusals_are_clear(trained_run, pt2_artifact, tmp_path):
     if not torch.cuda.is_available():
-        with pytest.raises(Pt2Error, match="no CUDA GPU|has none"):
+        with pytest.raises(Pt2Error, match="has none"):
             export_artifacts(ExportRequest(str(trained_run), tmp_path, format="pt2", device="cuda"))
-    with pytest.raises(ValueError, match="--dynamic-hw is for ONNX only"):
+    with pytest.raises(InvalidRequest, match="--dynamic-hw is for ONNX only"):
         export_artifacts(ExportRequest(str(trained_run), tmp_path, format="pt2", dynamic_hw=True))
     assert not list(tmp_path.iterdir())
     from wherevit.app.pt2_backend import Pt2Backend
 
+    meta = read_sidecar(pt2_artifact)
     if not torch.cuda.is_available():
-        assert "compiled for CUDA" in Pt2Backend.unavailable_reason({"kind": "pt2", "pt2": {"device": "cuda"}})
-    assert "runs pt2 artifacts" in Pt2Backend.unavailable_reason({"kind": "onnx"})
+        cuda = dataclasses.replace(meta, pt2={**meta.pt2, "device": "cuda"})
+        assert "compiled for CUDA" in Pt2Backend.unavailable_reason(cuda)
+    assert "runs pt2 artifacts" in Pt2Backend.unavailable_reason(dataclasses.replace(meta, kind="onnx"))
 
 
 # --- the C++ example apps -------------------------------------------------------------------------
@@ -218,8 +223,9 @@ def test_cpp_aoti_app_runs_a_two_input_pose_package(cpp_build, trained_run, imag
     save_file({k: v.contiguous() for k, v in head.state_dict().items()}, str(tmp_path / "head_pose.safetensors"), metadata=meta)
     res = export_artifacts(ExportRequest(str(trained_run), tmp_path, format="pt2", head=str(tmp_path / "head_pose.safetensors"),
                                          batch=(1, 2, 4)))
-    assert res.pt2.name == "pose_fp32.pt2" and read_sidecar(res.pt2)["parity"]["passed"]
-    assert [i["name"] for i in read_sidecar(res.pt2)["inputs"]] == ["images_a", "images_b"]
+    meta = read_sidecar(res.pt2)
+    assert res.pt2.name == "pose_fp32.pt2" and meta.parity["passed"] and meta.task == "pose"
+    assert meta.input_names == ["images_a", "images_b"]
     out = _run_app(cpp_build[0] / "wherevit_aoti", res.pt2, images, tmp_path / "out")  # pairs: (a1 b1) (a2 b2) (a3 b3)
     assert "rotation float32 [3, 3, 3]" in out.stdout
     _check_against_python(tmp_path / "out", res.pt2, images, pairs=True)
