@@ -1,6 +1,6 @@
 // wherevit_aoti: run a wherevit AOTInductor package (.pt2) on image files, from C++.
 //
-//   wherevit_aoti MODEL.pt2 [--out DIR] [--device cpu|cuda] [--dump-input] IMAGE [IMAGE ...]
+//   wherevit_aoti MODEL.pt2 [--out DIR] [--device cpu|cuda] [--dump-input] [--no-verify] IMAGE [IMAGE ...]
 //
 // Reads MODEL.pt2.json (the sidecar), decodes and preprocesses every image exactly as it says,
 // runs the package with torch::inductor::AOTIModelPackageLoader in batches within the sidecar's
@@ -24,7 +24,7 @@
 namespace {
 
 int usage(const char* argv0) {
-  std::cerr << "usage: " << argv0 << " MODEL.pt2 [--out DIR] [--device cpu|cuda] [--dump-input] IMAGE [IMAGE ...]\n"
+  std::cerr << "usage: " << argv0 << " MODEL.pt2 [--out DIR] [--device cpu|cuda] [--dump-input] [--no-verify] IMAGE [IMAGE ...]\n"
             << "  MODEL.pt2.json (its sidecar) must sit beside it; a two-input (pose) model takes pairs a1 b1 a2 b2 ...\n";
   return 2;
 }
@@ -42,7 +42,7 @@ std::string npy_descr(at::ScalarType t, size_t* itemsize) {
 
 int main(int argc, char** argv) {
   std::string model_path, out_dir, device = "cpu";
-  bool dump_input = false;
+  bool dump_input = false, verify = true;
   std::vector<std::string> images;
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
@@ -50,11 +50,13 @@ int main(int argc, char** argv) {
     if ((a == "--out" || a == "-o") && i + 1 < argc) { out_dir = argv[++i]; continue; }
     if (a == "--device" && i + 1 < argc) { device = argv[++i]; continue; }
     if (a == "--dump-input") { dump_input = true; continue; }
+    if (a == "--no-verify") { verify = false; continue; }
     if (model_path.empty()) model_path = a; else images.push_back(a);
   }
   if (model_path.empty() || images.empty()) return usage(argv[0]);
   try {
     const wherevit::Sidecar sc = wherevit::read_sidecar(model_path, "pt2");
+    if (verify) wherevit::verify_artifact(model_path, sc);
     const size_t n_in = sc.inputs.size();
     if (images.size() % n_in != 0)
       throw std::runtime_error("this " + sc.task + " model takes " + std::to_string(n_in) + " images per sample; got " +

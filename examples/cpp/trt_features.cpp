@@ -1,6 +1,6 @@
 // wherevit_trt: run a wherevit TensorRT / TensorRT-RTX engine (.engine) on image files, from C++.
 //
-//   wherevit_trt MODEL.engine [--out DIR] [--dump-input] IMAGE [IMAGE ...]
+//   wherevit_trt MODEL.engine [--out DIR] [--dump-input] [--no-verify] IMAGE [IMAGE ...]
 //
 // The same shape as wherevit_aoti: sidecar (MODEL.engine.json) -> OpenCV decode + preprocess ->
 // batches within the engine's profile -> outputs printed and written as DIR/<output>.npy.
@@ -91,7 +91,7 @@ struct DeviceBuffer {
 };
 
 int usage(const char* argv0) {
-  std::cerr << "usage: " << argv0 << " MODEL.engine [--out DIR] [--dump-input] IMAGE [IMAGE ...]\n";
+  std::cerr << "usage: " << argv0 << " MODEL.engine [--out DIR] [--dump-input] [--no-verify] IMAGE [IMAGE ...]\n";
   return 2;
 }
 
@@ -99,18 +99,20 @@ int usage(const char* argv0) {
 
 int main(int argc, char** argv) {
   std::string model_path, out_dir;
-  bool dump_input = false;
+  bool dump_input = false, verify = true;
   std::vector<std::string> images;
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     if (a == "-h" || a == "--help") return usage(argv[0]);
     if ((a == "--out" || a == "-o") && i + 1 < argc) { out_dir = argv[++i]; continue; }
     if (a == "--dump-input") { dump_input = true; continue; }
+    if (a == "--no-verify") { verify = false; continue; }
     if (model_path.empty()) model_path = a; else images.push_back(a);
   }
   if (model_path.empty() || images.empty()) return usage(argv[0]);
   try {
     const wherevit::Sidecar sc = wherevit::read_sidecar(model_path, "engine");
+    if (verify) wherevit::verify_artifact(model_path, sc);
     int dev = 0;
     cudaDeviceProp prop{};
     cuda_check(cudaGetDevice(&dev), "cudaGetDevice");

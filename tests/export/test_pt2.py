@@ -210,6 +210,11 @@ def test_cpp_aoti_app_errors_name_the_problem(cpp_build, pt2_artifact, onnx_arti
     assert res.returncode == 1 and "this program runs 'pt2' artifacts" in res.stderr
     res = subprocess.run([str(exe), str(pt2_artifact), str(tmp_path / "missing.png")], capture_output=True, text=True)
     assert res.returncode == 1 and "missing.png: not a readable image" in res.stderr
+    tampered = tmp_path / "tampered.pt2"
+    tampered.write_bytes(pt2_artifact.read_bytes() + b"\0")
+    sidecar_path(tampered).write_text(sidecar_path(pt2_artifact).read_text())
+    res = subprocess.run([str(exe), str(tampered), str(images[0])], capture_output=True, text=True)
+    assert res.returncode == 1 and "does not match its sidecar" in res.stderr  # the SHA-256 check, as in Python
 
 
 def test_cpp_aoti_app_runs_a_two_input_pose_package(cpp_build, trained_run, images, tmp_path):
