@@ -33,7 +33,7 @@ def _run(fn, *args, **kwargs):
 @click.version_option(__version__, prog_name="wherevit")
 @click.option("-v", "--verbose", is_flag=True, help="Log debug messages.")
 def main(verbose: bool) -> None:
-    """wherevit: pretrain spatially aware ViTs, export them to ONNX / TensorRT, and serve features.
+    """wherevit: pretrain spatially aware ViTs, export them to ONNX / TensorRT / AOTInductor, and serve features.
 
     \b
     The train-then-export workflow (each command uses only files the ones before it wrote):

@@ -151,8 +151,8 @@ def resolve_output(out: str | Path, fmt: str | None) -> tuple[Path, str, Path | 
         return out, fmt or "onnx", None
     if fmt is not None and fmt != owner:
         want = "/".join(registered_formats()[fmt].suffixes) if fmt in registered_formats() else "its suffix"
-        raise InvalidRequest(f"-o {out} names a {owner} file, but the format is {fmt}: give a file ending in {want}, "
-                             f"or a folder")
+        raise InvalidRequest(f"-o {out} is a file name for the {owner} format, but the format is {fmt}: "
+                             f"give a file ending in {want}, or a folder")
     return out.parent, owner, out
 
 

@@ -29,7 +29,7 @@ def test_out_is_a_folder_or_the_artifact_file(out, fmt, want):
 
 
 def test_out_file_of_another_format_is_refused():
-    with pytest.raises(InvalidRequest, match="names a onnx file, but the format is engine: give a file ending in .engine/.plan"):
+    with pytest.raises(InvalidRequest, match="is a file name for the onnx format, but the format is engine: give a file ending in .engine/.plan"):
         resolve_output("m.onnx", "engine")
     assert output_format("x/model.PT2") == "pt2" and output_format("x/model") is None
 
