@@ -13,8 +13,8 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import io
-import logging
 import os
+import shutil
 import tempfile
 import time
 import warnings
@@ -32,9 +32,7 @@ from wherevit.export.formats.base import ExportContext, ExportFormat, register_f
 from wherevit.export.parity import ParityError, check_parity
 from wherevit.runtime.compare import DEFAULT_RTOL
 
-__all__ = ["Pt2Error", "Pt2Format", "pt2_device", "compile_pt2", "run_pt2", "PT2_DEVICES"]
-
-log = logging.getLogger("wherevit.export")
+__all__ = ["Pt2Error", "Pt2Format", "pt2_device", "compiler_unavailable_reason", "compile_pt2", "run_pt2", "PT2_DEVICES"]
 
 PT2_DEVICES = ("cpu", "cuda")
 
@@ -51,6 +49,14 @@ def pt2_device(device: str) -> str:
         raise Pt2Error("a CUDA .pt2 package is compiled on a machine with a CUDA GPU; this one has none "
                        "(compile for the CPU with --device cpu, or export on the GPU machine)")
     return device
+
+
+def compiler_unavailable_reason() -> str | None:
+    """AOTInductor writes C++ and compiles it at export time: None when a compiler is here, else why not."""
+    cxx = os.environ.get("CXX", "c++")
+    if shutil.which(cxx) or shutil.which("g++") or shutil.which("clang++"):
+        return None
+    return f"AOTInductor compiles C++ when exporting a .pt2, and no C++ compiler ({cxx}, g++ or clang++) is installed here"
 
 
 def compile_pt2(model: nn.Module, out: Path, batch: tuple[int, int, int], size: tuple[int, int], device: str = "cpu") -> dict:
@@ -115,6 +121,9 @@ class Pt2Format(ExportFormat):
         if req.dynamic_hw:
             raise InvalidRequest("--dynamic-hw is for ONNX only; a .pt2 package is compiled for one input size (use --imgsz)")
         pt2_device(req.device)
+        reason = compiler_unavailable_reason()
+        if reason:
+            raise Pt2Error(f"{reason} (apt-get install g++)")
 
     def build(self, ctx: ExportContext) -> Path:
         req, precision = ctx.req, ctx.sidecar.precision

@@ -26,11 +26,13 @@ from wherevit.base.errors import InvalidRequest
 from wherevit.base.io import sha256_file
 from wherevit.base.sidecar import BatchRange, read_sidecar, sidecar_path
 from wherevit.export.api import ExportRequest, export_artifacts
-from wherevit.export.formats.pt2 import Pt2Error
+from wherevit.export.formats.pt2 import Pt2Error, compiler_unavailable_reason
 from wherevit.export.onnx_export import FeatureModel
 from wherevit.export.parity import torch_reference
 from wherevit.runtime.compare import DEFAULT_RTOL, compare
 from wherevit.train.checkpoint import load_backbone
+
+pytestmark = pytest.mark.skipif(compiler_unavailable_reason() is not None, reason=str(compiler_unavailable_reason()))
 
 REPO = Path(__file__).resolve().parents[2]
 CPP_SRC = REPO / "examples" / "cpp"
