@@ -86,6 +86,21 @@ def test_pt2_refusals_are_clear(trained_run, pt2_artifact, tmp_path):
     assert "runs pt2 artifacts" in Pt2Backend.unavailable_reason(dataclasses.replace(meta, kind="onnx"))
 
 
+def test_pt2_parity_failure_leaves_nothing_behind(trained_run, pt2_artifact, tmp_path, monkeypatch):
+    """rtol 1e-30 fails parity: the package and its sidecar are removed. (The compile step is stood
+    in for by the module's package -- the same graph -- to keep the test fast.)"""
+    import wherevit.export.formats.pt2 as pt2
+
+    def reuse(model, out, batch, size, device="cpu"):
+        out.write_bytes(pt2_artifact.read_bytes())
+        return {"device": device}
+
+    monkeypatch.setattr(pt2, "compile_pt2", reuse)
+    with pytest.raises(pt2.ParityError, match="pt2 parity failed for model_fp32.pt2"):
+        export_artifacts(ExportRequest(str(trained_run), tmp_path, format="pt2", batch=(2, 3, 4), rtol=1e-30))
+    assert not list(tmp_path.iterdir())
+
+
 # --- the C++ example apps -------------------------------------------------------------------------
 
 def _first(patterns: list[str]) -> str | None:
