@@ -16,8 +16,8 @@ import yaml
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from wherevit.base.config import ConfigError, from_dict, to_dict
-from wherevit.base.io import atomic_write_text, check_writable_dir
 from wherevit.base.image import IMAGENET_MEAN, IMAGENET_STD
+from wherevit.base.io import atomic_write_text, check_writable_dir
 from wherevit.train.backbone import timm_kwargs
 from wherevit.train.checkpoint import (
     CheckpointError,

@@ -19,10 +19,10 @@ import numpy as np
 import torch
 
 from wherevit.train.backbone import embed_images
+from wherevit.train.data.geometry import PairSpec, sample_disentangled_pair, sp_target
 from wherevit.train.data.synthetic import render_scene
 from wherevit.train.data.views import crop_view
 from wherevit.train.evals.linear import RidgeProbe, r2_score
-from wherevit.train.data.geometry import PairSpec, sample_disentangled_pair, sp_target
 
 __all__ = ["SpatialEvalConfig", "evaluate_spatial", "embed_crops"]
 

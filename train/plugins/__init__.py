@@ -4,6 +4,7 @@
 Importing this package registers the built-in plug-ins.
 """
 
+from wherevit.train.plugins import posfield, sp  # noqa: E402,F401  (register the built-ins)
 from wherevit.train.plugins.base import (
     ENTRY_POINT_GROUP,
     HostSpec,
@@ -16,7 +17,6 @@ from wherevit.train.plugins.base import (
     register_plugin,
     registered_plugins,
 )
-from wherevit.train.plugins import posfield, sp  # noqa: E402,F401  (register the built-ins)
 
 __all__ = [
     "ENTRY_POINT_GROUP", "HostSpec", "Plugin", "PluginConfig", "PluginError", "StepContext", "create_plugin",
