@@ -216,13 +216,22 @@ def test_bad_config_names_the_key(over, key):
 
 
 def test_posfield_without_ibot_and_on_a_backbone_without_pos_embed_are_refused():
-    cfg = from_dict(TrainConfig, tiny_train_dict(plugins={"posfield": {}}))
     with pytest.raises(ConfigError, match=r"plugins\.posfield needs iBOT.*ibot\.enabled"):
-        SSLMetaArch(cfg)
+        from_dict(TrainConfig, tiny_train_dict(plugins={"posfield": {}}))
     SSLMetaArch(from_dict(TrainConfig, tiny_train_dict(plugins={"posfield": {"pos_mask_share": 0.0}})))  # field only: fine
     cfg = _masked_cfg(plugins={"posfield": {}}, **{"model.kwargs": {"pos_embed": "none"}})
     with pytest.raises(ConfigError, match=r"plugins\.posfield needs a backbone with a positional embedding"):
         SSLMetaArch(cfg)
+
+
+def test_a_plugin_requiring_ibot_is_refused_when_ibot_is_off(toy_plugin):
+    toy_plugin.requires_ibot = True
+    try:
+        with pytest.raises(ConfigError, match=r"plugins\.toy_host_test needs iBOT.*ibot\.enabled: true"):
+            from_dict(TrainConfig, tiny_train_dict(plugins={"toy_host_test": {}}))
+        from_dict(TrainConfig, tiny_train_dict(plugins={"toy_host_test": {}}, ibot={"enabled": True}))
+    finally:
+        toy_plugin.requires_ibot = False
 
 
 # --- the plug-in interface --------------------------------------------------------------------------
