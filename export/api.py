@@ -16,6 +16,9 @@ from pathlib import Path
 import numpy as np
 
 from wherevit.base.errors import WherevitError
+from wherevit.base.image import IMAGENET_MEAN, IMAGENET_STD, Preprocess
+from wherevit.base.io import check_writable_dir
+from wherevit.base.sidecar import artifact_record, sidecar_path, write_sidecar
 from wherevit.export.onnx_export import (
     FeatureModel,
     OnnxExportOptions,
@@ -23,11 +26,8 @@ from wherevit.export.onnx_export import (
     torch_reference,
 )
 from wherevit.export.trt_builder import build_engine, detect_flavour, plan_build
-from wherevit.base.io import check_writable_dir
 from wherevit.runtime.backends.onnxruntime import OrtCpu
 from wherevit.runtime.compare import DEFAULT_RTOL, Comparison, compare
-from wherevit.base.image import IMAGENET_MEAN, IMAGENET_STD, Preprocess
-from wherevit.base.sidecar import artifact_record, sidecar_path, write_sidecar
 from wherevit.train.checkpoint import CheckpointError, load_backbone
 
 __all__ = ["ExportRequest", "ExportResult", "ParityError", "parse_batch", "export_artifacts", "parity_inputs"]

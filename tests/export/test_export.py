@@ -8,9 +8,9 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from wherevit.export.api import ExportRequest, ParityError, export_artifacts, parse_batch
 from wherevit.base.io import sha256_file
 from wherevit.base.sidecar import SidecarError, read_sidecar, sidecar_path
+from wherevit.export.api import ExportRequest, ParityError, export_artifacts, parse_batch
 from wherevit.train.backbone import backbone_features
 from wherevit.train.checkpoint import CheckpointError, load_backbone
 

@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from wherevit import runtime
+from wherevit.base.sidecar import read_sidecar
 from wherevit.export.api import ExportRequest, export_artifacts
 from wherevit.export.head_models import HeadModel, load_head
-from wherevit.base.sidecar import read_sidecar
 from wherevit.train.checkpoint import CheckpointError, load_backbone
 from wherevit.train.data.scenes3d import render_pair
 from wherevit.train.downstream.fit import HeadTrainConfig, fit_head
