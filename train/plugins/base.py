@@ -105,7 +105,7 @@ log = logging.getLogger(__name__)
 
 ENTRY_POINT_GROUP = "wherevit.plugins"
 _REGISTRY: dict[str, type["Plugin"]] = {}
-_ENTRY_POINTS_LOADED = False
+_entry_points_loaded = False
 
 
 class PluginError(WherevitError, ValueError):
@@ -275,10 +275,9 @@ def register_plugin(cls: type[Plugin]) -> type[Plugin]:
 
 def _load_entry_points() -> None:
     """Register the plug-ins other packages declare in the ``wherevit.plugins`` entry-point group."""
-    global _ENTRY_POINTS_LOADED
-    if _ENTRY_POINTS_LOADED:
+    global _entry_points_loaded
+    if _entry_points_loaded:
         return
-    _ENTRY_POINTS_LOADED = True
     for ep in entry_points(group=ENTRY_POINT_GROUP):
         obj = ep.load()  # a Plugin class, or a module that registers itself on import
         if isinstance(obj, type):
@@ -287,6 +286,7 @@ def _load_entry_points() -> None:
             register_plugin(obj)
         elif ep.name not in _REGISTRY:
             raise PluginError(f"entry point {ep.name!r} ({ep.value}) registered no plug-in of that name")
+    _entry_points_loaded = True  # only once all loaded: a clash is reported on every call, not just the first
 
 
 def registered_plugins() -> dict[str, type[Plugin]]:
