@@ -7,6 +7,13 @@ mytask = "mypkg.mytask:MyTask"``); a duplicate name is refused. It is enabled in
 ``plugins: {name: {weight: ..., ...}}``, validated against its ``Config`` dataclass. Its heads live
 inside it, so they train with the student and never reach an exported backbone.
 
+Layout. The host's view groups are ``global`` (``n_global`` crops: student, masked when iBOT is
+on, and teacher) and ``local`` (``n_local`` crops, student only; absent when 0). In ``batch`` every
+group is sample-major as collated, ``batch[group][field]`` of shape (B, V, ...); features are
+view-major, row ``v * B + b`` is view ``v`` of sample ``b`` (``meta_arch.view_major`` converts).
+Plug-in view samplers run in config order on the sample's shared view generator, after the host's
+groups; sample hooks each get their own generator.
+
 What the host gives a plug-in, in the order the host uses it (every hook is optional):
 
 Build time (``SSLMetaArch.__init__``)
