@@ -10,7 +10,7 @@ inside it, so they train with the student and never reach an exported backbone.
 Layout. The host's view groups are ``global`` (``n_global`` crops: student, masked when iBOT is
 on, and teacher) and ``local`` (``n_local`` crops, student only; absent when 0). In ``batch`` every
 group is sample-major as collated, ``batch[group][field]`` of shape (B, V, ...); features are
-view-major, row ``v * B + b`` is view ``v`` of sample ``b`` (``meta_arch.view_major`` converts).
+view-major, row ``v * B + b`` is view ``v`` of sample ``b`` (``view_major`` here converts).
 Plug-in view samplers run in config order on the sample's shared view generator, after the host's
 groups; sample hooks each get their own generator.
 
@@ -105,7 +105,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "Plugin", "PluginConfig", "PluginError", "HostSpec", "StepContext", "register_plugin", "registered_plugins",
-    "create_plugin", "plain_backbone_state", "ENTRY_POINT_GROUP",
+    "create_plugin", "plain_backbone_state", "view_major", "ENTRY_POINT_GROUP",
 ]
 
 log = logging.getLogger(__name__)
@@ -265,6 +265,12 @@ def plain_backbone_state(plugins: Mapping[str, Mapping[str, Any] | None], state:
         cls = known[name]
         notes.update(cls.export_backbone_state(cls.parse_config(params or {}), state, backbone))
     return notes
+
+
+def view_major(x: torch.Tensor) -> torch.Tensor:
+    """(B, V, ...) per-sample batch field -> (V * B, ...) view-major, the layout of images and features."""
+    B, V = x.shape[:2]
+    return x.transpose(0, 1).reshape(V * B, *x.shape[2:])
 
 
 def register_plugin(cls: type[Plugin]) -> type[Plugin]:

@@ -33,7 +33,7 @@ from torch import nn
 from wherevit.base.config import ConfigError
 from wherevit.train.backbone import BackboneFeatures, patch_grid
 from wherevit.train.data.masking import MASK_PATTERNS, make_mask
-from wherevit.train.plugins.base import Plugin, PluginConfig, StepContext, register_plugin
+from wherevit.train.plugins.base import Plugin, PluginConfig, StepContext, register_plugin, view_major
 
 __all__ = ["PosFieldConfig", "PositionalField", "PosFieldHook", "patch_centres", "field_grid", "sample_field",
            "export_affine"]
@@ -176,8 +176,7 @@ class PositionalField(Plugin):
             affine = torch.tensor([export_affine(self.cfg)], device=field.device)
             pos = sample_field(field, field_grid(patch_centres(full, torch.zeros(1, device=field.device), grid), affine))
             return pos.expand(V * B, -1, -1)
-        boxes = grp["boxes"].transpose(0, 1).reshape(V * B, 4)  # view-major, like the images
-        flips = grp["flips"].transpose(0, 1).reshape(V * B)
+        boxes, flips = view_major(grp["boxes"]), view_major(grp["flips"])
         affine = batch["posfield"]["affine"].float().repeat(V, 1)  # view v, sample b -> row v * B + b
         return sample_field(field, field_grid(patch_centres(boxes, flips, grid), affine))
 
