@@ -66,7 +66,7 @@ class TokenInputs:
         return self.mask is None and self.pos is None and self.pos_mask is None
 
     @staticmethod
-    def cat(parts: list["TokenInputs"], sizes: list[int], n_tokens: int, dim: int, like: torch.Tensor) -> "TokenInputs":
+    def cat(parts: list["TokenInputs"], sizes: list[int], n_tokens: int, device: torch.device) -> "TokenInputs":
         """Concatenate along the batch; a field one part lacks is filled with its neutral value
         (no mask; for ``pos``, which has no neutral value, every part must have it or none)."""
         def join(field: str, fill):
@@ -78,7 +78,7 @@ class TokenInputs:
         def no_pos(n):
             raise ValueError("positional overrides must be given for every view group embedded in one call, or for none")
 
-        no_mask = lambda n: torch.zeros(n, n_tokens, dtype=torch.bool, device=like.device)  # noqa: E731
+        no_mask = lambda n: torch.zeros(n, n_tokens, dtype=torch.bool, device=device)  # noqa: E731
         return TokenInputs(join("mask", no_mask), join("pos", no_pos), join("pos_mask", no_mask))
 
 

@@ -24,6 +24,7 @@ from wherevit.train.backbone import (
     TokenInputs,
     create_backbone,
     forward_tokens,
+    patch_grid,
     timm_kwargs,
 )
 from wherevit.train.config import TrainConfig
@@ -58,9 +59,8 @@ def embed_views(backbone: nn.Module, views: Mapping[str, torch.Tensor], inputs: 
         elif len(parts) == 1:
             tok = parts[0]
         else:
-            sizes = [views[n].shape[0] for n in names]
-            n_tokens = (x.shape[-2] // backbone.patch_embed.patch_size[0]) * (x.shape[-1] // backbone.patch_embed.patch_size[1])
-            tok = TokenInputs.cat(parts, sizes, n_tokens, backbone.embed_dim, x)
+            gh, gw = patch_grid(backbone, tuple(x.shape[-2:]))
+            tok = TokenInputs.cat(parts, [views[n].shape[0] for n in names], gh * gw, x.device)
         feats = forward_tokens(backbone, x, tok, mask_token, pos_mask_token)
         start = 0
         for n in names:

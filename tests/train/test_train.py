@@ -59,7 +59,8 @@ def test_loss_goes_down(tiny_cfg, tmp_path, plugins, extra):
     assert not any(k.startswith(("plugins", "dino_head", "head.")) for k in keys if k != "head")
 
 
-@pytest.mark.parametrize("extra", [{}, {"ibot": {"enabled": True}, "plugins": POSFIELD}], ids=["dino+sp", "masks+posfield"])
+@pytest.mark.parametrize("extra", [{}, {"ibot": {"enabled": True}, "plugins": {**POSFIELD, **tiny_train_dict()["plugins"]}}],
+                         ids=["dino+sp", "masks+posfield+sp"])
 def test_resume_is_exact(tiny_cfg, tmp_path, extra):
     cfg = tiny_cfg(total_steps=8, ckpt_every=4, **{"model.drop_path_rate": 0.1}, **extra)
     train(cfg, tmp_path / "straight", progress=False)
