@@ -46,6 +46,23 @@ class BackboneFeatures:
     def __getitem__(self, sl: slice) -> "BackboneFeatures":
         return BackboneFeatures(self.cls[sl], self.patch[sl], self.grid)
 
+    def patch_map(self) -> torch.Tensor:
+        """The patch tokens as a (B, D, gh, gw) feature map."""
+        B, _, D = self.patch.shape
+        return self.patch.transpose(1, 2).reshape(B, D, *self.grid)
+
+    def roi_align(self, rois: torch.Tensor, output_size: tuple[int, int], sampling_ratio: int = -1) -> torch.Tensor:
+        """RoIAlign over the patch grid (torchvision, ``aligned=True``): ``rois`` (K, 5) rows
+        ``(image index, x0, y0, x1, y1)`` in normalised view coordinates -> (K, D, oh, ow).
+        The box (0, 0, 1, 1) with ``output_size == grid`` returns the patch grid itself."""
+        from torchvision.ops import roi_align
+
+        gh, gw = self.grid
+        scale = torch.tensor([1.0, gw, gh, gw, gh], dtype=rois.dtype, device=rois.device)
+        fmap = self.patch_map()
+        return roi_align(fmap, (rois * scale).to(fmap.dtype), output_size, spatial_scale=1.0,
+                         sampling_ratio=sampling_ratio, aligned=True)
+
 
 @dataclass
 class TokenInputs:

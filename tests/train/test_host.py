@@ -347,3 +347,14 @@ def test_sp_view_sampler_takes_the_configured_colour_augmentation():
     cfg = from_dict(TrainConfig, tiny_train_dict(**{"data.crops.color_jitter_p": 0.0, "data.crops.grayscale_p": 0.55}))
     spec = SSLMetaArch(cfg).view_samplers()["sp"].spec
     assert (spec.color_jitter_p, spec.grayscale_p, spec.flip_p) == (0.0, 0.55, 0.0)
+
+
+def test_roi_align_over_the_patch_grid():
+    from wherevit.train.backbone import BackboneFeatures
+
+    torch.manual_seed(0)
+    f = BackboneFeatures(torch.zeros(2, 3), torch.randn(2, 12, 3), (3, 4))
+    whole = f.roi_align(torch.tensor([[1.0, 0, 0, 1, 1]]), (3, 4))
+    torch.testing.assert_close(whole[0], f.patch_map()[1])
+    right_half = f.roi_align(torch.tensor([[0.0, 0.5, 0, 1, 1]]), (3, 2))
+    torch.testing.assert_close(right_half[0], f.patch_map()[0, :, :, 2:])

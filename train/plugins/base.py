@@ -80,6 +80,11 @@ Export
                                     copies ``info["positional"]`` into the sidecar). The host calls it
                                     through ``plain_backbone_state`` for every configured plug-in.
 
+Helpers for box-based plug-ins: ``BackboneFeatures.patch_map()`` / ``.roi_align(rois, size)``
+(torchvision RoIAlign over the patch grid, boxes in normalised view coordinates) and
+``train/data/geometry.py`` (``intersection`` of two crops, ``image_to_view`` with flips, the SP
+target, disentangled pairs).
+
 A plug-in's loss must use every parameter it owns each step (DDP runs without unused-parameter
 detection): compute on empty selections rather than skipping a head.
 """
