@@ -1,5 +1,6 @@
 """Host v2: the token-level backbone path, masks drawn in the workers, iBOT, the plug-in interface."""
 
+import pickle
 import sys
 from dataclasses import dataclass
 
@@ -131,7 +132,9 @@ def test_masks_are_a_function_of_the_sample_position_only():
     meta = SSLMetaArch(cfg)
     c = cfg.data.crops
     transform = MultiCrop(ViewSpec(c.global_size, c.global_scale), c.n_global, ViewSpec(c.local_size, c.local_scale), c.n_local)
-    ds = SSLDataset(SyntheticScenes(16, 48, 0), transform, meta.data_hooks())
+    hooks = pickle.loads(pickle.dumps(meta.data_hooks()))  # workers may get them by pickle
+    assert list(hooks) == ["ibot", "plugins.posfield"]  # iBOT's masks first: posfield converts some
+    ds = SSLDataset(SyntheticScenes(16, 48, 0), transform, hooks)
     full = StepBatchSampler(16, 8, seed=0)
     r1 = StepBatchSampler(16, 8, seed=0, rank=1, world=2)
     a = [ds[k] for k in full.batch_for_step(1)][4:]
