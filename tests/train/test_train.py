@@ -48,7 +48,7 @@ def test_loss_goes_down(tiny_cfg, tmp_path, plugins, extra):
         assert np.mean(ibot[-8:]) < np.mean(ibot[:8]), ibot
     if plugins == POSFIELD:
         # position-masked sites keep their content, so the student starts near the teacher there and
-        # this term stays near its floor at this scale: only check that it is scored every step
+        # this term stays near its floor at this scale: only check that it is scored (nearly) every step
         pos = np.array(_losses(tmp_path, "loss/posfield"))
         assert (pos > 0).mean() >= 0.9, pos
     assert res.backbone.is_file()
