@@ -90,7 +90,7 @@ class DataConfig:
 
 @dataclass
 class DinoConfig:
-    """DINO head, loss and teacher schedules (METHODS.md defaults)."""
+    """DINO head, loss and teacher schedules (docs/METHODS.md defaults)."""
 
     weight: float = 1.0
     out_dim: int = 65536
@@ -121,7 +121,7 @@ class DinoConfig:
 
 @dataclass
 class IBOTConfig:
-    """iBOT masked patch prediction, a host option (METHODS.md, iBOT section; DINOv2 defaults).
+    """iBOT masked patch prediction, a host option (docs/METHODS.md, iBOT section; DINOv2 defaults).
 
     The student's global crops are masked (blocks of patch embeddings replaced by a learned mask
     token); its patch tokens at masked sites predict the teacher's patch distribution on the

@@ -91,7 +91,7 @@ class DINOLoss(nn.Module):
 
 
 class IBOTPatchLoss(nn.Module):
-    """iBOT's masked patch loss with an EMA centre of the teacher's patch logits (METHODS.md).
+    """iBOT's masked patch loss with an EMA centre of the teacher's patch logits (docs/METHODS.md).
 
     Per masked token: ``-sum softmax((t - c2) / tau_t) * log_softmax(s / tau_s)``, weighted by one
     over its crop's number of masked tokens, summed, and divided by the number of crops (masked or

@@ -1,6 +1,6 @@
 """posfield -- the crop-aligned positional field with positional masking (Liu, Suganuma, Okatani 2025).
 
-METHODS.md, "Crop-aligned positional field". A learnable field P (1, D, S, S) lives in the backbone
+docs/METHODS.md, "Crop-aligned positional field". A learnable field P (1, D, S, S) lives in the backbone
 (``backbone.pos_field``: the teacher gets it by EMA, checkpoints carry it). Each view's patch
 positional embeddings are P sampled (bilinear, ``align_corners=False``) at the view's patch centres
 in original-image coordinates, after a per-image scale/translation ``(u, v) = s (x, y) + t``

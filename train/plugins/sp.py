@@ -1,6 +1,6 @@
 """SP -- Spatial Prediction: regress the relative position and scale of two disentangled local views.
 
-From "Learning to Perceive Where" (abstract); the formulation is ours (METHODS.md, SP section).
+From "Learning to Perceive Where" (abstract); the formulation is ours (docs/METHODS.md, SP section).
 For boxes a, b in original-image coordinates, normalised (cx, cy, w, h):
 
     dx = (cx_b - cx_a) / w_a,  dy = (cy_b - cy_a) / h_a,  ds_w = log(w_b / w_a),  ds_h = log(h_b / h_a)
