@@ -128,7 +128,9 @@ def scrl_box_pairs(box1: np.ndarray, flip1: bool, box2: np.ndarray, flip2: bool,
     s1 = (size / box1[2], size / box1[3])
     s2 = (size / box2[2], size / box2[3])
     smin = (min(s1[0], s2[0]), min(s1[1], s2[1]))
-    int_w, int_h = round((ir - il) * smin[0]), round((ib - it) * smin[1])
+    # floor, not the source's round: a rounded-up frame pokes out of the intersection by up to a
+    # pixel, and clipping would then unmatch the two boxes
+    int_w, int_h = math.floor((ir - il) * smin[0] + 1e-9), math.floor((ib - it) * smin[1] + 1e-9)
     if min_size >= int_w or min_size >= int_h:
         return out1, out2, False
     kept: list[tuple[int, int, int, int]] = []
