@@ -3,7 +3,7 @@
 Importing this package registers the built-in plug-ins.
 """
 
-from wherevit.train.plugins import sp  # noqa: F401  (registers "sp")
+from wherevit.train.plugins import equivariance, gtsa, scrl, sp  # noqa: F401  (register themselves)
 from wherevit.train.plugins.base import (
     Plugin,
     PluginConfig,

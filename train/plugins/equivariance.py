@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal, Mapping
 
 import cv2
 import numpy as np
@@ -37,9 +37,11 @@ from torch import nn
 
 from wherevit.train.data.sources import DataError
 from wherevit.train.data.views import ViewSpec, make_view
-from wherevit.train.plugins.base import PluginConfig
+from wherevit.base.image import IMAGENET_MEAN, IMAGENET_STD
+from wherevit.train.backbone import BackboneFeatures
+from wherevit.train.plugins.base import HostSpec, Plugin, PluginConfig, PluginError, StepContext, register_plugin
 
-__all__ = ["EquivarianceConfig", "sample_transform", "apply_transform", "intermediate_targets", "EquiViewSampler",
+__all__ = ["Equivariance", "EquivarianceConfig", "sample_transform", "apply_transform", "intermediate_targets", "EquiViewSampler",
            "EquiDecoder"]
 
 _KINDS = {"rotation": ("rotation",), "translation": ("translation",), "se2": ("rotation", "translation"),
@@ -203,3 +205,52 @@ class EquiDecoder(nn.Module):
         x = self.linear(tokens)
         B, N, D = x.shape
         return self.convs(x.transpose(1, 2).reshape(B, D, grid[0], grid[1]))
+
+
+@register_plugin
+class Equivariance(Plugin):
+    """Reconstruct the intermediate states of ``u -> g_theta u`` from both views' patch features."""
+
+    name = "equivariance"
+    Config = EquivarianceConfig
+    student_views = ("equi",)
+
+    def __init__(self, cfg: EquivarianceConfig, embed_dim: int):
+        super().__init__(cfg, embed_dim)
+        self.proj = nn.Linear(embed_dim, cfg.d_equi)
+        self.decoders = nn.ModuleList()
+        mean, std = torch.tensor(IMAGENET_MEAN) * 255, torch.tensor(IMAGENET_STD) * 255
+        self.register_buffer("mean", mean.view(1, 1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", std.view(1, 1, 3, 1, 1), persistent=False)
+
+    def setup(self, host: HostSpec) -> None:
+        super().setup(host)
+        if self.cfg.crop_size % host.patch_size:
+            raise PluginError(f"plugins.equivariance.crop_size ({self.cfg.crop_size}) must be a multiple of the patch "
+                              f"size ({host.patch_size})")
+        try:
+            self.decoders = nn.ModuleList(EquiDecoder(2 * self.cfg.d_equi, self.cfg.decoder_dim, host.patch_size)
+                                          for _ in range(self.cfg.n_intermediate))
+        except ValueError as e:
+            raise PluginError(f"plugins.equivariance: {e}") from e
+
+    def view_sampler(self) -> EquiViewSampler:
+        return EquiViewSampler(self.cfg)
+
+    def _pixels(self, x: torch.Tensor) -> torch.Tensor:
+        """uint8 (B, K, 3, S, S) -> normalised float, as the backbone sees images."""
+        return (x.float() - self.mean) / self.std
+
+    def forward(self, student: Mapping[str, BackboneFeatures], teacher: Mapping[str, BackboneFeatures],
+                batch: Mapping[str, Any], ctx: StepContext | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        f = student["equi"]  # view-major: u for every sample, then g_theta u
+        z = self.proj(f.patch)
+        z1, z2 = z.chunk(2)
+        tokens = torch.cat([z1, z2], dim=-1)
+        targets = self._pixels(batch["equi"]["targets"])  # (B, K, 3, S, S)
+        losses = [F.mse_loss(dec(tokens, f.grid).float(), targets[:, k]) for k, dec in enumerate(self.decoders)]
+        loss = torch.stack(losses).mean()
+        with torch.no_grad():  # the "copy the second view" baseline the decoders must beat
+            v2 = self._pixels(batch["equi"]["images"][:, 1:2])
+            copy = ((targets - v2) ** 2).mean()
+        return loss, {"equivariance/copy_baseline": copy}

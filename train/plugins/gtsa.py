@@ -41,11 +41,12 @@ from torch import nn
 from wherevit.train.data.dataset import stack_views
 from wherevit.train.data.sources import DataError
 from wherevit.train.data.views import ViewSpec, make_view, sample_box
-from wherevit.train.plugins.base import PluginConfig
+from wherevit.train.backbone import BackboneFeatures
+from wherevit.train.plugins.base import HostSpec, Plugin, PluginConfig, PluginError, StepContext, register_plugin
 from wherevit.train.plugins.geometry import cxcywh_to_xyxy, intersect, region_in_view, roi_tokens, token_grid
 
 __all__ = [
-    "GTSAConfig", "sample_gtsa_boxes", "GTSAViewSampler", "ConvProjector", "ConvPredictor", "rotation_head",
+    "GTSA", "GTSAConfig", "sample_gtsa_boxes", "GTSAViewSampler", "ConvProjector", "ConvPredictor", "rotation_head",
     "crop_loss", "nearest_matches", "patch_correspondence_loss",
 ]
 
@@ -274,3 +275,81 @@ def patch_correspondence_loss(s_map: torch.Tensor, t_map: torch.Tensor, k: int) 
     a1, b1 = nearest_matches(s, t, k)
     a2, b2 = nearest_matches(t, s, k)
     return 0.5 * (-F.cosine_similarity(a1, b1, dim=-1).mean() - F.cosine_similarity(a2, b2, dim=-1).mean())
+
+
+@register_plugin
+class GTSA(Plugin):
+    """Crop, patch-correspondence and rotation losses on GTSA's own rotated view groups."""
+
+    name = "gtsa"
+    Config = GTSAConfig
+    student_views = ("gtsa_global", "gtsa_local")
+    teacher_views = ("gtsa_global",)
+
+    def __init__(self, cfg: GTSAConfig, embed_dim: int):
+        super().__init__(cfg, embed_dim)
+        if cfg.n_local == 0:
+            self.student_views = ("gtsa_global",)
+        self.projector = ConvProjector(embed_dim, cfg.projector_dim, cfg.out_dim)
+        self.predictor = ConvPredictor(cfg.out_dim, cfg.predictor_dim, cfg.out_dim)
+        self.rotation = rotation_head(embed_dim, cfg.rot_hidden, cfg.rot_bottleneck)
+        self.add_ema_target("target_projector", self.projector)
+
+    def setup(self, host: HostSpec) -> None:
+        super().setup(host)
+        for key in ("global_size", "local_size"):
+            if getattr(self.cfg, key) % host.patch_size:
+                raise PluginError(f"plugins.gtsa.{key} ({getattr(self.cfg, key)}) must be a multiple of the patch size "
+                                  f"({host.patch_size})")
+
+    def view_sampler(self) -> GTSAViewSampler:
+        return GTSAViewSampler(self.cfg)
+
+    def _views(self, student: Mapping[str, BackboneFeatures], batch: Mapping[str, Any]):
+        """Per student view: (projected + predicted map, crop boxes (B, 4), rotations (B,), size)."""
+        out = []
+        for group, size in (("gtsa_global", self.cfg.global_size), ("gtsa_local", self.cfg.local_size)):
+            if group not in self.student_views:
+                continue
+            f = student[group]
+            maps = self.predictor(self.projector(token_grid(f.patch, f.grid)))
+            grp = batch[group]
+            V = grp["boxes"].shape[1]
+            for v, m in enumerate(maps.chunk(V)):
+                out.append((m, grp["boxes"][:, v], grp["rot"][:, v], size))
+        return out
+
+    def forward(self, student: Mapping[str, BackboneFeatures], teacher: Mapping[str, BackboneFeatures],
+                batch: Mapping[str, Any], ctx: StepContext | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        c, patch = self.cfg, self.host.patch_size
+        views = self._views(student, batch)
+        with torch.no_grad():
+            t = teacher["gtsa_global"]
+            t_maps = self.target_projector(token_grid(t.patch, t.grid)).chunk(2)
+        crop, pc, n = 0.0, 0.0, 0
+        for ti, t_map in enumerate(t_maps):
+            t_box, t_rot = batch["gtsa_global"]["boxes"][:, ti], batch["gtsa_global"]["rot"][:, ti]
+            for vi, (s_map, s_box, s_rot, s_size) in enumerate(views):
+                if vi == ti:  # the student's own copy of the teacher's view
+                    continue
+                big = s_map.shape[-2] * s_map.shape[-1] > c.roi_tokens
+                s_roi, t_roi = crop_rois(s_map, t_map, s_box, t_box, s_rot, t_rot, s_size, c.global_size, patch,
+                                         c.roi_size[0] if big else c.roi_size[1])
+                crop = crop + crop_loss(s_roi, t_roi)
+                pc = pc + patch_correspondence_loss(s_map.float(), t_map.float(), c.num_matches[0] if big else c.num_matches[1])
+                n += 1
+        crop, pc = crop / n, pc / n
+        # rotation from the mean patch token of every student view (the backbone's, not projected)
+        logits, labels = [], []
+        for group in self.student_views:
+            f = student[group]
+            logits.append(self.rotation(f.patch.mean(1)))
+            labels.append(batch[group]["rot"].transpose(0, 1).reshape(-1))  # view-major like the features
+        logits, labels = torch.cat(logits).float(), torch.cat(labels)
+        rot = F.cross_entropy(logits, labels)
+        progress = ctx.progress if ctx is not None else 1.0
+        pc_w = c.pc_weight if progress >= c.pc_warmup else 0.0
+        loss = c.crop_weight * crop + pc_w * pc + c.rot_weight * rot
+        with torch.no_grad():
+            acc = (logits.argmax(1) == labels).float().mean()
+        return loss, {"gtsa/crop": crop.detach(), "gtsa/pc": pc.detach(), "gtsa/rot": rot.detach(), "gtsa/rot_acc": acc}

@@ -41,10 +41,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from wherevit.train.plugins.base import PluginConfig
-from wherevit.train.plugins.geometry import cxcywh_to_xyxy
+from wherevit.train.backbone import BackboneFeatures
+from wherevit.train.plugins.base import HostSpec, Plugin, PluginConfig, PluginError, StepContext, register_plugin
+from wherevit.train.plugins.geometry import cxcywh_to_xyxy, roi_tokens, token_grid
 
-__all__ = ["SCRLConfig", "scrl_box_pairs", "box_iou_xyxy", "SCRLHead", "GlobalBatchNorm1d", "scrl_loss"]
+__all__ = ["SCRL", "SCRLBoxHook", "SCRLConfig", "scrl_box_pairs", "box_iou_xyxy", "SCRLHead", "GlobalBatchNorm1d", "scrl_loss"]
 
 
 @dataclass
@@ -207,3 +208,86 @@ def scrl_loss(q1: torch.Tensor, q2: torch.Tensor, z1: torch.Tensor, z2: torch.Te
     """Per-box symmetric SCRL loss (R,): online predictions ``q1``/``q2`` of the boxes in views 1
     and 2 against the target projections ``z2``/``z1`` of the same boxes in the other view."""
     return _regression(q1, z2.detach()) + _regression(q2, z1.detach())
+
+
+class SCRLBoxHook:
+    """Data-side half of SCRL (picklable sample hook): matched boxes for the host's global views 0
+    and 1, as ``sample["scrl"] = {"boxes": (2, K, 4) view pixels, "valid": ()}``."""
+
+    def __init__(self, cfg: SCRLConfig, size: int):
+        self.cfg, self.size = cfg, size
+
+    def __call__(self, sample: dict, img: np.ndarray, rng: np.random.Generator, position: int | None) -> None:
+        g = sample["global"]
+        c = self.cfg
+        b1, b2, ok = scrl_box_pairs(g["boxes"][0].astype(np.float64), bool(g["flips"][0]),
+                                    g["boxes"][1].astype(np.float64), bool(g["flips"][1]), self.size, rng,
+                                    c.n_boxes, c.min_size, c.iou_threshold, c.max_tries, c.grid_boxes)
+        sample["scrl"] = {"boxes": np.stack([b1, b2]), "valid": np.array(ok)}
+
+
+def _world_size() -> int:
+    from wherevit.train.distributed import is_distributed
+
+    return torch.distributed.get_world_size() if is_distributed() else 1
+
+
+def global_count(n: torch.Tensor) -> torch.Tensor:
+    """``n`` summed over ranks (no gradient): the global number of items a loss averages over."""
+    from wherevit.train.distributed import is_distributed
+
+    n = n.detach().float().clone()
+    if is_distributed():
+        torch.distributed.all_reduce(n)
+    return n
+
+
+@register_plugin
+class SCRL(Plugin):
+    """Spatially consistent box features between the host's two global views (see the module doc)."""
+
+    name = "scrl"
+    Config = SCRLConfig
+
+    def __init__(self, cfg: SCRLConfig, embed_dim: int):
+        super().__init__(cfg, embed_dim)
+        self.projector = SCRLHead(embed_dim, cfg.hidden_dim, cfg.out_dim)
+        self.predictor = SCRLHead(cfg.out_dim, cfg.hidden_dim, cfg.out_dim)
+        self.add_ema_target("target_projector", self.projector)
+
+    def setup(self, host: HostSpec) -> None:
+        super().setup(host)
+        size = host.crops.global_size
+        if self.cfg.min_size >= size:
+            raise PluginError(f"plugins.scrl.min_size ({self.cfg.min_size} px) must be smaller than the global crop "
+                              f"(data.crops.global_size = {size}): no box could ever be drawn")
+
+    def data_hook(self) -> SCRLBoxHook:
+        return SCRLBoxHook(self.cfg, self.host.crops.global_size)
+
+    def _roi(self, feats: BackboneFeatures, boxes: torch.Tensor, B: int) -> torch.Tensor:
+        """1 x 1 (pool_size) RoI features of boxes (B, 2, K, 4) in global views 0 and 1 -> (2, B*K, D')."""
+        fmap = token_grid(feats.patch[: 2 * B], feats.grid)
+        K = boxes.shape[2]
+        out = []
+        for v in range(2):
+            idx = (torch.arange(B, device=boxes.device) + v * B).repeat_interleave(K)
+            r = roi_tokens(fmap, boxes[:, v].reshape(-1, 4), idx, self.host.patch_size, self.cfg.pool_size)
+            out.append(r.flatten(1))
+        return torch.stack(out)
+
+    def forward(self, student: Mapping[str, BackboneFeatures], teacher: Mapping[str, BackboneFeatures],
+                batch: Mapping[str, Any], ctx: StepContext | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        boxes, valid = batch["scrl"]["boxes"], batch["scrl"]["valid"].bool()  # (B, 2, K, 4), (B,)
+        B, K = boxes.shape[0], boxes.shape[2]
+        keep = valid.repeat_interleave(K)  # pairs without a usable intersection contribute nothing
+        s = self._roi(student["global"], boxes, B)[:, keep]
+        q = self.predictor(self.projector(s.flatten(0, 1)).float()).float().reshape(2, -1, self.cfg.out_dim)
+        with torch.no_grad():
+            t = self._roi(teacher["global"], boxes, B)[:, keep]
+            z = self.target_projector(t.flatten(0, 1)).float().reshape(2, -1, self.cfg.out_dim)
+        per_box = scrl_loss(q[0], q[1], z[0], z[1])
+        # mean over the boxes of all ranks (DDP averages gradients over ranks, hence * world)
+        n_all = global_count(keep.sum())
+        loss = per_box.sum() * _world_size() / n_all.clamp_min(1)
+        return loss, {"scrl/valid_pairs": valid.float().mean()}
