@@ -13,8 +13,8 @@ import torch
 import torch.nn.functional as F
 
 from wherevit.train.data.views import ViewSpec, crop_view, make_view
-from wherevit.train.plugins.geometry import region_in_view, roi_tokens, rotate_xyxy
 from wherevit.train.plugins.gtsa import GTSAConfig, crop_rois, sample_gtsa_boxes
+from wherevit.train.plugins.roi import region_in_view, roi_tokens, rotate_xyxy
 from wherevit.train.plugins.scrl import scrl_box_pairs
 
 N = 256

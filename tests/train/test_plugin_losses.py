@@ -23,7 +23,7 @@ from wherevit.train.plugins.gtsa import (
     rotation_head,
     sample_gtsa_boxes,
 )
-from wherevit.train.plugins.geometry import cxcywh_to_xyxy, intersect, region_in_view
+from wherevit.train.plugins.roi import cxcywh_to_xyxy, intersect
 from wherevit.train.plugins.scrl import SCRLHead, box_iou_xyxy, scrl_box_pairs, scrl_loss
 
 

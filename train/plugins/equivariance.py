@@ -35,10 +35,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from wherevit.train.data.sources import DataError
-from wherevit.train.data.views import ViewSpec, make_view
 from wherevit.base.image import IMAGENET_MEAN, IMAGENET_STD
 from wherevit.train.backbone import BackboneFeatures
+from wherevit.train.data.sources import DataError
+from wherevit.train.data.views import ViewSpec, make_view
 from wherevit.train.plugins.base import HostSpec, Plugin, PluginConfig, PluginError, StepContext, register_plugin
 
 __all__ = ["Equivariance", "EquivarianceConfig", "sample_transform", "apply_transform", "intermediate_targets", "EquiViewSampler",

@@ -38,12 +38,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from wherevit.train.backbone import BackboneFeatures
 from wherevit.train.data.dataset import stack_views
 from wherevit.train.data.sources import DataError
 from wherevit.train.data.views import ViewSpec, make_view, sample_box
-from wherevit.train.backbone import BackboneFeatures
 from wherevit.train.plugins.base import HostSpec, Plugin, PluginConfig, PluginError, StepContext, register_plugin
-from wherevit.train.plugins.geometry import cxcywh_to_xyxy, intersect, region_in_view, roi_tokens, token_grid
+from wherevit.train.plugins.roi import cxcywh_to_xyxy, intersect, region_in_view, roi_tokens, token_grid
 
 __all__ = [
     "GTSA", "GTSAConfig", "sample_gtsa_boxes", "GTSAViewSampler", "ConvProjector", "ConvPredictor", "rotation_head",

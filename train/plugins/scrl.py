@@ -43,7 +43,7 @@ from torch import nn
 
 from wherevit.train.backbone import BackboneFeatures
 from wherevit.train.plugins.base import HostSpec, Plugin, PluginConfig, PluginError, StepContext, register_plugin
-from wherevit.train.plugins.geometry import cxcywh_to_xyxy, roi_tokens, token_grid
+from wherevit.train.plugins.roi import cxcywh_to_xyxy, roi_tokens, token_grid
 
 __all__ = ["SCRL", "SCRLBoxHook", "SCRLConfig", "scrl_box_pairs", "box_iou_xyxy", "SCRLHead", "GlobalBatchNorm1d", "scrl_loss"]
 

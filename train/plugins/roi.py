@@ -1,4 +1,4 @@
-"""Where a region of the original image lies inside a view, and the token features found there.
+"""Regions of the original image inside views (boxes, flips, quarter turns) and the token features there.
 
 Every view carries its crop box in normalised original-image coordinates ``(cx, cy, w, h)``, whether
 it was mirrored, and (for rotating plug-ins) how many counter-clockwise quarter turns it got. A
