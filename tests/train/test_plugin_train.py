@@ -131,3 +131,16 @@ def test_two_process_ddp_matches_one_process_with_the_plugins(tmp_path):
     b = load_file(str(latest_checkpoint(tmp_path / "two") / "model.safetensors"))
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=1e-3, atol=1e-4, msg=k)
+
+
+@pytest.mark.parametrize("name", ["gtsa", "equivariance"])
+def test_too_small_images_say_so(tmp_path, name):
+    import cv2
+
+    from wherevit.train.data.sources import DataError
+
+    for i in range(8):
+        cv2.imwrite(str(tmp_path / f"im{i}.png"), np.full((1, 1, 3), 100, np.uint8))
+    cfg = _cfg(total_steps=1, plugins={name: PLUGINS[name]}, **{"data.source": "folder", "data.path": str(tmp_path)})
+    with pytest.raises(DataError, match=f"{name}: an image of 1x1 pixels is too small"):
+        train(cfg, tmp_path / "run", progress=False)

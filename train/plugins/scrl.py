@@ -25,6 +25,8 @@ Where we differ from the source, and why:
   view (the geometry test shows it);
 * the feature map is the ViT's patch-token grid (the source's ResNet has a C5 map); SCRL replaces
   BYOL's loss, here it is added to DINO's with ``weight``;
+* the boxes are drawn between the host's global views 0 and 1 (SCRL has exactly two views); with
+  iBOT on, the student side is the host's masked forward of those views, as for DINO;
 * batch normalisation in the heads normalises over the boxes of the *global* batch (all ranks),
   so a run on N ranks computes what one process would; the per-box mean is also taken over the
   global number of valid boxes.
@@ -174,6 +176,7 @@ class GlobalBatchNorm1d(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         from wherevit.train.distributed import is_distributed
 
+        x = x.float()  # sums of squares in bf16 (autocast) would lose the variance
         n = x.new_tensor([float(x.shape[0])])
         s, ss = x.sum(0), (x * x).sum(0)
         if is_distributed():
