@@ -203,7 +203,9 @@ def _artifact_meta(model, info: dict, req: ExportRequest, pre: Preprocess, batch
     hw = [-1, -1] if req.dynamic_hw else [h, w]
     meta = {
         "task": head_meta["task"] if head_meta else "features",
-        "model": {k: info.get(k) for k in ("model", "timm_kwargs", "arch", "source", "step")} | {"checkpoint": str(req.checkpoint)},
+        "model": {k: info.get(k) for k in ("model", "timm_kwargs", "arch", "source", "step")} | {"checkpoint": str(req.checkpoint)}
+        # how positions were made when training replaced timm's embedding (e.g. the posfield, baked)
+        | ({"positional": info["positional"]} if "positional" in info else {}),
         "inputs": [{"name": n, "dtype": "float32", "shape": [-1, 3, *hw], "layout": "NCHW",
                     "meaning": "RGB images, preprocessed as `preprocess` says"} for n in model.input_names],
         "outputs": model.output_meta(dim, None if req.dynamic_hw else grid),

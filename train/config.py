@@ -196,7 +196,9 @@ class TrainConfig:
         for name in self.plugins:
             if name not in known:
                 raise ConfigError(f"unknown plug-in 'plugins.{name}'; registered plug-ins: {', '.join(sorted(known))}")
-            known[name].parse_config(self.plugins[name] or {}, path=f"plugins.{name}")
+            pcfg = known[name].parse_config(self.plugins[name] or {}, path=f"plugins.{name}")
+            if pcfg.weight > 0:
+                known[name].check_run_config(pcfg, self)
 
     def to_dict(self) -> dict:
         return to_dict(self)

@@ -23,7 +23,9 @@ Build time (``SSLMetaArch.__init__``)
   ``add_ema_target(name, online)``  (helper, call in ``__init__``/``setup``) registers a frozen copy of
                                     ``online`` as ``self.<name>``; the host updates it after every
                                     optimizer step with the teacher's momentum (target projectors).
-  ``requires_ibot = True``          refuse to run unless ``ibot.enabled`` (error names the key).
+  ``requires_ibot = True``          refuse to run unless ``ibot.enabled`` (error names the key);
+                                    ``check_run_config(cfg, run)`` (classmethod) holds any other check
+                                    across config sections, run when the config is loaded.
 
 Data workers (picklable objects; per-sample RNG, so resume and 1 -> N ranks stay exact)
   ``view_sampler()``                extra view groups ``{group: ViewGroup}`` made from the original
@@ -184,6 +186,13 @@ class Plugin(nn.Module):
     @classmethod
     def parse_config(cls, params: Mapping[str, Any], path: str = "") -> PluginConfig:
         return from_dict(cls.Config, params, _path=path or f"plugins.{cls.name}")
+
+    @classmethod
+    def check_run_config(cls, cfg: PluginConfig, run: Any) -> None:
+        """Checks across config sections, run when the config loads (``run`` is the TrainConfig):
+        raise ``ConfigError`` naming the keys. The default enforces ``requires_ibot``."""
+        if cls.requires_ibot is True and not run.ibot.enabled:
+            raise ConfigError(f"plugins.{cls.name} needs iBOT masked prediction: set ibot.enabled: true")
 
     # --- build time -------------------------------------------------------------------------
     def setup(self, host: HostSpec) -> None:

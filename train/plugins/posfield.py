@@ -143,6 +143,12 @@ class PositionalField(Plugin):
     def requires_ibot(self) -> bool:  # positional masking is scored by the iBOT loss
         return self.cfg.pos_mask_share > 0
 
+    @classmethod
+    def check_run_config(cls, cfg: PosFieldConfig, run: Any) -> None:
+        if cfg.pos_mask_share > 0 and not run.ibot.enabled:
+            raise ConfigError("plugins.posfield needs iBOT masked prediction for positional masking: set ibot.enabled: true "
+                              "(or plugins.posfield.pos_mask_share: 0 for the field alone)")
+
     @property
     def ibot_sites(self) -> tuple[str, ...]:
         return ("pos_masks",) if self.cfg.pos_mask_share > 0 else ()
