@@ -17,16 +17,16 @@ import click
 from wherevit import __version__
 from wherevit.base.errors import WherevitError
 
-# Errors a user can fix: shown as one clear line, not a traceback.
-_USER_ERRORS: tuple[type[BaseException], ...] = (WherevitError, ValueError, FileNotFoundError, PermissionError, KeyError)
+# Errors a user can fix: shown as one clear line. Anything else is a bug and keeps its traceback
+# (a ValueError or KeyError from deep inside a library says nothing to a user without it).
+_USER_ERRORS: tuple[type[BaseException], ...] = (WherevitError, FileNotFoundError, PermissionError)
 
 
 def _run(fn, *args, **kwargs):
     try:
         return fn(*args, **kwargs)
     except _USER_ERRORS as e:
-        msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
-        raise click.ClickException(f"{type(e).__name__}: {msg}") from e
+        raise click.ClickException(f"{type(e).__name__}: {e}") from e
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -191,9 +191,8 @@ def export(checkpoint: str, fmt: str, precision: str, batch: str, imgsz: int | N
         click.echo(res.parity.summary())
     for note in res.notes:
         click.echo(f"note: {note}", err=True)
-    click.echo(f"onnx:   {res.onnx}")
-    if res.engine:
-        click.echo(f"engine: {res.engine}")
+    for name, path in res.artifacts.items():
+        click.echo(f"{name + ':':<8}{path}")
     for sc in res.sidecars:
         click.echo(f"sidecar: {sc}")
 
@@ -215,13 +214,13 @@ def serve(artifact: str, host: str, port: int, name: str | None, backend: str, m
 
     Works with Triton clients (tritonclient.http, perf_analyzer). Metrics at /metrics.
     """
+    from wherevit.base.sidecar import read_sidecar
     from wherevit.runtime.batching import BatchingConfig
     from wherevit.runtime.server import ServeConfig
     from wherevit.runtime.server import serve as serve_fn
-    from wherevit.base.sidecar import read_sidecar
 
     meta = _run(read_sidecar, artifact)
-    mb = max_batch or int(meta["batch"]["max"])
+    mb = max_batch or int(meta.batch.max)
     batching = _run(BatchingConfig, mb, max_wait_ms, max_queue, timeout_ms)
     cfg = ServeConfig(host=host, port=port, name=name, batching=batching, max_request_mb=max_request_mb)
     _run(serve_fn, artifact, cfg, backend)
@@ -230,7 +229,8 @@ def serve(artifact: str, host: str, port: int, name: str | None, backend: str, m
 @main.command()
 @click.argument("target")
 @click.option("--backends", default="all", show_default=True,
-              help="Comma list of ort-cpu, ort-cuda, ort-trt, tensorrt, torch-eager, torch-compile, torch-compile-cudagraphs.")
+              help="Comma list of registered backends (ort-cpu, ort-cuda, ort-trt, tensorrt, torch-eager, torch-compile, "
+                   "torch-compile-cudagraphs, and any a plug-in package adds), or all.")
 @click.option("--batch", "batches", default="1,8", show_default=True, help="Comma list of batch sizes.")
 @click.option("--precision", "precisions", default="fp32", show_default=True, help="Comma list of fp32, fp16, bf16.")
 @click.option("--reference", default=None, help="Checkpoint for the PyTorch rows and parity (default: the sidecar's).")
@@ -248,14 +248,13 @@ def bench(target: str, backends: str, batches: str, precisions: str, reference: 
     timm model name, which is exported first. Writes bench.json, bench.csv and bench.png to --out.
     """
     from wherevit.app.bench import (
-        ALL_BACKENDS,
         BenchRequest,
         TimingConfig,
         format_table,
         run_bench,
     )
 
-    names = ALL_BACKENDS if backends == "all" else tuple(b.strip() for b in backends.split(",") if b.strip())
+    names = None if backends == "all" else tuple(b.strip() for b in backends.split(",") if b.strip())
     try:
         bs = tuple(int(b) for b in batches.split(","))
     except ValueError:

@@ -18,6 +18,7 @@ Endpoints: ``GET /v2``, ``/v2/health/live``, ``/v2/health/ready``, ``/v2/models/
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import re
 from dataclasses import dataclass, field
@@ -26,6 +27,8 @@ import numpy as np
 from aiohttp import web
 
 from wherevit import __version__
+from wherevit.base.errors import InvalidRequest
+from wherevit.base.image import ImageDecodeError, decode_image
 from wherevit.runtime.backends import InputError
 from wherevit.runtime.batching import (
     BatchingConfig,
@@ -34,10 +37,10 @@ from wherevit.runtime.batching import (
     QueueFull,
     ShuttingDown,
 )
-from wherevit.base.image import ImageDecodeError, decode_image
 from wherevit.runtime.kserve import (
     InferRequest,
     ProtocolError,
+    datatype_of,
     encode_infer_response,
     parse_infer_request,
     triton_type,
@@ -49,7 +52,6 @@ __all__ = ["ServeConfig", "InferenceService", "create_app", "serve"]
 
 log = logging.getLogger("wherevit.serve")
 
-_NP_TO_KSERVE = {"float32": "FP32", "float16": "FP16", "uint8": "UINT8", "int64": "INT64", "int32": "INT32"}
 
 
 @dataclass
@@ -73,13 +75,12 @@ class InferenceService:
 
     def __init__(self, model: Model, cfg: ServeConfig):
         self.model, self.cfg = model, cfg
-        base = cfg.name or re.sub(r"[^A-Za-z0-9_.-]", "_", str(model.meta["model"].get("model") or "wherevit"))
+        base = cfg.name or re.sub(r"[^A-Za-z0-9_.-]", "_", str(model.meta.model.get("model") or "wherevit"))
         self.name, self.images_name = base, f"{base}_images"
         self.metrics = ServerMetrics(cfg.batching.max_batch)
         self.batcher = DynamicBatcher(model.run_outputs, cfg.batching, self.metrics)
         self.ready = False
-        spec = model.meta["inputs"][0]
-        self.input_shape = [int(d) for d in spec["shape"][1:]]
+        self.input_shape = [int(d) for d in model.meta.inputs[0].shape[1:]]
         self.bytes_names = {n: n.replace("images", "image_bytes", 1) for n in model.input_names}
 
     # -- lifecycle --------------------------------------------------------------------------
@@ -87,7 +88,7 @@ class InferenceService:
         await self.batcher.start()
         if self.cfg.warmup:  # first-call allocation and kernel selection happen here, not on a client
             shape = [d if d > 0 else s for d, s in zip(self.input_shape, [3, *self.model.preprocess.size])]
-            for b in sorted({int(self.model.batch["opt"]), min(self.cfg.batching.max_batch, self.model.max_batch)}):
+            for b in sorted({int(self.model.batch.opt), min(self.cfg.batching.max_batch, self.model.max_batch)}):
                 rng = np.random.default_rng(0)
                 await self.batcher.run_direct({n: rng.standard_normal((b, *shape)).astype(np.float32) for n in self.model.input_names})
         self.ready = True
@@ -102,8 +103,8 @@ class InferenceService:
             raise ModelNotFound(f"unknown model {name!r}; this server has {self.name!r} and {self.images_name!r}")
 
     def _io(self, name: str) -> tuple[list[dict], list[dict]]:
-        outs = [{"name": o["name"], "datatype": _NP_TO_KSERVE[o["dtype"]], "shape": [int(d) for d in o["shape"]]}
-                for o in self.model.meta["outputs"]]
+        outs = [{"name": o.name, "datatype": datatype_of(np.empty(0, o.dtype)), "shape": [int(d) for d in o.shape]}
+                for o in self.model.meta.outputs]
         if name == self.images_name:
             ins = [{"name": self.bytes_names[n], "datatype": "BYTES", "shape": [-1]} for n in self.model.input_names]
         else:
@@ -116,7 +117,7 @@ class InferenceService:
     def model_metadata(self, name: str) -> dict:
         self._check_model(name)
         ins, outs = self._io(name)
-        platform = "tensorrt_plan" if self.model.meta["kind"] == "engine" else "onnxruntime_onnx"
+        platform = "tensorrt_plan" if self.model.meta.kind == "engine" else "onnxruntime_onnx"
         return {"name": name, "versions": [self.version], "platform": platform, "inputs": ins, "outputs": outs}
 
     def model_config(self, name: str) -> dict:
@@ -135,7 +136,7 @@ class InferenceService:
             "dynamic_batching": {"max_queue_delay_microseconds": int(b.max_wait_ms * 1000),
                                  "default_queue_policy": {"max_queue_size": b.max_queue,
                                                           "default_timeout_microseconds": int(b.timeout_ms * 1000)}},
-            "parameters": {"preprocess": {"string_value": str(self.model.meta["preprocess"])}},
+            "parameters": {"preprocess": {"string_value": json.dumps(self.model.meta.preprocess, sort_keys=True)}},
         }
 
     # -- inference --------------------------------------------------------------------------
@@ -279,7 +280,7 @@ def serve(artifact: str, cfg: ServeConfig, backend: str = "auto") -> None:
     """Open ``artifact`` and serve it until SIGINT/SIGTERM (graceful: queued requests complete)."""
     model = Model(artifact, backend)
     if cfg.batching.max_batch > model.max_batch:
-        raise ValueError(f"--max-batch {cfg.batching.max_batch} exceeds the artifact's max batch {model.max_batch}")
+        raise InvalidRequest(f"--max-batch {cfg.batching.max_batch} exceeds the artifact's max batch {model.max_batch}")
     service = InferenceService(model, cfg)
     try:
         web.run_app(create_app(service), host=cfg.host, port=cfg.port, print=None, shutdown_timeout=30,

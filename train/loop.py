@@ -16,7 +16,7 @@ import yaml
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from wherevit.base.config import ConfigError, from_dict, to_dict
-from wherevit.base.image import IMAGENET_MEAN, IMAGENET_STD
+from wherevit.base.image import Preprocess
 from wherevit.base.io import atomic_write_text, check_writable_dir
 from wherevit.train.backbone import timm_kwargs
 from wherevit.train.checkpoint import (
@@ -258,9 +258,7 @@ def _export_backbone(run: _Run, step: int) -> Path:
     """The teacher's (or student's) backbone as a plain timm ViT, with what export needs to know."""
     cfg = run.cfg
     net = run.meta.teacher if cfg.export_from == "teacher" else run.meta.student
-    c = cfg.data.crops
-    preprocess = {"size": [cfg.model.img_size] * 2, "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD),
-                  "resize": "stretch", "color_order": "RGB", "train_global_size": c.global_size}
+    preprocess = Preprocess(size=(cfg.model.img_size,) * 2).to_dict()  # what export and the runtime will apply
     plain, notes = plain_backbone(net.backbone.state_dict(), cfg.model.name, timm_kwargs(cfg.model), cfg.plugins)
     return save_backbone(run.run_dir / "backbone.safetensors", plain, cfg.model.name, timm_kwargs(cfg.model),
                          preprocess, cfg.export_from, step, to_dict(cfg), notes)
