@@ -19,6 +19,7 @@ from wherevit.train.data.synthetic import render_scene
 from wherevit.train.plugins.equivariance import Equivariance, EquivarianceConfig, EquiViewSampler
 from wherevit.train.plugins.gtsa import GTSAConfig, GTSAViewSampler, rotation_head
 
+STEPS = 150
 MEAN = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1) * 255
 STD = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1) * 255
 
@@ -101,7 +102,7 @@ def test_reconstruction_beats_copying_the_second_view():
     train, test = samples(range(256)), samples(range(5000, 5064))
     opt = torch.optim.Adam(plugin.parameters(), lr=2e-3)
     g = torch.Generator().manual_seed(0)
-    for _ in range(300):
+    for _ in range(STEPS):
         idx = torch.randint(0, 256, (32,), generator=g)
         feats, batch = step_inputs({k: v[idx] for k, v in train.items()})
         loss, _ = plugin(feats, {}, batch)
