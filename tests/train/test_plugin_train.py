@@ -144,3 +144,15 @@ def test_too_small_images_say_so(tmp_path, name):
     cfg = _cfg(total_steps=1, plugins={name: PLUGINS[name]}, **{"data.source": "folder", "data.path": str(tmp_path)})
     with pytest.raises(DataError, match=f"{name}: an image of 1x1 pixels is too small"):
         train(cfg, tmp_path / "run", progress=False)
+
+
+def test_equivariance_on_a_split_of_the_ibot_patch_head(tmp_path):
+    from wherevit.train.meta_arch import SSLMetaArch
+
+    section = {**PLUGINS["equivariance"], "features": "ibot_head"}
+    with pytest.raises(PluginError, match="plugins.equivariance.features"):
+        SSLMetaArch(_cfg(plugins={"equivariance": section}))  # iBOT off
+    cfg = _cfg(total_steps=2, log_every=1, ckpt_every=2, plugins={"equivariance": section}, **{"ibot.enabled": True})
+    assert "proj" not in dict(SSLMetaArch(cfg).plugins["equivariance"].named_children())
+    train(cfg, tmp_path, progress=False)
+    assert np.isfinite(_rows(tmp_path)[-1]["loss/equivariance"])

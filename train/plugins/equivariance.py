@@ -12,8 +12,11 @@ normalised pixels), weight 1 (the paper: > 5 is unstable).
   not offered: a partial blur is not the blur of a partial parameter. Intermediate states scale
   every parameter by k / (K + 1); rotations by quarter turns and the identity are exact.
 * pairs and targets are made in the data workers from the per-sample generator (exact resume).
-* equivariant features: ``Linear(D -> d_equi)`` on the student's patch tokens (our host has no
-  patch-level SSL head unless iBOT is on; the channel split of iBOT's patch head is not wired).
+* equivariant features (``features``): ``projection`` -- ``Linear(D -> d_equi)`` on the student's
+  patch tokens (our host has no patch-level SSL head unless iBOT is on); ``ibot_head`` (needs
+  iBOT) -- the first ``d_equi`` output channels of the student's iBOT patch head on the pair's
+  tokens, the paper's channel split. Unlike the paper, the host's iBOT loss still scores all of
+  the head's channels (it knows nothing of the split), so the two losses share those channels.
 * decoder (ours): per token ``Linear(2 d_equi -> dim)`` -> (B, dim, gh, gw) -> log2(patch)
   transposed convs (4, stride 2) + GELU, topped up with 3x3 convs to four conv layers, the last to
   3 channels.
@@ -65,6 +68,7 @@ class EquivarianceConfig(PluginConfig):
     scale: tuple[float, float] = (0.32, 1.0)
     color_jitter_p: float = 0.8
     grayscale_p: float = 0.2
+    features: Literal["projection", "ibot_head"] = "projection"
     d_equi: int = 256
     decoder_dim: int = 256
 
@@ -217,7 +221,8 @@ class Equivariance(Plugin):
 
     def __init__(self, cfg: EquivarianceConfig, embed_dim: int):
         super().__init__(cfg, embed_dim)
-        self.proj = nn.Linear(embed_dim, cfg.d_equi)
+        # every owned parameter must be used each step (DDP): no projection when the head is split
+        self.proj = nn.Linear(embed_dim, cfg.d_equi) if cfg.features == "projection" else None
         self.decoders = nn.ModuleList()
         mean, std = torch.tensor(IMAGENET_MEAN) * 255, torch.tensor(IMAGENET_STD) * 255
         self.register_buffer("mean", mean.view(1, 1, 3, 1, 1), persistent=False)
@@ -225,6 +230,9 @@ class Equivariance(Plugin):
 
     def setup(self, host: HostSpec) -> None:
         super().setup(host)
+        if self.cfg.features == "ibot_head" and not host.ibot.enabled:
+            raise PluginError("plugins.equivariance.features: 'ibot_head' splits the iBOT patch head; set ibot.enabled: "
+                              "true or use features: projection")
         if self.cfg.crop_size % host.patch_size:
             raise PluginError(f"plugins.equivariance.crop_size ({self.cfg.crop_size}) must be a multiple of the patch "
                               f"size ({host.patch_size})")
@@ -244,7 +252,14 @@ class Equivariance(Plugin):
     def forward(self, student: Mapping[str, BackboneFeatures], teacher: Mapping[str, BackboneFeatures],
                 batch: Mapping[str, Any], ctx: StepContext | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         f = student["equi"]  # view-major: u for every sample, then g_theta u
-        z = self.proj(f.patch)
+        if self.proj is not None:
+            z = self.proj(f.patch)
+        else:
+            z = ctx.student_patch_head(f.patch)
+            if z.shape[-1] < self.cfg.d_equi:
+                raise PluginError(f"plugins.equivariance.d_equi ({self.cfg.d_equi}) exceeds the iBOT patch head's "
+                                  f"{z.shape[-1]} output channels")
+            z = z[..., : self.cfg.d_equi]
         z1, z2 = z.chunk(2)
         tokens = torch.cat([z1, z2], dim=-1)
         targets = self._pixels(batch["equi"]["targets"])  # (B, K, 3, S, S)
