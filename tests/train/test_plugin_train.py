@@ -104,8 +104,10 @@ def test_bad_plugin_settings_name_the_key():
         _cfg(plugins={"scrl": {"n_boxes": 0}})
     from wherevit.train.meta_arch import SSLMetaArch
 
-    with pytest.raises(PluginError, match="plugins.scrl.min_size"):
-        SSLMetaArch(_cfg(plugins={"scrl": {"min_size": 32}}))  # global crops are 32 px
+    with pytest.raises(ConfigError, match="plugins.scrl.min_size"):
+        _cfg(plugins={"scrl": {"min_size": 32}})  # global crops are 32 px
+    with pytest.raises(ConfigError, match="plugins.equivariance.mode"):
+        _cfg(plugins={"equivariance": {**PLUGINS["equivariance"], "mode": "faithful"}, "scrl": PLUGINS["scrl"]})
     with pytest.raises(PluginError, match="plugins.gtsa.local_size"):
         SSLMetaArch(_cfg(plugins={"gtsa": {**PLUGINS["gtsa"], "local_size": 12}}))
     with pytest.raises(PluginError, match="plugins.equivariance.crop_size"):
@@ -150,9 +152,28 @@ def test_equivariance_on_a_split_of_the_ibot_patch_head(tmp_path):
     from wherevit.train.meta_arch import SSLMetaArch
 
     section = {**PLUGINS["equivariance"], "features": "ibot_head"}
-    with pytest.raises(PluginError, match="plugins.equivariance.features"):
-        SSLMetaArch(_cfg(plugins={"equivariance": section}))  # iBOT off
+    with pytest.raises(ConfigError, match="plugins.equivariance.features"):
+        _cfg(plugins={"equivariance": section})  # iBOT off
     cfg = _cfg(total_steps=2, log_every=1, ckpt_every=2, plugins={"equivariance": section}, **{"ibot.enabled": True})
     assert "proj" not in dict(SSLMetaArch(cfg).plugins["equivariance"].named_children())
     train(cfg, tmp_path, progress=False)
     assert np.isfinite(_rows(tmp_path)[-1]["loss/equivariance"])
+
+
+def test_equivariance_faithful_mode_turns_global_view_one(tmp_path):
+    from wherevit.train.plugins.equivariance import EquiFaithfulHook, EquivarianceConfig, apply_transform
+
+    cfg = EquivarianceConfig(mode="faithful", transform="se2")
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 255, (2, 3, 32, 32), dtype=np.uint8)
+    sample = {"global": {"images": images.copy()}}
+    EquiFaithfulHook(cfg)(sample, None, np.random.default_rng(1), 0)
+    p = sample["equi"]["params"].astype(np.float64)
+    assert np.array_equal(sample["global"]["images"][0], images[0])  # v1 untouched
+    u = images[1].transpose(1, 2, 0)
+    assert np.array_equal(sample["global"]["images"][1].transpose(1, 2, 0), apply_transform(u, p))
+    assert sample["equi"]["targets"].shape == (2, 3, 32, 32)
+    run = _cfg(total_steps=2, log_every=1, ckpt_every=2, plugins={"equivariance": {**PLUGINS["equivariance"], "mode": "faithful"}})
+    train(run, tmp_path, progress=False)
+    row = _rows(tmp_path)[-1]
+    assert np.isfinite(row["loss/equivariance"]) and row["equivariance/copy_baseline"] > 0

@@ -20,8 +20,12 @@ normalised pixels), weight 1 (the paper: > 5 is unstable).
 * decoder (ours): per token ``Linear(2 d_equi -> dim)`` -> (B, dim, gh, gw) -> log2(patch)
   transposed convs (4, stride 2) + GELU, topped up with 3x3 convs to four conv layers, the last to
   3 channels.
-* decoupled mode only: the pair is this plug-in's own view group (the faithful mode, which turns a
-  host global view into ``g_theta u``, needs a host hook that is not there).
+* ``mode``: ``decoupled`` (default) -- the pair is this plug-in's own view group ``equi``, embedded
+  with the crop-agnostic position embedding when the positional field is on; ``faithful`` -- a
+  data hook turns the host's global view 1 (u) into ``g_theta u`` in place and the pair is the
+  host's global views (0, 1), as in the paper (v1 = A1(I), v2 = g_theta(A2(I))): no extra forward
+  passes, but view 1's box no longer describes its content, so it refuses ``posfield`` (its
+  crop-aligned positions) and ``scrl`` (its boxes).
 
 Angles are counter-clockwise in the image as displayed (OpenCV's and ``np.rot90``'s convention).
 """
@@ -38,6 +42,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from wherevit.base.config import ConfigError
 from wherevit.base.image import IMAGENET_MEAN, IMAGENET_STD
 from wherevit.train.backbone import BackboneFeatures
 from wherevit.train.data.sources import DataError
@@ -45,7 +50,7 @@ from wherevit.train.data.views import ViewSpec, make_view
 from wherevit.train.plugins.base import HostSpec, Plugin, PluginConfig, PluginError, StepContext, register_plugin
 
 __all__ = ["Equivariance", "EquivarianceConfig", "sample_transform", "apply_transform", "intermediate_targets", "EquiViewSampler",
-           "EquiDecoder"]
+           "EquiFaithfulHook", "EquiDecoder"]
 
 _KINDS = {"rotation": ("rotation",), "translation": ("translation",), "se2": ("rotation", "translation"),
           "colour": ("colour",), "all": ("rotation", "translation", "colour")}
@@ -56,6 +61,7 @@ class EquivarianceConfig(PluginConfig):
     """Hyper-parameters of the equivariance-coherence plug-in (paper defaults)."""
 
     weight: float = 1.0
+    mode: Literal["decoupled", "faithful"] = "decoupled"
     transform: Literal["rotation", "translation", "se2", "colour", "all"] = "all"
     n_intermediate: int = 2  # K
     max_rotation: float = 45.0  # degrees
@@ -180,6 +186,22 @@ class EquiViewSampler:
         }}
 
 
+class EquiFaithfulHook:
+    """Faithful mode's data half (picklable sample hook): turns the host's global view 1 (u) into
+    ``g_theta u`` in place and adds ``sample["equi"] = {"targets": (K, 3, S, S), "params": (7,)}``."""
+
+    def __init__(self, cfg: EquivarianceConfig):
+        self.cfg = cfg
+
+    def __call__(self, sample: dict, img: np.ndarray, rng: np.random.Generator, position: int | None) -> None:
+        g = sample["global"]
+        u = np.ascontiguousarray(g["images"][1].transpose(1, 2, 0))
+        p = sample_transform(rng, self.cfg)
+        g["images"][1] = apply_transform(u, p).transpose(2, 0, 1)
+        targets = intermediate_targets(u, p, self.cfg.n_intermediate)
+        sample["equi"] = {"targets": np.stack([t.transpose(2, 0, 1) for t in targets]), "params": p.astype(np.float32)}
+
+
 class EquiDecoder(nn.Module):
     """Per-token linear layer, then four conv layers back to a (B, 3, gh p, gw p) image."""
 
@@ -221,6 +243,8 @@ class Equivariance(Plugin):
 
     def __init__(self, cfg: EquivarianceConfig, embed_dim: int):
         super().__init__(cfg, embed_dim)
+        if cfg.mode == "faithful":
+            self.student_views = ()  # the pair is the host's global views
         # every owned parameter must be used each step (DDP): no projection when the head is split
         self.proj = nn.Linear(embed_dim, cfg.d_equi) if cfg.features == "projection" else None
         self.decoders = nn.ModuleList()
@@ -228,12 +252,23 @@ class Equivariance(Plugin):
         self.register_buffer("mean", mean.view(1, 1, 3, 1, 1), persistent=False)
         self.register_buffer("std", std.view(1, 1, 3, 1, 1), persistent=False)
 
+    @classmethod
+    def check_run_config(cls, cfg: EquivarianceConfig, run: Any) -> None:
+        super().check_run_config(cfg, run)
+        if cfg.features == "ibot_head" and not run.ibot.enabled:
+            raise ConfigError("plugins.equivariance.features: 'ibot_head' splits the iBOT patch head; set ibot.enabled: "
+                              "true or use features: projection")
+        if cfg.mode == "faithful":
+            for other in ("posfield", "scrl"):
+                section = run.plugins.get(other)
+                if other in run.plugins and (section or {}).get("weight", 1.0) > 0:
+                    raise ConfigError(f"plugins.equivariance.mode: 'faithful' transforms the host's global view 1, so "
+                                      f"plugins.{other} would read its box against content it no longer shows; use "
+                                      "mode: decoupled")
+
     def setup(self, host: HostSpec) -> None:
         super().setup(host)
-        if self.cfg.features == "ibot_head" and not host.ibot.enabled:
-            raise PluginError("plugins.equivariance.features: 'ibot_head' splits the iBOT patch head; set ibot.enabled: "
-                              "true or use features: projection")
-        if self.cfg.crop_size % host.patch_size:
+        if self.cfg.mode == "decoupled" and self.cfg.crop_size % host.patch_size:
             raise PluginError(f"plugins.equivariance.crop_size ({self.cfg.crop_size}) must be a multiple of the patch "
                               f"size ({host.patch_size})")
         try:
@@ -242,8 +277,11 @@ class Equivariance(Plugin):
         except ValueError as e:
             raise PluginError(f"plugins.equivariance: {e}") from e
 
-    def view_sampler(self) -> EquiViewSampler:
-        return EquiViewSampler(self.cfg)
+    def view_sampler(self) -> EquiViewSampler | None:
+        return EquiViewSampler(self.cfg) if self.cfg.mode == "decoupled" else None
+
+    def data_hook(self) -> EquiFaithfulHook | None:
+        return EquiFaithfulHook(self.cfg) if self.cfg.mode == "faithful" else None
 
     def _pixels(self, x: torch.Tensor) -> torch.Tensor:
         """uint8 (B, K, 3, S, S) -> normalised float, as the backbone sees images."""
@@ -251,7 +289,10 @@ class Equivariance(Plugin):
 
     def forward(self, student: Mapping[str, BackboneFeatures], teacher: Mapping[str, BackboneFeatures],
                 batch: Mapping[str, Any], ctx: StepContext | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        f = student["equi"]  # view-major: u for every sample, then g_theta u
+        faithful = self.cfg.mode == "faithful"
+        B = batch["equi"]["targets"].shape[0]
+        f = student["global" if faithful else "equi"]  # view-major: v1 (u) for every sample, then g_theta u
+        f = BackboneFeatures(f.cls[: 2 * B], f.patch[: 2 * B], f.grid)
         if self.proj is not None:
             z = self.proj(f.patch)
         else:
@@ -266,6 +307,6 @@ class Equivariance(Plugin):
         losses = [F.mse_loss(dec(tokens, f.grid).float(), targets[:, k]) for k, dec in enumerate(self.decoders)]
         loss = torch.stack(losses).mean()
         with torch.no_grad():  # the "copy the second view" baseline the decoders must beat
-            v2 = self._pixels(batch["equi"]["images"][:, 1:2])
+            v2 = self._pixels(batch["global" if faithful else "equi"]["images"][:, 1:2])
             copy = ((targets - v2) ** 2).mean()
         return loss, {"equivariance/copy_baseline": copy}

@@ -43,8 +43,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from wherevit.base.config import ConfigError
 from wherevit.train.backbone import BackboneFeatures
-from wherevit.train.plugins.base import HostSpec, Plugin, PluginConfig, PluginError, StepContext, register_plugin
+from wherevit.train.plugins.base import Plugin, PluginConfig, StepContext, register_plugin
 from wherevit.train.plugins.roi import cxcywh_to_xyxy, roi_tokens, token_grid
 
 __all__ = ["SCRL", "SCRLBoxHook", "SCRLConfig", "scrl_box_pairs", "box_iou_xyxy", "SCRLHead", "GlobalBatchNorm1d", "scrl_loss"]
@@ -258,11 +259,12 @@ class SCRL(Plugin):
         self.predictor = SCRLHead(cfg.out_dim, cfg.hidden_dim, cfg.out_dim)
         self.add_ema_target("target_projector", self.projector)
 
-    def setup(self, host: HostSpec) -> None:
-        super().setup(host)
-        size = host.crops.global_size
-        if self.cfg.min_size >= size:
-            raise PluginError(f"plugins.scrl.min_size ({self.cfg.min_size} px) must be smaller than the global crop "
+    @classmethod
+    def check_run_config(cls, cfg: SCRLConfig, run: Any) -> None:
+        super().check_run_config(cfg, run)
+        size = run.data.crops.global_size
+        if cfg.min_size >= size:
+            raise ConfigError(f"plugins.scrl.min_size ({cfg.min_size} px) must be smaller than the global crop "
                               f"(data.crops.global_size = {size}): no box could ever be drawn")
 
     def data_hook(self) -> SCRLBoxHook:
