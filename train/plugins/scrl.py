@@ -20,9 +20,13 @@ Where we differ from the source, and why:
 
 * the source draws boxes in the training loop from the global NumPy RNG; we draw them in the
   data workers from the per-sample generator (exact resume, 1 -> N ranks);
+* the intersection's size in the coarse frame is floored, not rounded: a rounded-up frame can poke
+  out of the intersection, and the clip would then unmatch a box pair;
 * RoIAlign uses ``aligned=True`` (source: ``detectron_aligned: False``): on a ViT token grid the
   source's half-cell offset becomes a whole-token mismatch between a mirrored and an unmirrored
-  view (the geometry test shows it);
+  view (the geometry test measures it);
+* the target backbone is the DINO teacher, so the target projector follows the host's teacher
+  momentum (source: its own target network, m = 0.97 -> 1 at batch 256);
 * the feature map is the ViT's patch-token grid (the source's ResNet has a C5 map); SCRL replaces
   BYOL's loss, here it is added to DINO's with ``weight``;
 * the boxes are drawn between the host's global views 0 and 1 (SCRL has exactly two views); with
