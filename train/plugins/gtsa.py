@@ -47,7 +47,7 @@ from wherevit.train.plugins.roi import cxcywh_to_xyxy, intersect, region_in_view
 
 __all__ = [
     "GTSA", "GTSAConfig", "sample_gtsa_boxes", "GTSAViewSampler", "ConvProjector", "ConvPredictor", "rotation_head",
-    "crop_loss", "nearest_matches", "patch_correspondence_loss",
+    "crop_rois", "crop_loss", "rot90_per_sample", "nearest_matches", "patch_correspondence_loss",
 ]
 
 

@@ -52,7 +52,7 @@ from wherevit.train.backbone import BackboneFeatures
 from wherevit.train.plugins.base import Plugin, PluginConfig, StepContext, register_plugin
 from wherevit.train.plugins.roi import cxcywh_to_xyxy, roi_tokens, token_grid
 
-__all__ = ["SCRL", "SCRLBoxHook", "SCRLConfig", "scrl_box_pairs", "box_iou_xyxy", "SCRLHead", "GlobalBatchNorm1d", "scrl_loss"]
+__all__ = ["SCRL", "SCRLBoxHook", "SCRLConfig", "scrl_box_pairs", "box_iou_xyxy", "SCRLHead", "GlobalBatchNorm1d", "scrl_loss", "global_count"]
 
 
 @dataclass
