@@ -46,6 +46,23 @@ class BackboneFeatures:
     def __getitem__(self, sl: slice) -> "BackboneFeatures":
         return BackboneFeatures(self.cls[sl], self.patch[sl], self.grid)
 
+    def patch_map(self) -> torch.Tensor:
+        """The patch tokens as a (B, D, gh, gw) feature map."""
+        B, _, D = self.patch.shape
+        return self.patch.transpose(1, 2).reshape(B, D, *self.grid)
+
+    def roi_align(self, rois: torch.Tensor, output_size: tuple[int, int], sampling_ratio: int = -1) -> torch.Tensor:
+        """RoIAlign over the patch grid (torchvision, ``aligned=True``): ``rois`` (K, 5) rows
+        ``(image index, x0, y0, x1, y1)`` in normalised view coordinates -> (K, D, oh, ow).
+        The box (0, 0, 1, 1) with ``output_size == grid`` returns the patch grid itself."""
+        from torchvision.ops import roi_align
+
+        gh, gw = self.grid
+        scale = torch.tensor([1.0, gw, gh, gw, gh], dtype=rois.dtype, device=rois.device)
+        fmap = self.patch_map()
+        return roi_align(fmap, (rois * scale).to(fmap.dtype), output_size, spatial_scale=1.0,
+                         sampling_ratio=sampling_ratio, aligned=True)
+
 
 @dataclass
 class TokenInputs:
@@ -66,7 +83,7 @@ class TokenInputs:
         return self.mask is None and self.pos is None and self.pos_mask is None
 
     @staticmethod
-    def cat(parts: list["TokenInputs"], sizes: list[int], n_tokens: int, dim: int, like: torch.Tensor) -> "TokenInputs":
+    def cat(parts: list["TokenInputs"], sizes: list[int], n_tokens: int, device: torch.device) -> "TokenInputs":
         """Concatenate along the batch; a field one part lacks is filled with its neutral value
         (no mask; for ``pos``, which has no neutral value, every part must have it or none)."""
         def join(field: str, fill):
@@ -78,7 +95,7 @@ class TokenInputs:
         def no_pos(n):
             raise ValueError("positional overrides must be given for every view group embedded in one call, or for none")
 
-        no_mask = lambda n: torch.zeros(n, n_tokens, dtype=torch.bool, device=like.device)  # noqa: E731
+        no_mask = lambda n: torch.zeros(n, n_tokens, dtype=torch.bool, device=device)  # noqa: E731
         return TokenInputs(join("mask", no_mask), join("pos", no_pos), join("pos_mask", no_mask))
 
 

@@ -24,6 +24,7 @@ from wherevit.train.backbone import (
     TokenInputs,
     create_backbone,
     forward_tokens,
+    patch_grid,
     timm_kwargs,
 )
 from wherevit.train.config import TrainConfig
@@ -31,16 +32,14 @@ from wherevit.train.data.dataset import SampleHook, ViewSampler
 from wherevit.train.data.masking import ContentMasker, MaskPlan
 from wherevit.train.heads import DINOHead
 from wherevit.train.losses import DINOLoss, IBOTPatchLoss, KoLeoLoss
-from wherevit.train.plugins import HostSpec, Plugin, StepContext, create_plugin
+from wherevit.train.plugins import HostSpec, Plugin, StepContext, create_plugin, view_major
 
-__all__ = ["StudentNetwork", "TeacherNetwork", "SSLMetaArch", "PatchSites", "embed_views", "view_major"]
+__all__ = ["StudentNetwork", "TeacherNetwork", "SSLMetaArch", "PatchSites", "embed_views"]
 
 
-def view_major(x: torch.Tensor) -> torch.Tensor:
-    """(B, V, ...) per-sample field -> (V * B, ...) view-major, like the images; grids flattened."""
-    B, V = x.shape[:2]
-    x = x.transpose(0, 1).reshape(V * B, *x.shape[2:])
-    return x.reshape(V * B, -1) if x.ndim == 3 else x  # (V*B, gh, gw) masks -> (V*B, N)
+def _token_mask(x: torch.Tensor) -> torch.Tensor:
+    """(B, V, gh, gw) worker mask -> (V * B, N) bool over the row-major patch tokens."""
+    return view_major(x).flatten(1).bool()
 
 
 def embed_views(backbone: nn.Module, views: Mapping[str, torch.Tensor], inputs: Mapping[str, TokenInputs] | None = None,
@@ -60,9 +59,8 @@ def embed_views(backbone: nn.Module, views: Mapping[str, torch.Tensor], inputs: 
         elif len(parts) == 1:
             tok = parts[0]
         else:
-            sizes = [views[n].shape[0] for n in names]
-            n_tokens = (x.shape[-2] // backbone.patch_embed.patch_size[0]) * (x.shape[-1] // backbone.patch_embed.patch_size[1])
-            tok = TokenInputs.cat(parts, sizes, n_tokens, backbone.embed_dim, x)
+            gh, gw = patch_grid(backbone, tuple(x.shape[-2:]))
+            tok = TokenInputs.cat(parts, [views[n].shape[0] for n in names], gh * gw, x.device)
         feats = forward_tokens(backbone, x, tok, mask_token, pos_mask_token)
         start = 0
         for n in names:
@@ -81,7 +79,7 @@ class PatchSites:
 
     def __init__(self, batch: Mapping[str, Any], fields: tuple[str, ...], loss: IBOTPatchLoss):
         grp = batch["global"]
-        self.fields = {f: view_major(grp[f]).bool() for f in fields if f in grp}
+        self.fields = {f: _token_mask(grp[f]) for f in fields if f in grp}
         missing = [f for f in fields if f not in grp]
         if missing:
             raise KeyError(f"the global view group has no mask field(s) {missing}; the data hooks did not add them")
@@ -110,8 +108,8 @@ def _token_inputs(backbone: nn.Module, views: Mapping[str, torch.Tensor], batch:
     out = {}
     for g in views:
         grp = batch[g]
-        mask = view_major(grp["masks"]).bool() if masked and "masks" in grp else None
-        pos_mask = view_major(grp["pos_masks"]).bool() if masked and "pos_masks" in grp else None
+        mask = _token_mask(grp["masks"]) if masked and "masks" in grp else None
+        pos_mask = _token_mask(grp["pos_masks"]) if masked and "pos_masks" in grp else None
         pos = provider.positions(backbone, g, batch, g in aligned) if provider is not None else None
         out[g] = TokenInputs(mask, pos, pos_mask)
     return out

@@ -1,8 +1,6 @@
 """A posfield-trained backbone exports as a plain ViT with the field baked into pos_embed, and the
 ONNX graph matches the field-based forward pass of the training checkpoint."""
 
-import json
-
 import numpy as np
 import onnxruntime as ort
 import torch
@@ -10,6 +8,7 @@ from conftest import tiny_train_dict
 from safetensors.torch import load_file
 
 from wherevit.base.config import from_dict
+from wherevit.base.sidecar import read_sidecar
 from wherevit.export.api import ExportRequest, export_artifacts
 from wherevit.train.backbone import TokenInputs, create_backbone, forward_tokens, timm_kwargs
 from wherevit.train.checkpoint import latest_checkpoint
@@ -24,10 +23,11 @@ def test_exported_graph_with_the_baked_field_matches_the_field_forward(tmp_path)
     cfg = from_dict(TrainConfig, tiny_train_dict(**over))
     train(cfg, tmp_path / "run", progress=False)
     res = export_artifacts(ExportRequest(str(tmp_path / "run"), tmp_path / "art", batch=(1, 2, 2)))
-    side = json.loads(next(p for p in res.sidecars if p.suffix == ".json").read_text())
-    positional = side["model"]["positional"]
+    side = read_sidecar(res.onnx)
+    positional = side.model["positional"]
+    assert side.parity["passed"]  # the baked graph also passed export's own parity check
     assert positional["kind"] == "posfield" and positional["baked_into"] == "pos_embed"
-    assert positional["export_scale"] == "mean"
+    assert positional["export_scale"] == "mean" and positional["field_forward_max_abs_diff"] < 1e-5
 
     # the field-based forward, from the training checkpoint's teacher (field and all)
     state = load_file(str(latest_checkpoint(tmp_path / "run") / "model.safetensors"))

@@ -1,5 +1,7 @@
 """Host v2: the token-level backbone path, masks drawn in the workers, iBOT, the plug-in interface."""
 
+import pickle
+import sys
 from dataclasses import dataclass
 
 import numpy as np
@@ -130,7 +132,9 @@ def test_masks_are_a_function_of_the_sample_position_only():
     meta = SSLMetaArch(cfg)
     c = cfg.data.crops
     transform = MultiCrop(ViewSpec(c.global_size, c.global_scale), c.n_global, ViewSpec(c.local_size, c.local_scale), c.n_local)
-    ds = SSLDataset(SyntheticScenes(16, 48, 0), transform, meta.data_hooks())
+    hooks = pickle.loads(pickle.dumps(meta.data_hooks()))  # workers may get them by pickle
+    assert list(hooks) == ["ibot", "plugins.posfield"]  # iBOT's masks first: posfield converts some
+    ds = SSLDataset(SyntheticScenes(16, 48, 0), transform, hooks)
     full = StepBatchSampler(16, 8, seed=0)
     r1 = StepBatchSampler(16, 8, seed=0, rank=1, world=2)
     a = [ds[k] for k in full.batch_for_step(1)][4:]
@@ -299,39 +303,61 @@ def test_plugin_ema_targets_progress_and_hooks(toy_plugin):
     torch.testing.assert_close(toy.target_proj.weight, 0.9 * before + 0.1 * toy.proj.weight)
 
 
-def test_duplicate_and_entry_point_plugins(toy_plugin, monkeypatch):
+def test_duplicate_plugin_names_are_refused(toy_plugin):
     class Other(Plugin):
         name = "toy_host_test"
 
-    with pytest.raises(PluginError, match="already registered"):
+    with pytest.raises(PluginError, match="'toy_host_test' is already registered"):
         register_plugin(Other)
 
-    class FromPackage(Plugin):
-        name = "toy_from_entry_point"
 
-    class EP:
-        def __init__(self, name, obj):
-            self.name, self.value, self.obj = name, f"pkg:{name}", obj
+def _fake_distribution(root, name: str, target: str) -> None:
+    """An installed distribution as importlib.metadata sees it: a dist-info with entry_points.txt."""
+    dist = root / f"wherevit_toy_{root.name}-0.1.dist-info"
+    dist.mkdir(parents=True)
+    (dist / "METADATA").write_text(f"Metadata-Version: 2.1\nName: wherevit_toy_{root.name}\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text(f"[{plugin_base.ENTRY_POINT_GROUP}]\n{name} = {target}\n")
 
-        def load(self):
-            return self.obj
 
-    monkeypatch.setattr(plugin_base, "_ENTRY_POINTS_LOADED", False)
-    monkeypatch.setattr(plugin_base, "entry_points", lambda group: [EP("toy_from_entry_point", FromPackage)]
-                        if group == "wherevit.plugins" else [])
+def test_plugins_from_the_entry_point_group_and_name_clashes(tmp_path, monkeypatch):
+    (tmp_path / "wherevit_toy_plugin_pkg.py").write_text(
+        "from wherevit.train.plugins import Plugin\n\n"
+        "class FromPackage(Plugin):\n    name = 'toy_from_entry_point'\n\n"
+        "class Clash(Plugin):\n    name = 'sp'\n")
+    _fake_distribution(tmp_path / "a", "toy_from_entry_point", "wherevit_toy_plugin_pkg:FromPackage")
+    for p in (tmp_path, tmp_path / "a"):
+        monkeypatch.syspath_prepend(str(p))
+    monkeypatch.setattr(plugin_base, "_entry_points_loaded", False)
     try:
-        assert plugin_base.registered_plugins()["toy_from_entry_point"] is FromPackage
+        assert "toy_from_entry_point" not in plugin_base._REGISTRY
+        cls = plugin_base.registered_plugins()["toy_from_entry_point"]
+        assert cls.__name__ == "FromPackage"
+        # usable from a config like a built-in
+        from_dict(TrainConfig, tiny_train_dict(plugins={"toy_from_entry_point": {"weight": 0.3}}))
         # a package claiming a built-in's name is refused
-        monkeypatch.setattr(plugin_base, "_ENTRY_POINTS_LOADED", False)
-        clash = type("Clash", (Plugin,), {"name": "sp"})
-        monkeypatch.setattr(plugin_base, "entry_points", lambda group: [EP("sp", clash)])
+        _fake_distribution(tmp_path / "b", "sp", "wherevit_toy_plugin_pkg:Clash")
+        monkeypatch.syspath_prepend(str(tmp_path / "b"))
+        monkeypatch.setattr(plugin_base, "_entry_points_loaded", False)
         with pytest.raises(PluginError, match="'sp' is already registered"):
             plugin_base.registered_plugins()
     finally:
         plugin_base._REGISTRY.pop("toy_from_entry_point", None)
+        monkeypatch.setattr(plugin_base, "_entry_points_loaded", True)
+        sys.modules.pop("wherevit_toy_plugin_pkg", None)
 
 
 def test_sp_view_sampler_takes_the_configured_colour_augmentation():
     cfg = from_dict(TrainConfig, tiny_train_dict(**{"data.crops.color_jitter_p": 0.0, "data.crops.grayscale_p": 0.55}))
     spec = SSLMetaArch(cfg).view_samplers()["sp"].spec
     assert (spec.color_jitter_p, spec.grayscale_p, spec.flip_p) == (0.0, 0.55, 0.0)
+
+
+def test_roi_align_over_the_patch_grid():
+    from wherevit.train.backbone import BackboneFeatures
+
+    torch.manual_seed(0)
+    f = BackboneFeatures(torch.zeros(2, 3), torch.randn(2, 12, 3), (3, 4))
+    whole = f.roi_align(torch.tensor([[1.0, 0, 0, 1, 1]]), (3, 4))
+    torch.testing.assert_close(whole[0], f.patch_map()[1])
+    right_half = f.roi_align(torch.tensor([[0.0, 0.5, 0, 1, 1]]), (3, 2))
+    torch.testing.assert_close(right_half[0], f.patch_map()[0, :, :, 2:])

@@ -86,6 +86,7 @@ def test_baked_pos_embed_equals_the_field_forward_over_the_full_frame():
                                   {"posfield": {"field_size": 8}})
     assert "pos_field" not in plain.state_dict()
     assert notes["positional"]["kind"] == "posfield" and notes["positional"]["export_scale"] == "mean"
+    assert notes["positional"]["field_forward_max_abs_diff"] < 1e-5
     np.testing.assert_allclose(notes["positional"]["affine"], export_affine(cfg))
     x = torch.randn(2, 3, 32, 32)
     batch = {"global": {"images": x[:, None]}}

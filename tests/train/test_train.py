@@ -48,7 +48,7 @@ def test_loss_goes_down(tiny_cfg, tmp_path, plugins, extra):
         assert np.mean(ibot[-8:]) < np.mean(ibot[:8]), ibot
     if plugins == POSFIELD:
         # position-masked sites keep their content, so the student starts near the teacher there and
-        # this term stays near its floor at this scale: only check that it is scored every step
+        # this term stays near its floor at this scale: only check that it is scored (nearly) every step
         pos = np.array(_losses(tmp_path, "loss/posfield"))
         assert (pos > 0).mean() >= 0.9, pos
     assert res.backbone.is_file()
@@ -59,7 +59,8 @@ def test_loss_goes_down(tiny_cfg, tmp_path, plugins, extra):
     assert not any(k.startswith(("plugins", "dino_head", "head.")) for k in keys if k != "head")
 
 
-@pytest.mark.parametrize("extra", [{}, {"ibot": {"enabled": True}, "plugins": POSFIELD}], ids=["dino+sp", "masks+posfield"])
+@pytest.mark.parametrize("extra", [{}, {"ibot": {"enabled": True}, "plugins": {**POSFIELD, **tiny_train_dict()["plugins"]}}],
+                         ids=["dino+sp", "masks+posfield+sp"])
 def test_resume_is_exact(tiny_cfg, tmp_path, extra):
     cfg = tiny_cfg(total_steps=8, ckpt_every=4, **{"model.drop_path_rate": 0.1}, **extra)
     train(cfg, tmp_path / "straight", progress=False)

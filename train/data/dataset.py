@@ -36,7 +36,7 @@ class SampleHook(Protocol):
 
     ``sample`` maps view-group names to ``ViewGroup`` dicts (``global``, ``local``, plug-in groups);
     a hook may add per-view arrays to a group (leading dimension V, e.g. ``sample["global"]["masks"]``),
-    add a new top-level entry (a dict of arrays, e.g. ``sample["posfield"] = {"st": ...}``), or
+    add a new top-level entry (a dict of arrays, e.g. ``sample["posfield"] = {"affine": ...}``), or
     transform a group's images in place. ``img`` is the original HWC uint8 image. ``position`` is
     the sample's global position (``StepBatchSampler``), for batch-level stratification; None when
     the data set is indexed without one. Every sample must get the same keys and shapes (collation).

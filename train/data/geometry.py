@@ -1,7 +1,9 @@
-"""Geometry between crops of one image: the SP relative-position target and disentangled box pairs.
+"""Geometry between crops of one image: the SP relative-position target, disentangled box pairs,
+and boxes carried between image and view coordinates (intersections, flips).
 
-Shared by the SP plug-in (training) and the spatial evaluations (frozen features), so neither
-imports the other. Boxes are ``(cx, cy, w, h)`` normalised to the original image (``views.Box``).
+Shared by plug-ins (training) and the spatial evaluations (frozen features), so neither imports the
+other. Crop boxes are ``(cx, cy, w, h)`` normalised to the original image (``views.Box``); regions
+are ``(x0, y0, x1, y1)``, normalised to the image or to a view as named.
 """
 
 from __future__ import annotations
@@ -14,7 +16,10 @@ import torch
 
 from wherevit.train.data.views import Box, box_iou, sample_box
 
-__all__ = ["PairSampling", "PairSpec", "sp_target", "sp_inverse", "sample_disentangled_pair"]
+__all__ = [
+    "PairSampling", "PairSpec", "sp_target", "sp_inverse", "sample_disentangled_pair", "box_corners",
+    "intersection", "image_to_view",
+]
 
 
 class PairSampling(Protocol):
@@ -73,3 +78,27 @@ def sample_disentangled_pair(rng: np.random.Generator, img_hw: tuple[int, int], 
         if iou < best_iou:
             best, best_iou = (a, b), iou
     return best
+
+
+def box_corners(box: Box) -> np.ndarray:
+    """(cx, cy, w, h) -> (x0, y0, x1, y1)."""
+    cx, cy, w, h = (float(v) for v in box[:4])
+    return np.array([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], np.float64)
+
+
+def intersection(a: Box, b: Box) -> np.ndarray | None:
+    """The image region two crop boxes share, as (x0, y0, x1, y1), or None when they do not overlap."""
+    ca, cb = box_corners(a), box_corners(b)
+    out = np.array([max(ca[0], cb[0]), max(ca[1], cb[1]), min(ca[2], cb[2]), min(ca[3], cb[3])])
+    return out if out[2] > out[0] and out[3] > out[1] else None
+
+
+def image_to_view(region: np.ndarray, view_box: Box, flip: bool) -> np.ndarray:
+    """An image region (x0, y0, x1, y1) in the normalised coordinates of the view cut from
+    ``view_box`` (mirrored when ``flip``): (0, 0, 1, 1) is the whole view. Not clipped."""
+    v = box_corners(view_box)
+    x0, x1 = (region[0] - v[0]) / (v[2] - v[0]), (region[2] - v[0]) / (v[2] - v[0])
+    y0, y1 = (region[1] - v[1]) / (v[3] - v[1]), (region[3] - v[1]) / (v[3] - v[1])
+    if flip:
+        x0, x1 = 1 - x1, 1 - x0
+    return np.array([x0, y0, x1, y1], np.float64)

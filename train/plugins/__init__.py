@@ -16,9 +16,10 @@ from wherevit.train.plugins.base import (
     plain_backbone_state,
     register_plugin,
     registered_plugins,
+    view_major,
 )
 
 __all__ = [
     "ENTRY_POINT_GROUP", "HostSpec", "Plugin", "PluginConfig", "PluginError", "StepContext", "create_plugin",
-    "plain_backbone_state", "register_plugin", "registered_plugins",
+    "plain_backbone_state", "register_plugin", "registered_plugins", "view_major",
 ]

@@ -7,6 +7,13 @@ mytask = "mypkg.mytask:MyTask"``); a duplicate name is refused. It is enabled in
 ``plugins: {name: {weight: ..., ...}}``, validated against its ``Config`` dataclass. Its heads live
 inside it, so they train with the student and never reach an exported backbone.
 
+Layout. The host's view groups are ``global`` (``n_global`` crops: student, masked when iBOT is
+on, and teacher) and ``local`` (``n_local`` crops, student only; absent when 0). In ``batch`` every
+group is sample-major as collated, ``batch[group][field]`` of shape (B, V, ...); features are
+view-major, row ``v * B + b`` is view ``v`` of sample ``b`` (``view_major`` here converts).
+Plug-in view samplers run in config order on the sample's shared view generator, after the host's
+groups; sample hooks each get their own generator.
+
 What the host gives a plug-in, in the order the host uses it (every hook is optional):
 
 Build time (``SSLMetaArch.__init__``)
@@ -73,6 +80,11 @@ Export
                                     copies ``info["positional"]`` into the sidecar). The host calls it
                                     through ``plain_backbone_state`` for every configured plug-in.
 
+Helpers for box-based plug-ins: ``BackboneFeatures.patch_map()`` / ``.roi_align(rois, size)``
+(torchvision RoIAlign over the patch grid, boxes in normalised view coordinates) and
+``train/data/geometry.py`` (``intersection`` of two crops, ``image_to_view`` with flips, the SP
+target, disentangled pairs).
+
 A plug-in's loss must use every parameter it owns each step (DDP runs without unused-parameter
 detection): compute on empty selections rather than skipping a head.
 """
@@ -98,14 +110,14 @@ if TYPE_CHECKING:
 
 __all__ = [
     "Plugin", "PluginConfig", "PluginError", "HostSpec", "StepContext", "register_plugin", "registered_plugins",
-    "create_plugin", "plain_backbone_state", "ENTRY_POINT_GROUP",
+    "create_plugin", "plain_backbone_state", "view_major", "ENTRY_POINT_GROUP",
 ]
 
 log = logging.getLogger(__name__)
 
 ENTRY_POINT_GROUP = "wherevit.plugins"
 _REGISTRY: dict[str, type["Plugin"]] = {}
-_ENTRY_POINTS_LOADED = False
+_entry_points_loaded = False
 
 
 class PluginError(WherevitError, ValueError):
@@ -260,6 +272,12 @@ def plain_backbone_state(plugins: Mapping[str, Mapping[str, Any] | None], state:
     return notes
 
 
+def view_major(x: torch.Tensor) -> torch.Tensor:
+    """(B, V, ...) per-sample batch field -> (V * B, ...) view-major, the layout of images and features."""
+    B, V = x.shape[:2]
+    return x.transpose(0, 1).reshape(V * B, *x.shape[2:])
+
+
 def register_plugin(cls: type[Plugin]) -> type[Plugin]:
     """Class decorator: make a plug-in available by its ``name`` in configs; duplicates are refused."""
     if not getattr(cls, "name", None):
@@ -275,10 +293,9 @@ def register_plugin(cls: type[Plugin]) -> type[Plugin]:
 
 def _load_entry_points() -> None:
     """Register the plug-ins other packages declare in the ``wherevit.plugins`` entry-point group."""
-    global _ENTRY_POINTS_LOADED
-    if _ENTRY_POINTS_LOADED:
+    global _entry_points_loaded
+    if _entry_points_loaded:
         return
-    _ENTRY_POINTS_LOADED = True
     for ep in entry_points(group=ENTRY_POINT_GROUP):
         obj = ep.load()  # a Plugin class, or a module that registers itself on import
         if isinstance(obj, type):
@@ -287,6 +304,7 @@ def _load_entry_points() -> None:
             register_plugin(obj)
         elif ep.name not in _REGISTRY:
             raise PluginError(f"entry point {ep.name!r} ({ep.value}) registered no plug-in of that name")
+    _entry_points_loaded = True  # only once all loaded: a clash is reported on every call, not just the first
 
 
 def registered_plugins() -> dict[str, type[Plugin]]:

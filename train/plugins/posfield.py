@@ -22,6 +22,7 @@ a plain timm ViT, and its info records the choice.
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from typing import Any, Literal, Mapping
 
@@ -31,9 +32,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from wherevit.base.config import ConfigError
-from wherevit.train.backbone import BackboneFeatures, patch_grid
+from wherevit.train.backbone import BackboneFeatures, TokenInputs, forward_tokens, patch_grid
 from wherevit.train.data.masking import MASK_PATTERNS, make_mask
-from wherevit.train.plugins.base import Plugin, PluginConfig, StepContext, register_plugin
+from wherevit.train.plugins.base import Plugin, PluginConfig, StepContext, register_plugin, view_major
 
 __all__ = ["PosFieldConfig", "PositionalField", "PosFieldHook", "patch_centres", "field_grid", "sample_field",
            "export_affine"]
@@ -101,6 +102,24 @@ def sample_field(field: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
     out = F.grid_sample(field.expand(M, -1, -1, -1), grid.to(field.dtype), mode="bilinear",
                         padding_mode="border", align_corners=False)
     return out.flatten(2).transpose(1, 2)
+
+
+_FULL_FRAME = torch.tensor([[0.5, 0.5, 1.0, 1.0]])  # (cx, cy, w, h): the whole image
+
+
+@torch.no_grad()
+def _bake_check(backbone: nn.Module, with_field: dict, baked: dict, pos: torch.Tensor) -> float:
+    """Max |difference| between the baked plain ViT and the field-based forward on one random image
+    (recorded with the export notes, so every export says how well the bake holds)."""
+    field_model, plain = copy.deepcopy(backbone).eval(), copy.deepcopy(backbone).eval()
+    field_model.register_parameter("pos_field", nn.Parameter(with_field["pos_field"].clone()))
+    field_model.load_state_dict(with_field, strict=True)
+    plain.load_state_dict(baked, strict=True)
+    size = tuple(int(v) for v in backbone.patch_embed.img_size)
+    x = torch.randn(1, 3, *size, generator=torch.Generator().manual_seed(0))
+    ref = forward_tokens(field_model, x, TokenInputs(pos=pos))
+    out = plain.forward_features(x)
+    return float(max((out[:, 0] - ref.cls).abs().max(), (out[:, plain.num_prefix_tokens:] - ref.patch).abs().max()))
 
 
 class PosFieldHook:
@@ -172,12 +191,11 @@ class PositionalField(Plugin):
         grid = patch_grid(backbone, tuple(grp["images"].shape[-2:]))
         field = backbone.pos_field
         if not crop_aligned:  # one full-frame embedding for every view: nothing about the box leaks
-            full = torch.tensor([[0.5, 0.5, 1.0, 1.0]], device=field.device)
+            full = _FULL_FRAME.to(field.device)
             affine = torch.tensor([export_affine(self.cfg)], device=field.device)
             pos = sample_field(field, field_grid(patch_centres(full, torch.zeros(1, device=field.device), grid), affine))
             return pos.expand(V * B, -1, -1)
-        boxes = grp["boxes"].transpose(0, 1).reshape(V * B, 4)  # view-major, like the images
-        flips = grp["flips"].transpose(0, 1).reshape(V * B)
+        boxes, flips = view_major(grp["boxes"]), view_major(grp["flips"])
         affine = batch["posfield"]["affine"].float().repeat(V, 1)  # view v, sample b -> row v * B + b
         return sample_field(field, field_grid(patch_centres(boxes, flips, grid), affine))
 
@@ -193,14 +211,15 @@ class PositionalField(Plugin):
     def export_backbone_state(cls, cfg: PosFieldConfig, state: dict[str, torch.Tensor], backbone: nn.Module) -> dict[str, Any]:
         if "pos_field" not in state:
             return {}
+        with_field = {k: v for k, v in state.items()}
         field = state.pop("pos_field").float()
         n_pe_prefix = 0 if backbone.no_embed_class else backbone.num_prefix_tokens
         grid = tuple(int(g) for g in backbone.patch_embed.grid_size)
         s, tx, ty = export_affine(cfg)
-        full = torch.tensor([[0.5, 0.5, 1.0, 1.0]])
         with torch.no_grad():
-            pos = sample_field(field, field_grid(patch_centres(full, torch.zeros(1), grid), torch.tensor([[s, tx, ty]])))
+            pos = sample_field(field, field_grid(patch_centres(_FULL_FRAME, torch.zeros(1), grid), torch.tensor([[s, tx, ty]])))
         pe = state["pos_embed"]
         state["pos_embed"] = torch.cat([pe[:, :n_pe_prefix], pos.to(pe.dtype)], dim=1).contiguous()
         return {"positional": {"kind": "posfield", "baked_into": "pos_embed", "export_scale": cfg.export_scale,
-                               "affine": [s, tx, ty], "field_size": int(field.shape[-1]), "grid": list(grid)}}
+                               "affine": [s, tx, ty], "field_size": int(field.shape[-1]), "grid": list(grid),
+                               "field_forward_max_abs_diff": _bake_check(backbone, with_field, state, pos)}}
