@@ -292,7 +292,7 @@ class Equivariance(Plugin):
         faithful = self.cfg.mode == "faithful"
         B = batch["equi"]["targets"].shape[0]
         f = student["global" if faithful else "equi"]  # view-major: v1 (u) for every sample, then g_theta u
-        f = BackboneFeatures(f.cls[: 2 * B], f.patch[: 2 * B], f.grid)
+        f = f[: 2 * B]
         if self.proj is not None:
             z = self.proj(f.patch)
         else:

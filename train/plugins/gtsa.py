@@ -43,7 +43,7 @@ from wherevit.train.data.dataset import stack_views
 from wherevit.train.data.sources import DataError
 from wherevit.train.data.views import ViewSpec, make_view, sample_box
 from wherevit.train.plugins.base import HostSpec, Plugin, PluginConfig, PluginError, StepContext, register_plugin
-from wherevit.train.plugins.roi import cxcywh_to_xyxy, intersect, region_in_view, roi_tokens, token_grid
+from wherevit.train.plugins.roi import cxcywh_to_xyxy, intersect, region_in_view, roi_tokens
 
 __all__ = [
     "GTSA", "GTSAConfig", "sample_gtsa_boxes", "GTSAViewSampler", "ConvProjector", "ConvPredictor", "rotation_head",
@@ -312,7 +312,7 @@ class GTSA(Plugin):
             if group not in self.student_views:
                 continue
             f = student[group]
-            maps = self.predictor(self.projector(token_grid(f.patch, f.grid)))
+            maps = self.predictor(self.projector(f.patch_map()))
             grp = batch[group]
             V = grp["boxes"].shape[1]
             for v, m in enumerate(maps.chunk(V)):
@@ -325,7 +325,7 @@ class GTSA(Plugin):
         views = self._views(student, batch)
         with torch.no_grad():
             t = teacher["gtsa_global"]
-            t_maps = self.target_projector(token_grid(t.patch, t.grid)).chunk(2)
+            t_maps = self.target_projector(t.patch_map()).chunk(2)
         crop, pc, n = 0.0, 0.0, 0
         for ti, t_map in enumerate(t_maps):
             t_box, t_rot = batch["gtsa_global"]["boxes"][:, ti], batch["gtsa_global"]["rot"][:, ti]

@@ -7,7 +7,9 @@ region of the original image can be located in any view, in that view's pixels. 
 reads a ViT's patch-token grid over such boxes with ``torchvision.ops.roi_align``.
 
 Shared by the SCRL and GTSA plug-ins (and their geometry tests). Works on numpy arrays and on
-torch tensors alike, with leading batch dimensions.
+torch tensors alike, with leading batch dimensions, and knows quarter turns: the host's per-box
+numpy helpers (``train/data/geometry.py``) and ``BackboneFeatures.roi_align`` (normalised boxes on
+backbone features) serve SP-style plug-ins; GTSA reads RoIs from projected maps, in view pixels.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import numpy as np
 import torch
 from torchvision.ops import roi_align
 
-__all__ = ["cxcywh_to_xyxy", "intersect", "region_in_view", "rotate_xyxy", "roi_tokens", "token_grid"]
+__all__ = ["cxcywh_to_xyxy", "intersect", "region_in_view", "rotate_xyxy", "roi_tokens"]
 
 Array = Union[np.ndarray, torch.Tensor]
 
@@ -86,14 +88,6 @@ def region_in_view(region: Array, view_box: Array, size: float, flip: Array | bo
         fx0, fx1 = size - x1, size - x0
         x0, x1 = lib.where(flip, fx0, x0), lib.where(flip, fx1, x1)
     return rotate_xyxy(lib.stack([x0, y0, x1, y1], -1), rot_k, size)
-
-
-def token_grid(patch: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
-    """Patch tokens (B, N, D) -> feature map (B, D, gh, gw)."""
-    B, N, D = patch.shape
-    if N != grid[0] * grid[1]:
-        raise ValueError(f"{N} patch tokens do not fill a {grid[0]}x{grid[1]} grid")
-    return patch.transpose(1, 2).reshape(B, D, grid[0], grid[1])
 
 
 def roi_tokens(fmap: torch.Tensor, boxes: torch.Tensor, batch_index: torch.Tensor, patch_size: int,

@@ -50,7 +50,7 @@ from torch import nn
 from wherevit.base.config import ConfigError
 from wherevit.train.backbone import BackboneFeatures
 from wherevit.train.plugins.base import Plugin, PluginConfig, StepContext, register_plugin
-from wherevit.train.plugins.roi import cxcywh_to_xyxy, roi_tokens, token_grid
+from wherevit.train.plugins.roi import cxcywh_to_xyxy, roi_tokens
 
 __all__ = ["SCRL", "SCRLBoxHook", "SCRLConfig", "scrl_box_pairs", "box_iou_xyxy", "SCRLHead", "GlobalBatchNorm1d", "scrl_loss", "global_count"]
 
@@ -276,7 +276,7 @@ class SCRL(Plugin):
 
     def _roi(self, feats: BackboneFeatures, boxes: torch.Tensor, B: int) -> torch.Tensor:
         """1 x 1 (pool_size) RoI features of boxes (B, 2, K, 4) in global views 0 and 1 -> (2, B*K, D')."""
-        fmap = token_grid(feats.patch[: 2 * B], feats.grid)
+        fmap = feats[: 2 * B].patch_map()
         K = boxes.shape[2]
         out = []
         for v in range(2):
