@@ -1,4 +1,5 @@
-"""Training throughput of DINO alone, + SP, + iBOT, + iBOT + posfield: images/s, step time, FLOPs, MFU.
+"""Training throughput of DINO alone, + SP, + iBOT, + iBOT + posfield, + SCRL, + GTSA, + equivariance and all
+five together: images/s, step time, FLOPs, MFU.
 
 One process, one run, all configurations back to back, so each plug-in's overhead (step time and
 FLOPs vs DINO; posfield also vs DINO + iBOT, its base) is a ratio measured under the same conditions. Model compute only: batches are generated once and kept on the device
@@ -115,19 +116,26 @@ def main() -> None:
         "dino+sp": (None, False),  # None: the config's SP section (or SP defaults)
         "dino+ibot": ({}, True),
         "dino+ibot+posfield": ({"posfield": {}}, True),
+        "dino+scrl": (["scrl"], False),  # a list: these sections of the config (or their defaults)
+        "dino+gtsa": (["gtsa"], False),
+        "dino+equivariance": (["equivariance"], False),
+        "all five": (["sp", "posfield", "scrl", "gtsa", "equivariance"], True),
     }
     peak = a.peak_tflops or (800.0 if device.type == "cuda" else None)
     rows, cfgs = {}, {}
     for name, (plugins, ibot) in variants.items():
         cfg = load_train_config(a.config, ov)
-        cfg.plugins = {"sp": cfg.plugins.get("sp", {})} if plugins is None else plugins
+        if plugins is None:
+            plugins = ["sp"]
+        cfg.plugins = {p: cfg.plugins.get(p) or {} for p in plugins} if isinstance(plugins, list) else plugins
         cfg.ibot.enabled = ibot
         cfgs[name] = cfg
         rows[name] = measure(cfg, a.steps, a.warmup, device, peak)
         print(name, json.dumps(rows[name]), flush=True)
     overhead = {}
     for name, base in (("dino+sp", "dino"), ("dino+ibot", "dino"), ("dino+ibot+posfield", "dino"),
-                       ("dino+ibot+posfield", "dino+ibot")):
+                       ("dino+ibot+posfield", "dino+ibot"), ("dino+scrl", "dino"), ("dino+gtsa", "dino"),
+                       ("dino+equivariance", "dino"), ("all five", "dino")):
         overhead[f"{name} vs {base}"] = {
             "step_time": rows[name]["step_s"] / rows[base]["step_s"] - 1,
             "flops": rows[name]["flops_per_step"] / rows[base]["flops_per_step"] - 1,

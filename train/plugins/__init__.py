@@ -4,7 +4,7 @@
 Importing this package registers the built-in plug-ins.
 """
 
-from wherevit.train.plugins import posfield, sp  # noqa: E402,F401  (register the built-ins)
+from wherevit.train.plugins import equivariance, gtsa, posfield, scrl, sp  # noqa: E402,F401  (register the built-ins)
 from wherevit.train.plugins.base import (
     ENTRY_POINT_GROUP,
     HostSpec,
