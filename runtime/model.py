@@ -25,6 +25,7 @@ from wherevit.runtime.backends import (
     auto_order,
     registered_backends,
 )
+from wherevit.runtime.backends.base import unloadable_backends
 
 __all__ = ["Model", "Features", "load", "ImageLike", "available_backends"]
 
@@ -92,6 +93,7 @@ class Model:
             if reason is None:
                 return backends[cand](self.artifact, self.meta, **opts).activate()
             reasons.append(f"{cand}: {reason}")
+        reasons += unloadable_backends().values()
         raise BackendUnavailable(f"no backend can run {self.artifact.name} here:\n  " + "\n  ".join(reasons))
 
     def close(self) -> None:
