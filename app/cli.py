@@ -202,6 +202,8 @@ def export(checkpoint: str, fmt: str, precision: str, batch: str, imgsz: int | N
 @click.argument("artifact", type=click.Path(exists=True, dir_okay=False))
 @click.option("--host", default="127.0.0.1", show_default=True, help="Bind address (0.0.0.0 exposes it to the network).")
 @click.option("--port", type=int, default=8000, show_default=True)
+@click.option("--grpc-port", type=int, default=None,
+              help="Also serve the KServe v2 / Triton gRPC API on this port (same batcher; needs grpcio and tritonclient[grpc]).")
 @click.option("--name", default=None, help="Model name in URLs (default: the artifact's timm model name).")
 @click.option("--backend", default="auto", show_default=True, help="ort-cpu, ort-cuda, ort-trt, tensorrt, or auto.")
 @click.option("--max-batch", type=int, default=None, help="Images per executed batch (default: the artifact's max).")
@@ -209,11 +211,12 @@ def export(checkpoint: str, fmt: str, precision: str, batch: str, imgsz: int | N
 @click.option("--max-queue", type=int, default=256, show_default=True, help="Queued requests; more get 503.")
 @click.option("--timeout-ms", type=float, default=30000, show_default=True, help="Default request deadline.")
 @click.option("--max-request-mb", type=float, default=64, show_default=True)
-def serve(artifact: str, host: str, port: int, name: str | None, backend: str, max_batch: int | None,
+def serve(artifact: str, host: str, port: int, grpc_port: int | None, name: str | None, backend: str, max_batch: int | None,
           max_wait_ms: float, max_queue: int, timeout_ms: float, max_request_mb: float) -> None:
     """Serve ARTIFACT (ONNX or engine, sidecar beside it) over KServe v2 HTTP with dynamic batching.
 
-    Works with Triton clients (tritonclient.http, perf_analyzer). Metrics at /metrics.
+    Works with Triton clients (tritonclient.http and, with --grpc-port, tritonclient.grpc; perf_analyzer).
+    Metrics at /metrics; Triton statistics at /v2/models/<m>/stats.
     """
     from wherevit.runtime.batching import BatchingConfig
     from wherevit.runtime.server import ServeConfig
@@ -223,7 +226,7 @@ def serve(artifact: str, host: str, port: int, name: str | None, backend: str, m
     meta = _run(read_sidecar, artifact)
     mb = max_batch or int(meta["batch"]["max"])
     batching = _run(BatchingConfig, mb, max_wait_ms, max_queue, timeout_ms)
-    cfg = ServeConfig(host=host, port=port, name=name, batching=batching, max_request_mb=max_request_mb)
+    cfg = ServeConfig(host=host, port=port, grpc_port=grpc_port, name=name, batching=batching, max_request_mb=max_request_mb)
     _run(serve_fn, artifact, cfg, backend)
 
 
