@@ -35,7 +35,7 @@ from wherevit.runtime.batching import (
 )
 from wherevit.runtime.kserve import InferRequest, ProtocolError, triton_type
 from wherevit.runtime.metrics import ServerMetrics
-from wherevit.runtime.model import Model
+from wherevit.runtime.model import Model, non_finite_count
 from wherevit.runtime.stats import RequestTiming, StatsRegistry
 
 __all__ = ["ServeConfig", "InferenceService", "ModelNotFound", "error_kind", "check_finite"]
@@ -77,9 +77,7 @@ def error_kind(exc: BaseException) -> str:
 
 def check_finite(x: np.ndarray, what: str) -> None:
     """Refuse NaN or infinity: a backend would answer with NaN features and no error."""
-    if np.isfinite(x.sum(dtype=np.float64)):  # one pass; a finite sum means every element is finite
-        return
-    bad = int(np.size(x) - np.count_nonzero(np.isfinite(x)))
+    bad = non_finite_count(x)
     if bad:
         raise ProtocolError(f"{what}: {bad} non-finite value(s) (NaN or infinity); inputs must be finite")
 

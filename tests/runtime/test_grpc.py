@@ -7,8 +7,6 @@ import concurrent.futures as cf
 import functools
 import threading
 import time
-import urllib.error
-import urllib.request
 
 import cv2
 import grpc
@@ -261,8 +259,3 @@ def test_server_without_grpc_packages_says_how_to_install(onnx_artifact, tmp_pat
                        capture_output=True, text=True, timeout=60, env=env)
     assert r.returncode != 0 and "pip install 'wherevit[serve]'" in r.stderr, r.stderr
 
-
-def test_unknown_http_route_is_json(server):
-    with pytest.raises(urllib.error.HTTPError) as e:
-        urllib.request.urlopen(f"http://{server.url}/v2/nothing/here")
-    assert e.value.code == 404 and e.value.headers["Content-Type"].startswith("application/json")
