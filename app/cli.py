@@ -17,16 +17,16 @@ import click
 from wherevit import __version__
 from wherevit.base.errors import WherevitError
 
-# Errors a user can fix: shown as one clear line, not a traceback.
-_USER_ERRORS: tuple[type[BaseException], ...] = (WherevitError, ValueError, FileNotFoundError, PermissionError, KeyError)
+# Errors a user can fix: shown as one clear line. Anything else is a bug and keeps its traceback
+# (a ValueError or KeyError from deep inside a library says nothing to a user without it).
+_USER_ERRORS: tuple[type[BaseException], ...] = (WherevitError, FileNotFoundError, PermissionError)
 
 
 def _run(fn, *args, **kwargs):
     try:
         return fn(*args, **kwargs)
     except _USER_ERRORS as e:
-        msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
-        raise click.ClickException(f"{type(e).__name__}: {msg}") from e
+        raise click.ClickException(f"{type(e).__name__}: {e}") from e
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -145,8 +145,9 @@ def eval_spatial(checkpoint: str, which: str, random_init: bool, n_images: int, 
 
 @main.command()
 @click.argument("checkpoint")
-@click.option("-f", "--format", "fmt", type=click.Choice(["onnx", "engine"]), default="onnx", show_default=True,
-              help="onnx: ONNX + sidecar. engine: also a TensorRT plan built from it.")
+@click.option("-f", "--format", "fmt", type=click.Choice(["onnx", "engine", "triton", "triton-engine"]), default="onnx",
+              show_default=True, help="onnx: ONNX + sidecar. engine: also a TensorRT plan built from it. triton / triton-engine: "
+              "the ONNX graph / the engine in a Triton model repository at --out (a new version if the model is there).")
 @click.option("-p", "--precision", type=click.Choice(["fp32", "fp16", "bf16"]), default="fp32", show_default=True)
 @click.option("-b", "--batch", default="1:8:64", show_default=True,
               help="min:opt:max batch for the dynamic batch axis and the TensorRT profile (opt = typical batch).")
@@ -166,24 +167,34 @@ def eval_spatial(checkpoint: str, which: str, random_init: bool, n_images: int, 
 @click.option("--model", "expect_model", default=None, help="Fail unless the checkpoint holds this timm model.")
 @click.option("--head", default=None, type=click.Path(exists=True, dir_okay=False),
               help="A head_<task>.safetensors from `wherevit train-head`: export backbone + head as one graph.")
+@click.option("--triton-name", default=None, help="Triton model name (default: the timm model name, plus the head's task).")
+@click.option("--triton-queue-delay-us", type=int, default=100, show_default=True,
+              help="Triton dynamic batching: max_queue_delay_microseconds.")
+@click.option("--triton-instance-kind", type=click.Choice(["default", "auto", "gpu", "cpu", "model"]), default="default",
+              show_default=True, help="Triton instance_group kind (default: gpu for engines, auto for ONNX).")
+@click.option("--triton-instances", type=int, default=1, show_default=True, help="Triton instance_group count.")
 def export(checkpoint: str, fmt: str, precision: str, batch: str, imgsz: int | None, out: Path, which: str,
            dynamic_hw: bool, no_pooled: bool, trt_lib: str, ccs: str | None, strongly_typed: bool | None,
-           workspace_mb: int, rtol: float | None, expect_model: str | None, head: str | None) -> None:
+           workspace_mb: int, rtol: float | None, expect_model: str | None, head: str | None, triton_name: str | None,
+           triton_queue_delay_us: int, triton_instance_kind: str, triton_instances: int) -> None:
     """Export a backbone to ONNX (and a TensorRT engine), parity-checked, each with a sidecar JSON.
 
     CHECKPOINT is a run directory, checkpoint directory, backbone.safetensors, or a timm model
     name such as vit_small_patch16_224 (random weights: try export without training).
     """
     from wherevit.export.api import ExportRequest, export_artifacts, parse_batch
+    from wherevit.export.formats.triton import TritonOptions
     from wherevit.export.trt_builder import parse_compute_capabilities
 
+    triton = _run(TritonOptions, name=triton_name, max_queue_delay_us=triton_queue_delay_us, instance_kind=triton_instance_kind,
+                  instance_count=triton_instances)
     req = ExportRequest(
         checkpoint=checkpoint, out_dir=out, format=fmt, precision=precision, batch=_run(parse_batch, batch),
         imgsz=imgsz, which=which, dynamic_hw=dynamic_hw, pooled=not no_pooled, trt_lib=trt_lib,
         compute_capabilities=_run(parse_compute_capabilities, ccs), strongly_typed=strongly_typed,
-        workspace_mb=workspace_mb, rtol=rtol, expect_model=expect_model, head=head,
+        workspace_mb=workspace_mb, rtol=rtol, expect_model=expect_model, head=head, format_options={"triton": triton},
     )
-    if dynamic_hw and fmt == "engine":
+    if dynamic_hw and fmt in ("engine", "triton-engine"):
         raise click.UsageError("--dynamic-hw is for ONNX only; engines are built for one input size (use --imgsz)")
     click.echo(f"exporting {checkpoint} -> {out} ({fmt}, {precision}, batch {req.batch[0]}:{req.batch[1]}:{req.batch[2]})", err=True)
     res = _run(export_artifacts, req)
@@ -191,9 +202,8 @@ def export(checkpoint: str, fmt: str, precision: str, batch: str, imgsz: int | N
         click.echo(res.parity.summary())
     for note in res.notes:
         click.echo(f"note: {note}", err=True)
-    click.echo(f"onnx:   {res.onnx}")
-    if res.engine:
-        click.echo(f"engine: {res.engine}")
+    for name, path in res.artifacts.items():
+        click.echo(f"{name + ':':<8}{path}")
     for sc in res.sidecars:
         click.echo(f"sidecar: {sc}")
 
@@ -218,13 +228,13 @@ def serve(artifact: str, host: str, port: int, grpc_port: int | None, name: str 
     Works with Triton clients (tritonclient.http and, with --grpc-port, tritonclient.grpc; perf_analyzer).
     Metrics at /metrics; Triton statistics at /v2/models/<m>/stats.
     """
+    from wherevit.base.sidecar import read_sidecar
     from wherevit.runtime.batching import BatchingConfig
     from wherevit.runtime.server import ServeConfig
     from wherevit.runtime.server import serve as serve_fn
-    from wherevit.base.sidecar import read_sidecar
 
     meta = _run(read_sidecar, artifact)
-    mb = max_batch or int(meta["batch"]["max"])
+    mb = max_batch or int(meta.batch.max)
     batching = _run(BatchingConfig, mb, max_wait_ms, max_queue, timeout_ms)
     cfg = ServeConfig(host=host, port=port, grpc_port=grpc_port, name=name, batching=batching, max_request_mb=max_request_mb)
     _run(serve_fn, artifact, cfg, backend)
@@ -233,7 +243,8 @@ def serve(artifact: str, host: str, port: int, grpc_port: int | None, name: str 
 @main.command()
 @click.argument("target")
 @click.option("--backends", default="all", show_default=True,
-              help="Comma list of ort-cpu, ort-cuda, ort-trt, tensorrt, torch-eager, torch-compile, torch-compile-cudagraphs.")
+              help="Comma list of registered backends (ort-cpu, ort-cuda, ort-trt, tensorrt, torch-eager, torch-compile, "
+                   "torch-compile-cudagraphs, and any a plug-in package adds), or all.")
 @click.option("--batch", "batches", default="1,8", show_default=True, help="Comma list of batch sizes.")
 @click.option("--precision", "precisions", default="fp32", show_default=True, help="Comma list of fp32, fp16, bf16.")
 @click.option("--reference", default=None, help="Checkpoint for the PyTorch rows and parity (default: the sidecar's).")
@@ -251,14 +262,13 @@ def bench(target: str, backends: str, batches: str, precisions: str, reference: 
     timm model name, which is exported first. Writes bench.json, bench.csv and bench.png to --out.
     """
     from wherevit.app.bench import (
-        ALL_BACKENDS,
         BenchRequest,
         TimingConfig,
         format_table,
         run_bench,
     )
 
-    names = ALL_BACKENDS if backends == "all" else tuple(b.strip() for b in backends.split(",") if b.strip())
+    names = None if backends == "all" else tuple(b.strip() for b in backends.split(",") if b.strip())
     try:
         bs = tuple(int(b) for b in batches.split(","))
     except ValueError:

@@ -15,7 +15,7 @@ from typing import Sequence
 import cv2
 import numpy as np
 
-from wherevit.base.errors import WherevitError
+from wherevit.base.errors import InvalidRequest, WherevitError
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -34,6 +34,8 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 MIN_IMAGE_SIDE = 2
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+RESIZE_MODES = ("stretch", "shorter_center")
+INTERPOLATIONS = ("area", "linear", "cubic")
 
 
 class ImageDecodeError(WherevitError, ValueError):
@@ -136,16 +138,38 @@ class Preprocess:
         }
 
     @classmethod
-    def from_dict(cls, d: dict) -> "Preprocess":
-        return cls(
-            size=tuple(int(v) for v in d["size"]),
-            mean=tuple(float(v) for v in d["mean"]),
-            std=tuple(float(v) for v in d["std"]),
+    def from_dict(cls, d: dict, size: tuple[int, int] | None = None) -> "Preprocess":
+        """Settings from a sidecar or a checkpoint's ``preprocess`` record (missing keys: the defaults).
+
+        ``size`` overrides the recorded size (export at another resolution). Unknown modes are errors."""
+        if not isinstance(d, dict):
+            raise InvalidRequest(f"preprocess must be a mapping, got {type(d).__name__}")
+        known = {"size", "mean", "std", "resize", "interpolation", "color_order", "layout", "scale"}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise InvalidRequest(f"preprocess: unknown field(s) {unknown}; known: {sorted(known)}")
+        pre = cls(
+            size=tuple(int(v) for v in (size or d.get("size", cls.size))),
+            mean=tuple(float(v) for v in d.get("mean", IMAGENET_MEAN)),
+            std=tuple(float(v) for v in d.get("std", IMAGENET_STD)),
             resize=d.get("resize", "stretch"),
             interpolation=d.get("interpolation", "area"),
             color_order=d.get("color_order", "RGB"),
             layout=d.get("layout", "NCHW"),
         )
+        pre.validate()
+        return pre
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` naming the field that no runtime could follow."""
+        if len(self.size) != 2 or min(self.size) < 1:
+            raise InvalidRequest(f"preprocess.size must be two positive integers, got {list(self.size)}")
+        if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
+            raise InvalidRequest(f"preprocess.mean/std must be 3 numbers each with std > 0, got {list(self.mean)} / {list(self.std)}")
+        for name, value, allowed in (("resize", self.resize, RESIZE_MODES), ("interpolation", self.interpolation, INTERPOLATIONS),
+                                     ("color_order", self.color_order, ("RGB", "BGR")), ("layout", self.layout, ("NCHW",))):
+            if value not in allowed:
+                raise InvalidRequest(f"preprocess.{name} {value!r} is not one of {list(allowed)}")
 
     def resize_rgb(self, img: np.ndarray) -> np.ndarray:
         """Resize one HxWx3 uint8 RGB image to the model's input size."""
@@ -157,7 +181,7 @@ class Preprocess:
             y0, x0 = (nh - h) // 2, (nw - w) // 2
             return img[y0 : y0 + h, x0 : x0 + w]
         if self.resize != "stretch":
-            raise ValueError(f"unknown resize mode {self.resize!r}")
+            raise InvalidRequest(f"unknown resize mode {self.resize!r}")
         return _resize(img, h, w, self.interpolation)
 
     def __call__(self, images: Sequence[np.ndarray]) -> np.ndarray:
@@ -165,6 +189,8 @@ class Preprocess:
         if len(images) == 0:
             raise ImageDecodeError("no images to preprocess")
         batch = np.stack([self.resize_rgb(im) for im in images]).astype(np.float32)
+        if self.color_order == "BGR":  # a model trained on OpenCV-ordered pixels
+            batch = batch[..., ::-1]
         batch *= 1.0 / 255.0
         batch -= np.asarray(self.mean, np.float32)
         batch /= np.asarray(self.std, np.float32)
@@ -182,5 +208,5 @@ def _resize(img: np.ndarray, h: int, w: int, interpolation: str) -> np.ndarray:
     elif interpolation == "cubic":
         flag = cv2.INTER_CUBIC
     else:
-        raise ValueError(f"unknown interpolation {interpolation!r}")
+        raise InvalidRequest(f"unknown interpolation {interpolation!r}")
     return cv2.resize(img, (w, h), interpolation=flag)

@@ -120,7 +120,7 @@ def main() -> None:
     os.sched_setaffinity(0, server_cpus)  # the bare backend gets exactly the server's cores (and as many threads)
     model = runtime.load(a.artifact, a.backend)
     max_batch = a.max_batch or model.max_batch
-    c, h, w = [int(d) for d in model.meta["inputs"][0]["shape"][1:]]
+    c, h, w = [int(d) for d in model.meta.inputs[0].shape[1:]]
     x1 = np.random.default_rng(0).standard_normal((1, c, h, w)).astype(np.float32)
     bufs = [np.random.default_rng(i).standard_normal((max_batch, c, h, w)).astype(np.float32) for i in range(4)]
     bare = time_callable(lambda i: model.run(bufs[i]), TimingConfig(min_seconds=a.seconds / 2))

@@ -19,6 +19,7 @@ from typing import Callable, Protocol
 
 import numpy as np
 
+from wherevit.base.errors import InvalidRequest
 from wherevit.runtime.stats import RequestTiming
 
 __all__ = ["BatchingConfig", "DynamicBatcher", "QueueFull", "DeadlineExceeded", "ShuttingDown", "BatchObserver"]
@@ -45,7 +46,7 @@ class BatchingConfig:
 
     def __post_init__(self) -> None:
         if self.max_batch < 1 or self.max_queue < 1 or self.max_wait_ms < 0 or self.timeout_ms <= 0:
-            raise ValueError(f"invalid batching config {self}")
+            raise InvalidRequest(f"invalid batching config {self}")
 
 
 class BatchObserver(Protocol):
@@ -54,7 +55,6 @@ class BatchObserver(Protocol):
     def rejected(self, reason: str) -> None: ...
 
 
-Payload = "np.ndarray | dict[str, np.ndarray]"  # one array, or several inputs with the same batch size
 
 
 def _rows(x) -> int:

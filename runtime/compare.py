@@ -37,7 +37,8 @@ class Comparison:
     missing: list[str] = field(default_factory=list)
 
     def __bool__(self) -> bool:
-        return not self.missing and all(o.passed for o in self.outputs)
+        # Polygraphy's rule: a comparison that compared nothing is no evidence, so it fails.
+        return bool(self.outputs) and not self.missing and all(o.passed for o in self.outputs)
 
     @property
     def worst_rel_l2(self) -> float:
@@ -53,12 +54,16 @@ class Comparison:
                          f"{o.p99_abs:10.3e}  {'ok' if o.passed else f'FAIL (rel_l2 > {o.rtol:g})'}")
         for m in self.missing:
             lines.append(f"{m:<22} missing from the candidate outputs")
+        if not self.outputs:
+            lines.append("no common outputs were compared: FAIL")
         return "\n".join(lines)
 
 
 def compare(reference: Mapping[str, np.ndarray], candidate: Mapping[str, np.ndarray], rtol: float) -> Comparison:
     """Compare ``candidate`` outputs against ``reference`` outputs of the same names and shapes."""
     res = Comparison()
+    if not reference:
+        raise ValueError("compare() needs at least one reference output")
     for name, ref in reference.items():
         if name not in candidate:
             res.missing.append(name)

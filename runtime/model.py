@@ -15,15 +15,16 @@ from typing import Iterable, Sequence, Union
 
 import numpy as np
 
+from wherevit.base.errors import InvalidRequest
+from wherevit.base.image import ImageDecodeError, decode_image, read_image, to_rgb_uint8
+from wherevit.base.sidecar import Sidecar, read_sidecar
 from wherevit.runtime.backends import (
-    AUTO_ORDER,
     Backend,
     BackendUnavailable,
     InputError,
+    auto_order,
     registered_backends,
 )
-from wherevit.base.image import ImageDecodeError, Preprocess, decode_image, read_image, to_rgb_uint8
-from wherevit.base.sidecar import read_sidecar
 
 __all__ = ["Model", "Features", "load", "ImageLike", "available_backends", "non_finite_count"]
 
@@ -54,12 +55,12 @@ class Features:
     def patch_grid(self) -> np.ndarray:
         """Patch tokens as (B, grid_h, grid_w, D), ready for a dense head."""
         if self.grid is None:
-            raise ValueError("this artifact has a dynamic input size; reshape patch_tokens with your own grid")
+            raise InvalidRequest("this artifact has a dynamic input size; reshape patch_tokens with your own grid")
         t = self.patch_tokens
         return t.reshape(t.shape[0], self.grid[0], self.grid[1], t.shape[-1])
 
 
-def available_backends(meta: dict) -> dict[str, str | None]:
+def available_backends(meta: Sidecar) -> dict[str, str | None]:
     """Every registered backend -> None if it can run this artifact here, else why not."""
     return {name: cls.unavailable_reason(meta) for name, cls in registered_backends().items()}
 
@@ -70,24 +71,23 @@ class Model:
     def __init__(self, artifact: str | os.PathLike, backend: str = "auto", **backend_opts):
         self.artifact = Path(artifact)
         self.meta = read_sidecar(self.artifact)
-        self.preprocess = Preprocess.from_dict(self.meta["preprocess"])
-        self.input_names = [i["name"] for i in self.meta["inputs"]]
+        self.preprocess = self.meta.input_preprocess()
+        self.input_names = self.meta.input_names
         self.input_name = self.input_names[0]
-        self.task = self.meta.get("task", "features")
-        self.output_names = [o["name"] for o in self.meta["outputs"]]
-        grid = next((o.get("grid") for o in self.meta["outputs"] if o["name"] == "patch_tokens"), None)
-        self.grid = tuple(grid) if grid else None
-        self.batch = self.meta["batch"]
+        self.task = self.meta.task
+        self.output_names = self.meta.output_names
+        self.grid = self.meta.grid
+        self.batch = self.meta.batch
         self.backend = self._open_backend(backend, backend_opts)
 
     def _open_backend(self, name: str, opts: dict) -> Backend:
         backends = registered_backends()
         if name != "auto":
             if name not in backends:
-                raise ValueError(f"unknown backend {name!r}; known: {', '.join(backends)}")
+                raise InvalidRequest(f"unknown backend {name!r}; known: {', '.join(backends)}")
             return backends[name](self.artifact, self.meta, **opts).activate()
         reasons = []
-        for cand in AUTO_ORDER:
+        for cand in auto_order():
             reason = backends[cand].unavailable_reason(self.meta)
             if reason is None:
                 return backends[cand](self.artifact, self.meta, **opts).activate()
@@ -105,7 +105,7 @@ class Model:
 
     @property
     def max_batch(self) -> int:
-        return int(self.batch["max"])
+        return int(self.batch.max)
 
     def load_images(self, images: Iterable[ImageLike], color_order: str = "RGB") -> list[np.ndarray]:
         """Paths, encoded bytes or HWC arrays (uint8/uint16/float in [0, 1]) -> HWC uint8 RGB.
@@ -173,7 +173,7 @@ class Model:
             raise InputError(f"inputs have different batch sizes {sorted(sizes)}")
         total = sizes.pop()
         chunks = []
-        lo, hi = int(self.batch["min"]), self.max_batch
+        lo, hi = int(self.batch.min), self.max_batch
         for start in range(0, total, hi):
             x = {k: v[start : start + hi] for k, v in feeds.items()}
             n = min(hi, total - start)

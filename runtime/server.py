@@ -15,6 +15,8 @@ import logging
 
 from aiohttp import web
 
+from wherevit.base.errors import InvalidRequest
+
 from wherevit.runtime.kserve import ProtocolError, encode_infer_response, parse_infer_request
 from wherevit.runtime.model import Model
 from wherevit.runtime.service import InferenceService, ModelNotFound, ServeConfig
@@ -144,7 +146,7 @@ def serve(artifact: str, cfg: ServeConfig, backend: str = "auto") -> None:
         require_grpc()  # before the model loads: a missing package is named at once
     model = Model(artifact, backend)
     if cfg.batching.max_batch > model.max_batch:
-        raise ValueError(f"--max-batch {cfg.batching.max_batch} exceeds the artifact's max batch {model.max_batch}")
+        raise InvalidRequest(f"--max-batch {cfg.batching.max_batch} exceeds the artifact's max batch {model.max_batch}")
     service = InferenceService(model, cfg)
     try:
         web.run_app(create_app(service), host=cfg.host, port=cfg.port, print=None, shutdown_timeout=30,

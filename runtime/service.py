@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from wherevit import __version__
-from wherevit.base.errors import WherevitError
+from wherevit.base.errors import InvalidRequest, WherevitError
 from wherevit.base.image import ImageDecodeError, decode_image
 from wherevit.runtime.backends import InputError
 from wherevit.runtime.batching import (
@@ -33,15 +33,12 @@ from wherevit.runtime.batching import (
     QueueFull,
     ShuttingDown,
 )
-from wherevit.runtime.kserve import InferRequest, ProtocolError, triton_type
+from wherevit.runtime.kserve import InferRequest, ProtocolError, datatype_of, triton_type
 from wherevit.runtime.metrics import ServerMetrics
 from wherevit.runtime.model import Model, non_finite_count
 from wherevit.runtime.stats import RequestTiming, StatsRegistry
 
 __all__ = ["ServeConfig", "InferenceService", "ModelNotFound", "error_kind", "check_finite"]
-
-_NP_TO_KSERVE = {"float32": "FP32", "float16": "FP16", "uint8": "UINT8", "int64": "INT64", "int32": "INT32"}
-
 
 @dataclass
 class ServeConfig:
@@ -66,7 +63,7 @@ def error_kind(exc: BaseException) -> str:
     """One classification for both protocols: not_found, bad_request, unavailable, deadline or error."""
     if isinstance(exc, ModelNotFound):
         return "not_found"
-    if isinstance(exc, (ProtocolError, InputError, ImageDecodeError)):
+    if isinstance(exc, (ProtocolError, InputError, ImageDecodeError, InvalidRequest)):
         return "bad_request"
     if isinstance(exc, (QueueFull, ShuttingDown)):
         return "unavailable"
@@ -89,14 +86,13 @@ class InferenceService:
 
     def __init__(self, model: Model, cfg: ServeConfig):
         self.model, self.cfg = model, cfg
-        base = cfg.name or re.sub(r"[^A-Za-z0-9_.-]", "_", str(model.meta["model"].get("model") or "wherevit"))
+        base = cfg.name or re.sub(r"[^A-Za-z0-9_.-]", "_", str(model.meta.model.get("model") or "wherevit"))
         self.name, self.images_name = base, f"{base}_images"
         self.metrics = ServerMetrics(cfg.batching.max_batch)
         self.stats = StatsRegistry([self.name, self.images_name], self.version)
         self.batcher = DynamicBatcher(model.run_outputs, cfg.batching, self.metrics)
         self.ready = False
-        spec = model.meta["inputs"][0]
-        self.input_shape = [int(d) for d in spec["shape"][1:]]
+        self.input_shape = [int(d) for d in model.meta.inputs[0].shape[1:]]
         self.bytes_names = {n: n.replace("images", "image_bytes", 1) for n in model.input_names}
 
     # -- lifecycle --------------------------------------------------------------------------
@@ -104,7 +100,7 @@ class InferenceService:
         await self.batcher.start()
         if self.cfg.warmup:  # first-call allocation and kernel selection happen here, not on a client
             shape = [d if d > 0 else s for d, s in zip(self.input_shape, [3, *self.model.preprocess.size])]
-            for b in sorted({int(self.model.batch["opt"]), min(self.cfg.batching.max_batch, self.model.max_batch)}):
+            for b in sorted({int(self.model.batch.opt), min(self.cfg.batching.max_batch, self.model.max_batch)}):
                 rng = np.random.default_rng(0)
                 await self.batcher.run_direct({n: rng.standard_normal((b, *shape)).astype(np.float32) for n in self.model.input_names})
         self.ready = True
@@ -132,8 +128,8 @@ class InferenceService:
             raise ModelNotFound(f"model {name!r} has no version {version!r}; it has version {self.version!r}")
 
     def _io(self, name: str) -> tuple[list[dict], list[dict]]:
-        outs = [{"name": o["name"], "datatype": _NP_TO_KSERVE[o["dtype"]], "shape": [int(d) for d in o["shape"]]}
-                for o in self.model.meta["outputs"]]
+        outs = [{"name": o.name, "datatype": datatype_of(np.empty(0, o.dtype)), "shape": [int(d) for d in o.shape]}
+                for o in self.model.meta.outputs]
         if name == self.images_name:
             ins = [{"name": self.bytes_names[n], "datatype": "BYTES", "shape": [-1]} for n in self.model.input_names]
         else:
@@ -151,7 +147,7 @@ class InferenceService:
 
     @property
     def platform(self) -> str:
-        return "tensorrt_plan" if self.model.meta["kind"] == "engine" else "onnxruntime_onnx"
+        return "tensorrt_plan" if self.model.meta.kind == "engine" else "onnxruntime_onnx"
 
     def model_config(self, name: str) -> dict:
         """Triton's model-config JSON (dims exclude the batch dimension); parses as ``model_config_pb2.ModelConfig``."""
@@ -169,7 +165,7 @@ class InferenceService:
             "dynamic_batching": {"max_queue_delay_microseconds": int(b.max_wait_ms * 1000),
                                  "default_queue_policy": {"max_queue_size": b.max_queue,
                                                           "default_timeout_microseconds": int(b.timeout_ms * 1000)}},
-            "parameters": {"preprocess": {"string_value": json.dumps(self.model.meta["preprocess"], sort_keys=True)}},
+            "parameters": {"preprocess": {"string_value": json.dumps(self.model.meta.preprocess, sort_keys=True)}},
         }
 
     def statistics(self, name: str = "", version: str = "") -> dict:

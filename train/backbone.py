@@ -13,6 +13,8 @@ import timm
 import torch
 from timm.models.vision_transformer import VisionTransformer
 
+from wherevit.base.errors import InvalidRequest
+
 __all__ = ["BackboneFeatures", "timm_kwargs", "create_backbone", "backbone_features", "describe_backbone", "embed_images"]
 
 
@@ -30,7 +32,7 @@ class BackboneFeatures:
             return self.cls
         if kind == "mean":
             return self.patch.mean(dim=1)
-        raise ValueError(f"unknown pooling {kind!r} (use 'cls' or 'mean')")
+        raise InvalidRequest(f"unknown pooling {kind!r} (use 'cls' or 'mean')")
 
     def __getitem__(self, sl: slice) -> "BackboneFeatures":
         return BackboneFeatures(self.cls[sl], self.patch[sl], self.grid)
@@ -62,10 +64,10 @@ def create_backbone(name: str, *, pretrained: bool = False, dynamic_img_size: bo
     except RuntimeError as e:
         if "Unknown model" in str(e):
             vits = [m for m in timm.list_models("vit_*")][:8]
-            raise ValueError(f"unknown timm model {name!r}; ViT examples: {', '.join(vits)}, ...") from e
+            raise InvalidRequest(f"unknown timm model {name!r}; ViT examples: {', '.join(vits)}, ...") from e
         raise
     if not isinstance(model, VisionTransformer):
-        raise ValueError(f"{name!r} is a {type(model).__name__}, not a timm VisionTransformer")
+        raise InvalidRequest(f"{name!r} is a {type(model).__name__}, not a timm VisionTransformer")
     return model
 
 

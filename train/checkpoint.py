@@ -24,7 +24,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open, save_file
 
 from wherevit import __version__
-from wherevit.base.errors import WherevitError
+from wherevit.base.errors import InvalidRequest, WherevitError
+from wherevit.base.image import Preprocess
 from wherevit.base.io import atomic_write_text, atomic_write_with, check_writable_dir
 from wherevit.train.backbone import create_backbone, describe_backbone
 
@@ -182,7 +183,7 @@ def load_backbone(spec: str | Path, which: str = "teacher", dynamic_img_size: bo
         size = list(model.patch_embed.img_size)
         info = {"format": BACKBONE_FORMAT, "model": str(spec), "timm_kwargs": {}, "source": "random-init",
                 "step": None, "arch": describe_backbone(model),
-                "preprocess": {"size": size}}
+                "preprocess": Preprocess(size=tuple(size)).to_dict()}
         return model, info
     file = _resolve_backbone_file(path)
     state, meta = _load_safetensors(file)
@@ -190,7 +191,7 @@ def load_backbone(spec: str | Path, which: str = "teacher", dynamic_img_size: bo
         info = json.loads(meta["wherevit"])
     elif "config" in meta:  # a full training checkpoint: pick the requested network's backbone
         if which not in ("teacher", "student"):
-            raise ValueError(f"which must be 'teacher' or 'student', got {which!r}")
+            raise InvalidRequest(f"which must be 'teacher' or 'student', got {which!r}")
         cfg = json.loads(meta["config"])
         from wherevit.base.config import from_dict
         from wherevit.train.backbone import timm_kwargs
@@ -201,7 +202,7 @@ def load_backbone(spec: str | Path, which: str = "teacher", dynamic_img_size: bo
         state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
         kw = {k: v for k, v in timm_kwargs(tc.model).items() if k != "drop_path_rate"}
         info = {"format": BACKBONE_FORMAT, "model": tc.model.name, "timm_kwargs": kw, "source": which,
-                "step": int(meta.get("step", 0)), "preprocess": {"size": [tc.model.img_size] * 2}}
+                "step": int(meta.get("step", 0)), "preprocess": Preprocess(size=(tc.model.img_size,) * 2).to_dict()}
     else:
         raise CheckpointError(f"{file}: safetensors file without wherevit metadata (not a wherevit backbone or checkpoint)")
     if expect_model and info["model"] != expect_model:

@@ -15,8 +15,8 @@ import yaml
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from wherevit.base.config import ConfigError, from_dict, to_dict
+from wherevit.base.image import Preprocess
 from wherevit.base.io import atomic_write_text, check_writable_dir
-from wherevit.base.image import IMAGENET_MEAN, IMAGENET_STD
 from wherevit.train.backbone import timm_kwargs
 from wherevit.train.checkpoint import (
     CheckpointError,
@@ -235,9 +235,7 @@ def train(cfg: TrainConfig, run_dir: str | Path, resume: bool = False, stop_at: 
     backbone_path = None
     if dist_info.is_main:
         net = meta.teacher if cfg.export_from == "teacher" else meta.student
-        c = cfg.data.crops
-        preprocess = {"size": [cfg.model.img_size] * 2, "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD),
-                      "resize": "stretch", "color_order": "RGB", "train_global_size": c.global_size}
+        preprocess = Preprocess(size=(cfg.model.img_size,) * 2).to_dict()  # what export and the runtime will apply
         backbone_path = save_backbone(run_dir / "backbone.safetensors", net.backbone, cfg.model.name,
                                       timm_kwargs(cfg.model), preprocess, cfg.export_from, step, to_dict(cfg))
         if skipped:

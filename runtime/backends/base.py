@@ -14,12 +14,13 @@ from typing import ClassVar, Mapping
 import numpy as np
 
 from wherevit.base.errors import WherevitError
+from wherevit.base.sidecar import Sidecar
 
-__all__ = ["Backend", "BackendUnavailable", "InputError", "register_backend", "registered_backends", "NP_DTYPES"]
+__all__ = ["Backend", "BackendUnavailable", "InputError", "register_backend", "registered_backends", "ENTRY_POINT_GROUP"]
 
-NP_DTYPES = {"float32": np.float32, "float16": np.float16, "uint8": np.uint8, "int64": np.int64, "int32": np.int32}
-
+ENTRY_POINT_GROUP = "wherevit.backends"
 _BACKENDS: dict[str, type["Backend"]] = {}
+_entry_points_loaded = False
 
 
 class BackendUnavailable(WherevitError, RuntimeError):
@@ -31,36 +32,58 @@ class InputError(WherevitError, ValueError):
 
 
 def register_backend(cls: type["Backend"]) -> type["Backend"]:
+    """Class decorator: make a backend available by its ``name``; a duplicate name is refused."""
+    if not getattr(cls, "name", None):
+        raise TypeError(f"{cls.__name__} needs a class attribute 'name'")
+    if cls.name in _BACKENDS and _BACKENDS[cls.name] is not cls:
+        raise ValueError(f"backend name {cls.name!r} is already registered by {_BACKENDS[cls.name].__qualname__}")
     _BACKENDS[cls.name] = cls
     return cls
 
 
+def _load_entry_points() -> None:
+    """Backends of other packages, declared in the ``wherevit.backends`` entry-point group."""
+    global _entry_points_loaded
+    if _entry_points_loaded:
+        return
+    _entry_points_loaded = True
+    from importlib.metadata import entry_points
+
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        cls = ep.load()
+        if _BACKENDS.get(ep.name) is not cls:
+            register_backend(cls)
+
+
 def registered_backends() -> dict[str, type["Backend"]]:
+    """Every backend by name: the built-ins, those of installed packages, and any registered since."""
+    _load_entry_points()
     return dict(_BACKENDS)
 
 
 class Backend(ABC):
     name: ClassVar[str]
-    kinds: ClassVar[tuple[str, ...]]  # artifact kinds it runs: "onnx", "engine"
+    kinds: ClassVar[tuple[str, ...]]  # artifact kinds it runs: "onnx", "engine", ...
     device: ClassVar[str] = "cpu"
+    auto_priority: ClassVar[int | None] = None  # rank for backend="auto" (lower first); None: only by name
 
-    def __init__(self, artifact: Path, meta: dict):
+    def __init__(self, artifact: Path, meta: Sidecar):
         self.artifact = Path(artifact)
         self.meta = meta
         self.active = False
-        self.inputs = {i["name"]: i for i in meta["inputs"]}
-        self.output_names = [o["name"] for o in meta["outputs"]]
-        self.batch = meta.get("batch", {"min": 1, "opt": 1, "max": 1})
+        self.inputs = {t.name: t for t in meta.inputs}
+        self.output_names = meta.output_names
+        self.batch = meta.batch
 
     @classmethod
-    def unavailable_reason(cls, meta: dict) -> str | None:
+    def unavailable_reason(cls, meta: Sidecar) -> str | None:
         """None when the backend can run ``meta``'s artifact here, else a sentence saying why not."""
-        if meta.get("kind") not in cls.kinds:
-            return f"{cls.name} runs {'/'.join(cls.kinds)} artifacts, not {meta.get('kind')}"
+        if meta.kind not in cls.kinds:
+            return f"{cls.name} runs {'/'.join(cls.kinds)} artifacts, not {meta.kind}"
         return cls._unavailable_impl(meta)
 
     @classmethod
-    def _unavailable_impl(cls, meta: dict) -> str | None:
+    def _unavailable_impl(cls, meta: Sidecar) -> str | None:
         return None
 
     def activate(self) -> "Backend":
@@ -91,15 +114,15 @@ class Backend(ABC):
             raise InputError(f"inputs must be exactly {sorted(self.inputs)}; missing {sorted(missing)}, unexpected {sorted(extra)}")
         for name, spec in self.inputs.items():
             x = feeds[name]
-            want = NP_DTYPES[spec["dtype"]]
+            want = np.dtype(spec.dtype)
             if x.dtype != want:
-                raise InputError(f"input {name!r}: dtype {x.dtype}, expected {np.dtype(want)}")
-            shape = spec["shape"]
+                raise InputError(f"input {name!r}: dtype {x.dtype}, expected {want}")
+            shape = spec.shape
             if x.ndim != len(shape) or any(s not in (-1, d) for s, d in zip(shape, x.shape)):
                 raise InputError(f"input {name!r}: shape {list(x.shape)}, expected {shape} (-1 = any)")
-            if not self.batch["min"] <= x.shape[0] <= self.batch["max"]:
+            if x.shape[0] not in self.batch:
                 raise InputError(f"input {name!r}: batch {x.shape[0]} outside the artifact's range "
-                                 f"{self.batch['min']}..{self.batch['max']}")
+                                 f"{self.batch.min}..{self.batch.max}")
 
     def infer(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run one batch; inputs are checked first. Returns outputs by name."""

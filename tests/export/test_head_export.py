@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from wherevit import runtime
+from wherevit.base.sidecar import read_sidecar
 from wherevit.export.api import ExportRequest, export_artifacts
 from wherevit.export.head_models import HeadModel, load_head
-from wherevit.base.sidecar import read_sidecar
 from wherevit.train.checkpoint import CheckpointError, load_backbone
 from wherevit.train.data.scenes3d import render_pair
 from wherevit.train.downstream.fit import HeadTrainConfig, fit_head
@@ -28,8 +28,8 @@ def heads(trained_run, tmp_path_factory):
 def test_head_graph_matches_pytorch(task, outputs, heads, trained_run, tmp_path):
     res = export_artifacts(ExportRequest(str(trained_run), tmp_path, head=str(heads / f"head_{task}.safetensors"), batch=(1, 2, 4)))
     meta = read_sidecar(res.onnx)
-    assert res.onnx.name == f"{task}_fp32.onnx" and meta["task"] == task and meta["parity"]["passed"]
-    assert [o["name"] for o in meta["outputs"]] == outputs
+    assert res.onnx.name == f"{task}_fp32.onnx" and meta.task == task and meta.parity["passed"]
+    assert meta.output_names == outputs
     pair = render_pair(4, 32)
     head, hmeta = load_head(heads / f"head_{task}.safetensors")
     ref_model = HeadModel(load_backbone(trained_run, dynamic_img_size=False)[0], head, hmeta).eval()
@@ -136,5 +136,5 @@ def test_head_engines_build_with_tensorrt_rtx(task, heads, trained_run, tmp_path
     res = export_artifacts(ExportRequest(str(trained_run), tmp_path, format="engine", head=str(heads / f"head_{task}.safetensors"),
                                          batch=(1, 2, 4), trt_lib="tensorrt_rtx", compute_capabilities=("SM89",)))
     meta = read_sidecar(res.engine)
-    assert res.engine.name == f"{task}_fp32.engine" and meta["task"] == task
-    assert meta["engine"]["profile"]["inputs"] == (["images_a", "images_b"] if task == "pose" else ["images"])
+    assert res.engine.name == f"{task}_fp32.engine" and meta.task == task
+    assert meta.engine["profile"]["inputs"] == (["images_a", "images_b"] if task == "pose" else ["images"])

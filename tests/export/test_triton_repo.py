@@ -1,5 +1,6 @@
 """Triton model repositories, checked with Triton's own model-config schema (tritonclient's model_config_pb2)."""
 
+import copy
 import json
 import shutil
 
@@ -38,7 +39,7 @@ def test_onnx_model_repository(onnx_artifact, tmp_path):
     assert list(cfg.dynamic_batching.preferred_batch_size) == [4, 8] and cfg.dynamic_batching.max_queue_delay_microseconds == 250
     assert [(g.count, g.kind) for g in cfg.instance_group] == [(1, model_config_pb2.ModelInstanceGroup.KIND_AUTO)]
     pre = json.loads(cfg.parameters["wherevit.preprocess"].string_value)
-    assert pre == read_sidecar(onnx_artifact)["preprocess"]
+    assert pre == read_sidecar(onnx_artifact).preprocess
     assert cfg.parameters["wherevit.task"].string_value == "features"
     # the model is the exported bytes and the sidecar beside it still vouches for them: wherevit can open it too
     assert res.model_file.read_bytes() == onnx_artifact.read_bytes()
@@ -75,16 +76,16 @@ def test_a_failed_write_leaves_the_repository_as_it_was(onnx_artifact, tmp_path,
 
 def test_interface_changes_and_bad_artifacts_are_refused(onnx_artifact, tmp_path):
     meta = read_sidecar(onnx_artifact)
-    other = json.loads(json.dumps(meta))
-    other["outputs"] = other["outputs"][:1]
     repo = tmp_path / "repo"
     write_triton_model(onnx_artifact, repo, TritonOptions(name="m"))
     sc = repo / "m" / "1" / "model.onnx.json"
+    other = json.loads(sc.read_text())
+    other["outputs"] = other["outputs"][:1]
     sc.write_text(json.dumps(other))  # pretend version 1 had another interface
     with pytest.raises(TritonRepositoryError, match="another interface"):
         write_triton_model(onnx_artifact, repo, TritonOptions(name="m"))
-    fixed = json.loads(json.dumps(meta))
-    fixed["inputs"][0]["shape"][0] = 4
+    fixed = copy.deepcopy(meta)
+    fixed.inputs[0].shape[0] = 4
     with pytest.raises(TritonRepositoryError, match="first dimension must be -1"):
         triton_config_text(fixed, "m")
     with pytest.raises(TritonRepositoryError, match="preferred batch sizes"):
@@ -97,8 +98,8 @@ def test_interface_changes_and_bad_artifacts_are_refused(onnx_artifact, tmp_path
 
 def test_dynamic_hw_dims_are_minus_one(onnx_artifact):
     meta = read_sidecar(onnx_artifact)
-    meta["inputs"][0]["shape"] = [-1, 3, -1, -1]
-    meta["outputs"][1]["shape"] = [-1, -1, 64]
+    meta.inputs[0].shape = [-1, 3, -1, -1]
+    meta.outputs[1].shape = [-1, -1, 64]
     cfg = text_format.Parse(triton_config_text(meta, "dyn"), model_config_pb2.ModelConfig())
     assert list(cfg.input[0].dims) == [3, -1, -1] and list(cfg.output[1].dims) == [-1, 64]
 
@@ -117,3 +118,24 @@ def test_engine_model_repository(trained_run, tmp_path):
     assert [(g.kind, list(g.gpus)) for g in cfg.instance_group] == [(model_config_pb2.ModelInstanceGroup.KIND_GPU, [0, 1])]
     assert list(cfg.input[0].dims) == [3, 32, 32]
     assert any("TensorRT-RTX" in n for n in out.notes)
+
+
+def test_export_format_triton_through_the_registry_and_cli(trained_run, tmp_path):
+    """`wherevit export RUN --format triton --out REPO`: the graph lands in the repository, nothing stray at its root."""
+    from click.testing import CliRunner
+
+    from wherevit.app.cli import main
+
+    repo = tmp_path / "repo"
+    args = ["export", str(trained_run), "--format", "triton", "--batch", "1:2:4", "--out", str(repo), "--triton-queue-delay-us", "500"]
+    r = CliRunner().invoke(main, args)
+    assert r.exit_code == 0, r.output
+    assert sorted(p.name for p in repo.iterdir()) == [MODEL]  # Triton reads every directory here as a model
+    cfg = parse_config(repo / MODEL / "config.pbtxt")
+    assert cfg.max_batch_size == 4 and cfg.dynamic_batching.max_queue_delay_microseconds == 500
+    model_file = repo / MODEL / "1" / "model.onnx"
+    assert read_sidecar(model_file).kind == "onnx" and str(model_file) in r.output
+    r = CliRunner().invoke(main, args + ["--triton-instance-kind", "cpu"])  # again: version 2
+    assert r.exit_code == 0, r.output
+    assert sorted(p.name for p in (repo / MODEL).iterdir()) == ["1", "2", "config.pbtxt"]
+    assert parse_config(repo / MODEL / "config.pbtxt").instance_group[0].kind == model_config_pb2.ModelInstanceGroup.KIND_CPU

@@ -1,5 +1,6 @@
 """The torch-free runtime library: loading, preprocessing, batching, parity with PyTorch."""
 
+import dataclasses
 import subprocess
 import sys
 
@@ -9,9 +10,10 @@ import pytest
 import torch
 
 from wherevit import runtime
+from wherevit.base.image import ImageDecodeError
+from wherevit.base.sidecar import BatchRange, Sidecar, TensorSpec
 from wherevit.runtime.backends import BackendUnavailable, InputError
 from wherevit.runtime.backends.tensorrt import EngineMismatch, check_engine_compat
-from wherevit.base.image import ImageDecodeError
 from wherevit.train.backbone import backbone_features
 from wherevit.train.checkpoint import load_backbone
 from wherevit.train.data.synthetic import render_scene
@@ -63,7 +65,7 @@ def test_large_inputs_are_split_and_results_stay_in_order(onnx_artifact):
 def test_small_batches_are_padded_only_to_the_profile_minimum(onnx_artifact):
     seen = []
     with runtime.load(onnx_artifact) as model:
-        model.batch = {**model.batch, "min": 4}
+        model.batch = dataclasses.replace(model.batch, min=4)
         real = model.backend.infer
         model.backend.infer = lambda feeds: (seen.append(feeds["images"].shape[0]), real(feeds))[1]
         out = model.run(np.zeros((2, 3, 32, 32), np.float32))
@@ -142,8 +144,10 @@ def test_unknown_and_unavailable_backends(onnx_artifact):
     assert reasons["ort-cpu"] is None
 
 
-ENGINE_META = {"precision": "fp16", "model": {"checkpoint": "runs/qs"},
-               "engine": {"library": "tensorrt_rtx", "version": "1.7.1.116", "compute_capabilities": ["8.6", "8.9"]}}
+ENGINE_META = Sidecar(
+    kind="engine", inputs=[TensorSpec("images", "float32", [-1, 3, 32, 32])], outputs=[TensorSpec("cls", "float32", [-1, 64])],
+    preprocess={"size": [32, 32]}, batch=BatchRange(1, 1, 8), precision="fp16", model={"checkpoint": "runs/qs"},
+    engine={"library": "tensorrt_rtx", "version": "1.7.1.116", "compute_capabilities": ["8.6", "8.9"]})
 
 
 def test_engine_compat_names_both_sides():

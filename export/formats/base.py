@@ -1,0 +1,134 @@
+"""The export-format interface and its registry (one small file per format, like the backends).
+
+A format turns the loaded, wrapped model into one artifact file and its sidecar. Formats chain:
+``needs`` names the formats built before it in the same call (an engine is built from the ONNX
+graph the ``onnx`` format wrote), and what each wrote is in ``ctx.produced`` for the next.
+
+Register with ``@register_format``; a third-party package adds one through the entry-point group
+``wherevit.export_formats`` (``name = "pkg.module:FormatClass"``) without editing wherevit.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from importlib.metadata import entry_points
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, ClassVar
+
+from torch import nn
+
+from wherevit.base.errors import InvalidRequest
+from wherevit.base.image import Preprocess
+from wherevit.base.sidecar import Sidecar
+
+if TYPE_CHECKING:
+    from wherevit.export.api import ExportRequest, ExportResult
+
+__all__ = ["ExportFormat", "ExportContext", "register_format", "registered_formats", "get_format", "format_chain",
+           "ENTRY_POINT_GROUP"]
+
+ENTRY_POINT_GROUP = "wherevit.export_formats"
+_FORMATS: dict[str, type["ExportFormat"]] = {}
+_entry_points_loaded = False
+
+
+@dataclass
+class ExportContext:
+    """What every format of one export call shares: the model, its preprocessing and the bookkeeping."""
+
+    req: "ExportRequest"
+    out_dir: Path
+    stem: str  # file stem: "model", or the head's task ("depth", "seg", "pose")
+    backbone: nn.Module  # the loaded backbone (trained weights), not yet wrapped
+    info: dict[str, Any]  # the checkpoint's record (model name, timm kwargs, source, step, ...)
+    wrap: Callable[[nn.Module, str], nn.Module]  # (backbone, precision) -> graph to export (FeatureModel / HeadModel)
+    reference: nn.Module  # the fp32 wrapped model every parity check compares against
+    preprocess: Preprocess
+    batch: tuple[int, int, int]
+    sidecar: Sidecar  # the fields every artifact of this call shares; formats fill in their own
+    head_meta: dict[str, Any] | None = None
+    produced: dict[str, Path] = field(default_factory=dict)  # format name -> artifact written in this call
+    written: list[Path] = field(default_factory=list)  # every file written, removed if a later step fails
+    result: "ExportResult | None" = None
+
+    @property
+    def input_names(self) -> list[str]:
+        return list(self.reference.input_names)
+
+    def track(self, path: Path) -> Path:
+        """Record a file this call is about to write, so a failure removes it."""
+        self.written.append(path)
+        return path
+
+
+class ExportFormat(ABC):
+    """One artifact kind. Subclasses set ``name``/``suffixes``/``needs`` and implement ``build``."""
+
+    name: ClassVar[str]
+    suffixes: ClassVar[tuple[str, ...]] = ()  # `-o file.ext` picks this format's file name
+    needs: ClassVar[tuple[str, ...]] = ()  # formats built first, in this order
+
+    def check(self, req: "ExportRequest") -> None:
+        """Fail before the slow steps (a missing library, an option this format cannot honour)."""
+
+    def graph_precision(self, req: "ExportRequest") -> str:
+        """The precision of the graph the formats before it must produce (default: the requested one)."""
+        return req.precision
+
+    @abstractmethod
+    def build(self, ctx: ExportContext) -> Path:
+        """Write the artifact and its sidecar (tracked in ``ctx.written``) and return the artifact's path."""
+
+
+def register_format(cls: type[ExportFormat]) -> type[ExportFormat]:
+    """Class decorator: make an export format available by its ``name``; a duplicate name is refused."""
+    if not getattr(cls, "name", None):
+        raise TypeError(f"{cls.__name__} needs a class attribute 'name'")
+    if cls.name in _FORMATS and _FORMATS[cls.name] is not cls:
+        raise InvalidRequest(f"export format {cls.name!r} is already registered by {_FORMATS[cls.name].__qualname__}")
+    _FORMATS[cls.name] = cls
+    return cls
+
+
+def _load_entry_points() -> None:
+    global _entry_points_loaded
+    if _entry_points_loaded:
+        return
+    _entry_points_loaded = True
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        cls = ep.load()
+        if _FORMATS.get(ep.name) is not cls:
+            register_format(cls)
+
+
+def registered_formats() -> dict[str, type[ExportFormat]]:
+    _load_entry_points()
+    return dict(_FORMATS)
+
+
+def get_format(name: str) -> ExportFormat:
+    formats = registered_formats()
+    if name not in formats:
+        raise InvalidRequest(f"unknown export format {name!r}; registered: {', '.join(sorted(formats))}")
+    return formats[name]()
+
+
+def format_chain(name: str) -> list[ExportFormat]:
+    """``name`` and everything it needs, dependencies first (each once)."""
+    order: list[ExportFormat] = []
+    seen: set[str] = set()
+
+    def visit(n: str, stack: tuple[str, ...]) -> None:
+        if n in stack:
+            raise InvalidRequest(f"export formats need each other in a cycle: {' -> '.join(stack + (n,))}")
+        if n in seen:
+            return
+        fmt = get_format(n)
+        for dep in fmt.needs:
+            visit(dep, stack + (n,))
+        seen.add(n)
+        order.append(fmt)
+
+    visit(name, ())
+    return order
