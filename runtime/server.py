@@ -16,7 +16,6 @@ import logging
 from aiohttp import web
 
 from wherevit.base.errors import InvalidRequest
-
 from wherevit.runtime.kserve import ProtocolError, encode_infer_response, parse_infer_request
 from wherevit.runtime.model import Model
 from wherevit.runtime.service import InferenceService, ModelNotFound, ServeConfig
