@@ -138,7 +138,10 @@ class DynamicBatcher:
             return item
         if timeout is None:
             return await self._queue.get()
-        return await asyncio.wait_for(self._queue.get(), timeout)
+        try:  # under load the next request is already queued: skip wait_for's task and timer
+            return self._queue.get_nowait()
+        except asyncio.QueueEmpty:
+            return await asyncio.wait_for(self._queue.get(), timeout)
 
     async def _loop(self) -> None:
         stopping = False
