@@ -20,7 +20,7 @@ from wherevit.train.data.synthetic import render_scene
 
 
 def test_runtime_imports_without_torch():
-    code = ("import sys; import wherevit.runtime, wherevit.runtime.server, wherevit.app.cli; "
+    code = ("import sys; import wherevit.runtime, wherevit.runtime.server, wherevit.runtime.grpc_server, wherevit.app.cli; "
             "assert 'torch' not in sys.modules, 'runtime pulled in torch'")
     subprocess.run([sys.executable, "-c", code], check=True)
 
