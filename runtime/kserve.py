@@ -20,7 +20,7 @@ import numpy as np
 
 from wherevit.base.errors import WherevitError
 
-__all__ = ["ProtocolError", "InferRequest", "RequestedOutput", "parse_infer_request", "encode_infer_response",
+__all__ = ["ProtocolError", "OutputNotJson", "InferRequest", "RequestedOutput", "parse_infer_request", "encode_infer_response",
            "tensor_from_bytes", "DATATYPES", "datatype_of", "triton_type"]
 
 DATATYPES: dict[str, Any] = {
@@ -33,6 +33,10 @@ _NP_TO_DT = {np.dtype(v): k for k, v in DATATYPES.items() if v is not object}
 
 class ProtocolError(WherevitError, ValueError):
     """A request that is not valid KServe v2 (HTTP 400); the message names the problem."""
+
+
+class OutputNotJson(WherevitError, ValueError):
+    """An output that cannot be written as JSON (HTTP 500 naming it; binary data can carry it)."""
 
 
 def datatype_of(arr: np.ndarray) -> str:
@@ -206,9 +210,12 @@ def encode_infer_response(model: str, version: str, request: InferRequest, outpu
             entry["parameters"] = {"binary_data_size": len(blob)}
             blobs.append(blob)
         else:
+            if arr.dtype.kind == "f" and not np.isfinite(arr).all():  # NaN/Infinity tokens are not JSON
+                raise OutputNotJson(f"output {ro.name!r} holds non-finite values, which JSON cannot carry; "
+                                    "request it with binary_data (the binary tensor data extension)")
             entry["data"] = arr.reshape(-1).tolist()
         header["outputs"].append(entry)
-    head = json.dumps(header, separators=(",", ":")).encode()
+    head = json.dumps(header, separators=(",", ":"), allow_nan=False).encode()
     if not blobs:
         return head, {"Content-Type": "application/json"}
     return head + b"".join(blobs), {"Content-Type": "application/octet-stream", "Inference-Header-Content-Length": str(len(head))}
