@@ -102,14 +102,15 @@ def create_app(service: InferenceService) -> web.Application:
     app = web.Application(middlewares=[errors], client_max_size=limit + (1 << 20))
     m = "/v2/models/{model}"
     app.add_routes([
+        web.post(m + "/infer", infer),  # first: aiohttp tries dynamic routes in order, and this is the hot one
         web.get("/v2", server_meta), web.get("/v2/health/live", live), web.get("/v2/health/ready", ready),
         web.get(m, model_meta), web.get(m + "/versions/{v}", model_meta),
         web.get(m + "/ready", model_ready), web.get(m + "/versions/{v}/ready", model_ready),
-        web.get("/v2/models/stats", model_stats),  # before {model}: all models' statistics
+        web.get("/v2/models/stats", model_stats),  # all models' statistics (plain routes match before {model})
         web.get(m + "/config", model_config), web.get(m + "/versions/{v}/config", model_config),
         web.get(m + "/stats", model_stats), web.get(m + "/versions/{v}/stats", model_stats),
         web.post("/v2/repository/index", repository_index),
-        web.post(m + "/infer", infer), web.post(m + "/versions/{v}/infer", infer),
+        web.post(m + "/versions/{v}/infer", infer),
         web.get("/metrics", metrics),
     ])
 
