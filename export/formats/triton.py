@@ -93,6 +93,7 @@ def _tensor(spec: TensorSpec, is_input: bool) -> str:
 
 
 def default_model_name(meta: Sidecar) -> str:
+    """The timm model name (a directory-safe form), plus the task for head graphs: ``vit_small_patch16_224_depth``."""
     base = re.sub(r"[^A-Za-z0-9_.-]", "_", str(meta.model.get("model") or "wherevit"))
     return base if meta.task == "features" else f"{base}_{meta.task}"
 

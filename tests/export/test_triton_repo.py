@@ -108,11 +108,16 @@ def test_dynamic_hw_dims_are_minus_one(onnx_artifact):
 def test_engine_model_repository(trained_run, tmp_path):
     from wherevit.export.api import ExportRequest, export_artifacts
 
-    res = export_artifacts(ExportRequest(str(trained_run), tmp_path / "art", format="engine", batch=(1, 2, 4), trt_lib="tensorrt_rtx",
-                                         compute_capabilities=("SM89",)))
-    out = write_triton_model(res.engine, tmp_path / "repo", TritonOptions(gpus=(0, 1)))
+    repo = tmp_path / "repo"
+    res = export_artifacts(ExportRequest(str(trained_run), repo, format="triton-engine", batch=(1, 2, 4), trt_lib="tensorrt_rtx",
+                                         compute_capabilities=("SM89",), format_options={"triton": TritonOptions(gpus=(0, 1))}))
+    engine = repo / MODEL / "1" / "model.plan"
+    assert res.engine == engine == res.primary and read_sidecar(engine).kind == "engine"  # moved in, hash still vouched for
+    assert not list(repo.glob("*.engine*"))  # no stray plan at the repository root
+    assert any("TensorRT-RTX" in n for n in res.notes)
+    out = write_triton_model(engine, tmp_path / "other", TritonOptions(gpus=(0, 1)))  # an existing artifact, copied
     cfg = parse_config(out.config)
-    assert out.model_file.name == "model.plan" and out.model_file.read_bytes() == res.engine.read_bytes()
+    assert out.model_file.name == "model.plan" and out.model_file.read_bytes() == engine.read_bytes()
     assert (out.version_dir / "model.plan.json").is_file()
     assert cfg.platform == "tensorrt_plan" and cfg.max_batch_size == 4 and list(cfg.dynamic_batching.preferred_batch_size) == [2, 4]
     assert [(g.kind, list(g.gpus)) for g in cfg.instance_group] == [(model_config_pb2.ModelInstanceGroup.KIND_GPU, [0, 1])]

@@ -211,19 +211,20 @@ def test_overload_is_unavailable_while_admitted_requests_complete(onnx_artifact,
 
 
 def test_http_and_grpc_clients_share_batches_and_statistics(onnx_artifact, reference):
-    """4 HTTP + 4 gRPC one-image requests at once, a 300 ms batching window: one batch of 8 holds both."""
-    s = Server(onnx_artifact, "--max-batch", "8", "--max-wait-ms", "300", grpc=True)
+    """4 HTTP + 4 gRPC one-image requests at once, a 500 ms batching window: one batch of 8 holds both."""
+    s = Server(onnx_artifact, "--max-batch", "8", "--max-wait-ms", "500", grpc=True)
     try:
         xs = [np.random.default_rng(200 + i).standard_normal((1, 3, 32, 32)).astype(np.float32) for i in range(8)]
         gate = threading.Barrier(8)
 
         def call(i):
-            gate.wait()
             if i % 2:
-                return tg.InferenceServerClient(s.grpc_url).infer(MODEL, [_input(xs[i])]).as_numpy("cls")
-            inp = th.InferInput("images", [1, 3, 32, 32], "FP32")
-            inp.set_data_from_numpy(xs[i])
-            return th.InferenceServerClient(s.url).infer(MODEL, [inp]).as_numpy("cls")
+                client, inp = tg.InferenceServerClient(s.grpc_url), _input(xs[i])
+            else:
+                client, inp = th.InferenceServerClient(s.url), th.InferInput("images", [1, 3, 32, 32], "FP32")
+                inp.set_data_from_numpy(xs[i])
+            gate.wait()  # clients are made; the requests leave together
+            return client.infer(MODEL, [inp]).as_numpy("cls")
 
         with cf.ThreadPoolExecutor(8) as pool:
             outs = list(pool.map(call, range(8)))
@@ -239,7 +240,7 @@ def test_http_and_grpc_clients_share_batches_and_statistics(onnx_artifact, refer
         assert http["inference_stats"]["queue"]["ns"] > 0 and http["inference_stats"]["compute_infer"]["ns"] > 0
         assert [int(b["batch_size"]) for b in grpc_stats["batch_stats"]] == [b["batch_size"] for b in http["batch_stats"]]
 
-        # Triton's `timeout` parameter (microseconds) is a deadline: 50 ms cannot outlast a 300 ms batching window
+        # Triton's `timeout` parameter (microseconds) is a deadline: 50 ms cannot outlast a 500 ms batching window
         t0 = time.monotonic()
         with pytest.raises(InferenceServerException, match="past its deadline") as e:
             tg.InferenceServerClient(s.grpc_url).infer(MODEL, [_input(xs[0])], timeout=50_000)
