@@ -249,6 +249,28 @@ def test_http_and_grpc_clients_share_batches_and_statistics(onnx_artifact, refer
         s.stop()
 
 
+def test_shutdown_answers_every_in_flight_grpc_request(onnx_artifact):
+    import signal
+
+    s = Server(onnx_artifact, "--max-batch", "2", "--max-wait-ms", "20", grpc=True)
+    c = tg.InferenceServerClient(s.grpc_url)
+    results, done = [], threading.Semaphore(0)
+
+    def callback(result, error):
+        results.append("ok" if error is None else _status(error))
+        done.release()
+
+    x = np.zeros((2, 3, 32, 32), np.float32)
+    for _ in range(48):
+        c.async_infer(MODEL, [_input(x)], callback, client_timeout=40)
+    time.sleep(0.1)
+    s.proc.send_signal(signal.SIGTERM)
+    for _ in range(48):
+        assert done.acquire(timeout=45)  # none hangs
+    assert s.proc.wait(40) is not None
+    assert "ok" in results and set(results) <= {"ok", "StatusCode.UNAVAILABLE", "StatusCode.CANCELLED"}, set(results)
+
+
 def test_server_without_grpc_packages_says_how_to_install(onnx_artifact, tmp_path):
     """`--grpc-port` where grpcio is missing: one line naming the install command, before the model loads."""
     import subprocess
