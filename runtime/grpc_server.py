@@ -42,7 +42,7 @@ _CONTENTS = {"BOOL": "bool_contents", "INT8": "int_contents", "INT16": "int_cont
 
 
 class GrpcUnavailable(WherevitError, RuntimeError):
-    """``--grpc-port`` without grpcio / tritonclient[grpc] installed."""
+    """``--grpc-port`` cannot be served: grpcio / tritonclient[grpc] missing, or the port cannot be bound."""
 
 
 def require_grpc() -> None:
@@ -187,10 +187,16 @@ async def start_grpc(service: InferenceService, host: str, port: int):
     require_grpc()
     limit = service.cfg.max_request_bytes
     # The 4 MiB default is less than a batch of 8 images at 224 px; answers can be larger than requests.
-    server = grpc.aio.server(options=[("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", -1)])
+    # so_reuseport off: a second server on the same port must fail, not silently take half the traffic.
+    server = grpc.aio.server(options=[("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", -1),
+                                      ("grpc.so_reuseport", 0)])
     service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(TritonGrpcService(service), server)
-    if server.add_insecure_port(f"{host}:{port}") == 0:
-        raise OSError(f"cannot bind the gRPC port {host}:{port} (in use?)")
+    try:
+        bound = server.add_insecure_port(f"{host}:{port}")
+    except RuntimeError:  # newer grpcio raises instead of returning 0
+        bound = 0
+    if bound == 0:
+        raise GrpcUnavailable(f"cannot bind the gRPC port {host}:{port} (in use? choose another --grpc-port)")
     await server.start()
     return server
 

@@ -282,3 +282,18 @@ def test_server_without_grpc_packages_says_how_to_install(onnx_artifact, tmp_pat
                        capture_output=True, text=True, timeout=60, env=env)
     assert r.returncode != 0 and "pip install 'wherevit[serve]'" in r.stderr, r.stderr
 
+
+def test_a_taken_grpc_port_is_one_clear_line(onnx_artifact):
+    import socket
+    import subprocess
+    import sys
+
+    from helpers import free_port
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        r = subprocess.run([sys.executable, "-m", "wherevit.app.cli", "serve", str(onnx_artifact), "--port", str(free_port()),
+                            "--grpc-port", str(port)], capture_output=True, text=True, timeout=120)
+    assert r.returncode != 0 and f"cannot bind the gRPC port 127.0.0.1:{port}" in r.stderr and "Traceback" not in r.stderr, r.stderr
