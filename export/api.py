@@ -171,7 +171,9 @@ def _shared_sidecar(model, info: dict, req: ExportRequest, pre: Preprocess, prec
     return Sidecar(
         kind="", inputs=inputs, outputs=outputs, preprocess=pre.to_dict(), batch=BatchRange(*req.batch), precision=precision,
         task=head_meta["task"] if head_meta else "features",
-        model={k: info.get(k) for k in ("model", "timm_kwargs", "arch", "source", "step")} | {"checkpoint": str(req.checkpoint)},
+        model={k: info.get(k) for k in ("model", "timm_kwargs", "arch", "source", "step")} | {"checkpoint": str(req.checkpoint)}
+        # how positions were made when training replaced timm's embedding (the posfield, baked into pos_embed)
+        | ({"positional": info["positional"]} if "positional" in info else {}),
         dynamic_hw=req.dynamic_hw, head={**head_meta, "file": str(req.head)} if head_meta else None,
     )
 
