@@ -13,6 +13,7 @@ import copy
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from torch import nn
 
@@ -73,6 +74,7 @@ class ExportRequest:
     # The requested format's file (`-o art/qs.onnx`); None: `out_dir/<stem>_<precision>.<ext>`. A path
     # with a format's suffix given as out_dir is taken as this (see ``resolve_output``).
     out_file: Path | None = None
+    format_options: dict[str, Any] = field(default_factory=dict)  # per-format options by format name (e.g. "triton")
 
 
 @dataclass
