@@ -264,12 +264,12 @@ def _artifacts_for(req: BenchRequest, notes: list[str]) -> Artifacts:
         quant = QuantOptions(mode="dynamic" if p == "int8-dynamic" else "static")
         try:
             res = export_artifacts(ExportRequest(req.target, req.out_dir / "artifacts", format=fmt, precision=prec, batch=batch,
-                                                 imgsz=req.imgsz, quant=quant))
+                                                 imgsz=req.imgsz, format_options={"int8": quant}))
         except WherevitError as e:
             if fmt != "engine":
                 raise
             res = export_artifacts(ExportRequest(req.target, req.out_dir / "artifacts", precision=prec, batch=batch, imgsz=req.imgsz,
-                                                 quant=quant))
+                                                 format_options={"int8": quant}))
             notes.append(f"{p} engine build failed: {e}")
         notes += res.notes
         for path in res.artifacts.values():

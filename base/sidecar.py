@@ -90,7 +90,7 @@ class Sidecar:
     Per-format sections (``onnx``, ``engine``, ...) are free-form facts recorded by that format's
     exporter (exporter version, build flags, targets); the rest is the typed contract."""
 
-    kind: str  # the export format that wrote the artifact: "onnx", "engine", ...
+    kind: str  # the export format that wrote the artifact: "onnx", "engine", "pt2", ...
     inputs: list[TensorSpec]
     outputs: list[TensorSpec]
     preprocess: dict[str, Any]
@@ -105,6 +105,7 @@ class Sidecar:
     engine: dict[str, Any] | None = None
     # INT8 artifacts: mode (static / dynamic), batch_dependent, calibration, reduce_range, the TensorRT build
     quantization: dict[str, Any] | None = None
+    pt2: dict[str, Any] | None = None  # AOTInductor package: device, torch version, compile facts
     # written by write_sidecar
     format: str = SIDECAR_FORMAT
     artifact: ArtifactRecord | None = None

@@ -63,7 +63,7 @@ def _variants(model: str, out: Path, calib_count: int) -> tuple[dict[str, Path],
     """fp32 + INT8 variants; returns paths, the PyTorch fp32 reference module and the preprocessing."""
     fp32, int8 = out / "model_fp32.onnx", out / "model_int8.onnx"
     if not (int8.is_file() and sidecar_path(int8).is_file() and read_sidecar(int8).model.get("checkpoint") == model):
-        res = export_artifacts(ExportRequest(model, out, precision="int8", batch=(1, 1, 8), quant=QuantOptions(calib_count=calib_count)))
+        res = export_artifacts(ExportRequest(model, out, precision="int8", batch=(1, 1, 8), format_options={"int8": QuantOptions(calib_count=calib_count)}))
         fp32, int8 = res.onnx, res.int8
     paths = {"fp32": fp32, "int8 static (export default)": int8}
     from wherevit.app.torch_backend import reference_model

@@ -15,6 +15,7 @@ import copy
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from torch import nn
 
@@ -25,11 +26,10 @@ from wherevit.base.sidecar import BatchRange, Sidecar, TensorSpec
 from wherevit.export.formats import ExportContext, format_chain, registered_formats
 from wherevit.export.onnx_export import FeatureModel
 from wherevit.export.parity import ParityError
-from wherevit.export.quantize import QuantOptions
 from wherevit.runtime.compare import DEFAULT_RTOL, Comparison
 from wherevit.train.checkpoint import CheckpointError, load_backbone
 
-__all__ = ["ExportRequest", "ExportResult", "ParityError", "parse_batch", "export_artifacts"]
+__all__ = ["ExportRequest", "ExportResult", "ParityError", "parse_batch", "export_artifacts", "output_format", "resolve_output"]
 
 log = logging.getLogger("wherevit.export")
 
@@ -72,7 +72,11 @@ class ExportRequest:
     expect_model: str | None = None
     opset: int = 18
     head: str | None = None  # head_<task>.safetensors from `wherevit train-head`: export backbone + head as one graph
-    quant: QuantOptions = field(default_factory=QuantOptions)  # precision "int8": how to quantise
+    device: str = "cpu"  # pt2: the device the package is compiled for ("cpu" or "cuda")
+    # The requested format's file (`-o art/qs.onnx`); None: `out_dir/<stem>_<precision>.<ext>`. A path
+    # with a format's suffix given as out_dir is taken as this (see ``resolve_output``).
+    out_file: Path | None = None
+    format_options: dict[str, Any] = field(default_factory=dict)  # per-format options by format name (e.g. "triton")
 
 
 @dataclass
@@ -94,6 +98,10 @@ class ExportResult:
     @property
     def int8(self) -> Path | None:
         return self.artifacts.get("int8")
+
+    @property
+    def pt2(self) -> Path | None:
+        return self.artifacts.get("pt2")
 
     @property
     def primary(self) -> Path:
@@ -126,12 +134,37 @@ def _check_request(req: ExportRequest) -> list:
     if req.precision not in (*DEFAULT_RTOL, "int8"):
         raise InvalidRequest(f"--precision must be one of {', '.join(DEFAULT_RTOL)}, int8; got {req.precision!r}")
     req.batch = parse_batch(req.batch)
+    if req.out_file is None:
+        req.out_dir, _, req.out_file = resolve_output(req.out_dir, req.format)
     # INT8 is one format whatever the container: it quantises the fp32 ONNX and, for --format engine,
     # hands the Q/DQ graph to TensorRT itself (a refusal is recorded, not fatal).
     chain = format_chain("int8" if req.precision == "int8" and req.format in ("onnx", "engine") else req.format)
     for fmt in chain:
         fmt.check(req)
     return chain
+
+
+def output_format(out: str | Path) -> str | None:
+    """The registered format whose file suffix ``out`` ends with (``.onnx``, ``.engine``/``.plan``, ``.pt2``), else None."""
+    suffix = Path(out).suffix.lower()
+    return next((name for name, cls in registered_formats().items() if suffix and suffix in cls.suffixes), None)
+
+
+def resolve_output(out: str | Path, fmt: str | None) -> tuple[Path, str, Path | None]:
+    """``-o``: a folder, or a file of the requested format. Returns (folder, format, file or None).
+
+    A path ending in a format's suffix is that format's file (``-o art/qs.onnx``, ``-o m.plan``): the
+    format follows from it when ``fmt`` is None, and must match ``fmt`` otherwise. Formats built before
+    it in the same call (the engine's ONNX) go beside it with the same stem and their own suffix."""
+    out = Path(out)
+    owner = output_format(out)
+    if owner is None:
+        return out, fmt or "onnx", None
+    if fmt is not None and fmt != owner:
+        want = "/".join(registered_formats()[fmt].suffixes) if fmt in registered_formats() else "its suffix"
+        raise InvalidRequest(f"-o {out} is a file name for the {owner} format, but the format is {fmt}: "
+                             f"give a file ending in {want}, or a folder")
+    return out.parent, owner, out
 
 
 def _context(req: ExportRequest, graph_precision: str) -> ExportContext:
@@ -180,7 +213,9 @@ def _shared_sidecar(model, info: dict, req: ExportRequest, pre: Preprocess, prec
     return Sidecar(
         kind="", inputs=inputs, outputs=outputs, preprocess=pre.to_dict(), batch=BatchRange(*req.batch), precision=precision,
         task=head_meta["task"] if head_meta else "features",
-        model={k: info.get(k) for k in ("model", "timm_kwargs", "arch", "source", "step")} | {"checkpoint": str(req.checkpoint)},
+        model={k: info.get(k) for k in ("model", "timm_kwargs", "arch", "source", "step")} | {"checkpoint": str(req.checkpoint)}
+        # how positions were made when training replaced timm's embedding (the posfield, baked into pos_embed)
+        | ({"positional": info["positional"]} if "positional" in info else {}),
         dynamic_hw=req.dynamic_hw, head={**head_meta, "file": str(req.head)} if head_meta else None,
     )
 

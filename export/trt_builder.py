@@ -153,53 +153,25 @@ def detect_flavour(lib: str = "auto") -> TrtFlavour:
 def build_engine(onnx_path: Path, out: Path, plan: BuildPlan, input_names: str | list[str], input_chw: tuple[int, int, int],
                  batch: tuple[int, int, int], workspace_mb: int = 4096, timing_cache: Path | None = None) -> dict:
     """Parse ``onnx_path``, build per ``plan`` with one optimisation profile (the same batch range for
-    every input), write the plan atomically."""
+    every input), write the plan atomically; returns the facts for the sidecar."""
     input_names = [input_names] if isinstance(input_names, str) else list(input_names)
     trt = importlib.import_module(plan.flavour.module)
     logger = _CapturingLogger(trt)
     t0 = time.perf_counter()
     builder = trt.Builder(logger)
-    flags = 0
-    for name in plan.network_flags:
-        member = getattr(trt.NetworkDefinitionCreationFlag, name, None)
-        if member is not None:  # 11.x may drop a flag that became the only behaviour
-            flags |= 1 << int(member)
-    network = builder.create_network(flags)
-    parser = trt.OnnxParser(network, logger)
-    if not parser.parse_from_file(str(onnx_path)):
-        errs = []
-        for i in range(parser.num_errors):
-            e = parser.get_error(i)
-            errs.append(f"  node {e.node_name() or '?'} ({e.node_operator() or '?'}): {e.desc()}")
-        raise OnnxParseError(f"{plan.flavour.module} {plan.flavour.version} ONNX parser rejected {onnx_path}:\n" + "\n".join(errs))
-    config = builder.create_builder_config()
-    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_mb) << 20)
-    for name in plan.builder_flags:
-        config.set_flag(getattr(trt.BuilderFlag, name))
-    if plan.compute_capabilities:
-        config.num_compute_capabilities = len(plan.compute_capabilities)
-        for i, cc in enumerate(plan.compute_capabilities):
-            member = getattr(trt.ComputeCapability, cc, None)
-            if member is None:
-                known = [m for m in trt.ComputeCapability.__members__ if m.startswith("SM")]
-                raise InvalidRequest(f"{plan.flavour.module} does not know compute capability {cc}; it knows {', '.join(known)}")
-            config.set_compute_capability(member, i)
-    profile = builder.create_optimization_profile()
-    c, h, w = input_chw
-    for name in input_names:
-        profile.set_shape(name, (batch[0], c, h, w), (batch[1], c, h, w), (batch[2], c, h, w))
+    network, parser = _parse_onnx(trt, builder, logger, onnx_path, plan)  # the parser owns the weights: keep it until built
+    config = _builder_config(trt, builder, plan, workspace_mb)
+    profile = _batch_profile(builder, input_names, input_chw, batch)
     config.add_optimization_profile(profile)
-    cache = None
-    if timing_cache is not None and not plan.flavour.is_rtx and hasattr(config, "create_timing_cache"):  # RTX: no-op
-        blob = timing_cache.read_bytes() if timing_cache.is_file() else b""
-        cache = config.create_timing_cache(blob)
-        config.set_timing_cache(cache, False)
+    cache = _load_timing_cache(config, plan, timing_cache)
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
         raise EngineBuildError(f"{plan.flavour.module} build failed:\n" + "\n".join(logger.errors[-20:] or ["(no message)"]))
+    del parser
     atomic_write_bytes(out, bytes(serialized))
     if cache is not None:
         atomic_write_bytes(timing_cache, bytes(config.get_timing_cache().serialize()))
+    c, h, w = input_chw
     return {
         "library": plan.flavour.module,
         "version": plan.flavour.version,
@@ -214,6 +186,60 @@ def build_engine(onnx_path: Path, out: Path, plan: BuildPlan, input_names: str |
         "build_seconds": round(time.perf_counter() - t0, 2),
         "warnings": logger.warnings[-10:],
     }
+
+
+def _parse_onnx(trt, builder, logger, onnx_path: Path, plan: BuildPlan):
+    """(network, parser), parsed with the plan's network flags; a parser error lists every failing node."""
+    flags = 0
+    for name in plan.network_flags:
+        member = getattr(trt.NetworkDefinitionCreationFlag, name, None)
+        if member is not None:  # 11.x may drop a flag that became the only behaviour
+            flags |= 1 << int(member)
+    network = builder.create_network(flags)
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse_from_file(str(onnx_path)):
+        errs = []
+        for i in range(parser.num_errors):
+            e = parser.get_error(i)
+            errs.append(f"  node {e.node_name() or '?'} ({e.node_operator() or '?'}): {e.desc()}")
+        raise OnnxParseError(f"{plan.flavour.module} {plan.flavour.version} ONNX parser rejected {onnx_path}:\n" + "\n".join(errs))
+    return network, parser
+
+
+def _builder_config(trt, builder, plan: BuildPlan, workspace_mb: int):
+    """Workspace, precision flags (TensorRT 10 weak typing) and compute-capability targets (RTX)."""
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_mb) << 20)
+    for name in plan.builder_flags:
+        config.set_flag(getattr(trt.BuilderFlag, name))
+    if plan.compute_capabilities:
+        config.num_compute_capabilities = len(plan.compute_capabilities)
+        for i, cc in enumerate(plan.compute_capabilities):
+            member = getattr(trt.ComputeCapability, cc, None)
+            if member is None:
+                known = [m for m in trt.ComputeCapability.__members__ if m.startswith("SM")]
+                raise InvalidRequest(f"{plan.flavour.module} does not know compute capability {cc}; it knows {', '.join(known)}")
+            config.set_compute_capability(member, i)
+    return config
+
+
+def _batch_profile(builder, input_names: list[str], input_chw: tuple[int, int, int], batch: tuple[int, int, int]):
+    """One optimisation profile: the same min/opt/max batch for every input."""
+    profile = builder.create_optimization_profile()
+    c, h, w = input_chw
+    for name in input_names:
+        profile.set_shape(name, (batch[0], c, h, w), (batch[1], c, h, w), (batch[2], c, h, w))
+    return profile
+
+
+def _load_timing_cache(config, plan: BuildPlan, timing_cache: Path | None):
+    """Reuse kernel timings across builds (full TensorRT; TensorRT-RTX has no timing cache)."""
+    if timing_cache is None or plan.flavour.is_rtx or not hasattr(config, "create_timing_cache"):
+        return None
+    blob = timing_cache.read_bytes() if timing_cache.is_file() else b""
+    cache = config.create_timing_cache(blob)
+    config.set_timing_cache(cache, False)
+    return cache
 
 
 def _build_gpu_cc() -> list[str]:

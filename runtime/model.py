@@ -18,7 +18,7 @@ from typing import Iterable, Sequence, Union
 import numpy as np
 
 from wherevit.base.errors import InvalidRequest
-from wherevit.base.image import decode_image, read_image, to_rgb_uint8
+from wherevit.base.image import ImageDecodeError, decode_image, read_image, to_rgb_uint8
 from wherevit.base.sidecar import Sidecar, read_sidecar
 from wherevit.runtime.backends import (
     Backend,
@@ -27,8 +27,9 @@ from wherevit.runtime.backends import (
     auto_order,
     registered_backends,
 )
+from wherevit.runtime.backends.base import unloadable_backends
 
-__all__ = ["Model", "Features", "load", "ImageLike", "available_backends", "batch_dependent"]
+__all__ = ["Model", "Features", "load", "ImageLike", "available_backends", "batch_dependent", "non_finite_count"]
 
 ImageLike = Union[str, os.PathLike, bytes, bytearray, memoryview, np.ndarray]
 
@@ -100,6 +101,7 @@ class Model:
             if reason is None:
                 return backends[cand](self.artifact, self.meta, **opts).activate()
             reasons.append(f"{cand}: {reason}")
+        reasons += unloadable_backends().values()
         raise BackendUnavailable(f"no backend can run {self.artifact.name} here:\n  " + "\n  ".join(reasons))
 
     def close(self) -> None:
@@ -130,13 +132,18 @@ class Model:
             elif isinstance(im, np.ndarray):
                 if im.ndim == 3 and im.shape[0] in (1, 3, 4) and im.shape[-1] not in (1, 3, 4):
                     raise InputError(f"image {i}: shape {im.shape} looks CHW; pass HWC arrays")
-                out.append(to_rgb_uint8(im, color_order))
+                try:
+                    out.append(to_rgb_uint8(im, color_order, what=f"image {i}"))
+                except ImageDecodeError as e:  # a bad array is the caller's input, not a file problem
+                    raise InputError(str(e)) from None
             else:
                 raise InputError(f"image {i}: unsupported type {type(im).__name__} (path, bytes or HWC array)")
         return out
 
     def embed(self, images: Sequence[ImageLike] | ImageLike, color_order: str = "RGB") -> Features:
         """Features for images given as paths, encoded bytes or HWC arrays (see ``load_images``)."""
+        if isinstance(images, np.ndarray) and images.ndim not in (2, 3, 4):
+            raise InputError(f"an image array must be HxW, HxWxC or a batch NxHxWxC, got shape {images.shape}")
         if isinstance(images, (str, os.PathLike, bytes, bytearray, memoryview)) or (
                 isinstance(images, np.ndarray) and images.ndim in (2, 3)):
             images = [images]
@@ -166,6 +173,11 @@ class Model:
         for name, b in feeds.items():
             if not isinstance(b, np.ndarray) or b.ndim != 4:
                 raise InputError(f"input {name!r}: expected a float32 NCHW array, got {getattr(b, 'shape', type(b).__name__)}")
+            if min(b.shape) < 1:
+                raise InputError(f"input {name!r}: shape {list(b.shape)} has an empty dimension")
+            bad = non_finite_count(b)
+            if bad:
+                raise InputError(f"input {name!r}: {bad} non-finite value(s) (NaN or infinity); inputs must be finite")
         sizes = {b.shape[0] for b in feeds.values()}
         if len(sizes) != 1:
             raise InputError(f"inputs have different batch sizes {sorted(sizes)}")
@@ -185,6 +197,13 @@ class Model:
     # The server's batcher needs plain arrays by name.
     def run_outputs(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         return self.run_inputs(feeds).outputs
+
+
+def non_finite_count(x: np.ndarray) -> int:
+    """How many NaN/infinite values ``x`` holds; one summing pass when there are none (the common case)."""
+    if x.dtype.kind != "f" or np.isfinite(x.sum()):  # a finite sum means every element is finite (overflow: counted below)
+        return 0
+    return int(np.size(x) - np.count_nonzero(np.isfinite(x)))
 
 
 def load(artifact: str | os.PathLike, backend: str = "auto", **backend_opts) -> Model:

@@ -56,6 +56,14 @@ class ExportContext:
     def input_names(self) -> list[str]:
         return list(self.reference.input_names)
 
+    def artifact_path(self, fmt: "ExportFormat", precision: str) -> Path:
+        """Where ``fmt`` writes: ``-o``'s file for the requested format (and that stem with ``fmt``'s own
+        suffix for the formats before it), else ``<out_dir>/<stem>_<precision><suffix>``."""
+        out_file = self.req.out_file
+        if out_file is not None:
+            return out_file if fmt.name == self.req.format else out_file.with_suffix(fmt.suffixes[0])
+        return self.out_dir / f"{self.stem}_{precision}{fmt.suffixes[0]}"
+
     def track(self, path: Path) -> Path:
         """Record a file this call is about to write, so a failure removes it."""
         self.written.append(path)

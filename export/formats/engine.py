@@ -33,7 +33,7 @@ class EngineFormat(ExportFormat):
     def build(self, ctx: ExportContext) -> Path:
         assert self.plan is not None, "check() runs first"
         req, onnx_path = ctx.req, ctx.produced["onnx"]
-        out = ctx.track(ctx.out_dir / f"{ctx.stem}_{req.precision}.engine")
+        out = ctx.track(ctx.artifact_path(self, req.precision))
         facts = build_engine(onnx_path, out, self.plan, ctx.input_names, (3, *ctx.preprocess.size), ctx.batch,
                              req.workspace_mb, timing_cache=ctx.out_dir / f".timing_cache.{self.plan.flavour.module}.bin")
         onnx_meta = read_sidecar(onnx_path, verify_hash=False)

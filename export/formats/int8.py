@@ -1,6 +1,6 @@
 """``int8``: the fp32 ONNX this call wrote -> an INT8 ONNX (ONNX Runtime static Q/DQ or dynamic) + cosine parity + sidecar.
 
-Quantisation itself is ``export/quantize.py``; parity (per-sample cosine against PyTorch fp32 on
+Options: ``ExportRequest.format_options["int8"]``, a ``QuantOptions``. Quantisation itself is ``export/quantize.py``; parity (per-sample cosine against PyTorch fp32 on
 calibration-disjoint images, and a head's own metric) is ``export/quant_parity.py``. With
 ``--format engine`` the Q/DQ graph also goes to TensorRT(-RTX) -- explicit quantisation -- and what
 the builder did, or its refusal verbatim, is recorded in the INT8 sidecar's ``quantization``
@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+from wherevit.base.errors import InvalidRequest
 from wherevit.base.sidecar import artifact_record, read_sidecar, sidecar_path, write_sidecar
 from wherevit.export.formats.base import ExportContext, ExportFormat, register_format
 from wherevit.export.parity import ParityError
@@ -33,7 +34,9 @@ class Int8Format(ExportFormat):
         self.quant: QuantOptions | None = None
 
     def check(self, req) -> None:
-        quant = req.quant
+        quant = req.format_options.get(self.name) or QuantOptions()  # `wherevit export --quant/--calib...`
+        if not isinstance(quant, QuantOptions):
+            raise InvalidRequest(f"format_options['int8'] must be a QuantOptions, got {type(quant).__name__}")
         if req.format == "engine":  # a missing TensorRT library fails here, before the slow steps
             self.plan = plan_build(detect_flavour(req.trt_lib), "int8", tuple(req.compute_capabilities), req.strongly_typed)
             # TensorRT's explicit quantisation takes int8 activations with zero point 0 and 8-bit DQ inputs only.
@@ -50,7 +53,8 @@ class Int8Format(ExportFormat):
         src_meta = read_sidecar(src, verify_hash=False)
         calib = calibration_set(ctx.preprocess, ctx.input_names, quant) if quant.mode == "static" else None
         suffix = "_dynamic" if quant.mode == "dynamic" else ""  # static and dynamic artifacts can sit side by side
-        out = ctx.track(ctx.out_dir / f"{ctx.stem}_int8{suffix}.onnx")
+        stem = ctx.req.out_file.stem if ctx.req.out_file is not None else ctx.stem  # `-o art/qs.onnx` -> art/qs_int8.onnx
+        out = ctx.track(ctx.out_dir / f"{stem}_int8{suffix}.onnx")
         facts = quantize_onnx(src, out, quant, calib)
         feeds, described = quant_parity_inputs(ctx.preprocess, ctx.input_names, quant, calib.held_out if calib else [])
         cmp = cosine_parity(ctx.reference, out, feeds, quant.min_cosine)

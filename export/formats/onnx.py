@@ -27,7 +27,7 @@ class OnnxFormat(ExportFormat):
 
     def build(self, ctx: ExportContext) -> Path:
         req, precision = ctx.req, onnx_precision(ctx)
-        out = ctx.track(ctx.out_dir / f"{ctx.stem}_{precision}.onnx")
+        out = ctx.track(ctx.artifact_path(self, precision))
         graph = ctx.wrap(ctx.backbone, precision)
         opts = OnnxExportOptions(precision, ctx.batch, ctx.preprocess.size, req.dynamic_hw, req.pooled, req.opset)
         facts = export_onnx(graph, out, opts)

@@ -21,6 +21,7 @@ __all__ = ["Backend", "BackendUnavailable", "InputError", "register_backend", "r
 ENTRY_POINT_GROUP = "wherevit.backends"
 _BACKENDS: dict[str, type["Backend"]] = {}
 _entry_points_loaded = False
+_UNLOADABLE: dict[str, str] = {}
 
 
 class BackendUnavailable(WherevitError, RuntimeError):
@@ -50,9 +51,19 @@ def _load_entry_points() -> None:
     from importlib.metadata import entry_points
 
     for ep in entry_points(group=ENTRY_POINT_GROUP):
-        cls = ep.load()
+        try:
+            cls = ep.load()
+        except ImportError as e:  # its optional library (e.g. torch for pt2) is missing: that backend only is off
+            _UNLOADABLE[ep.name] = f"backend {ep.name!r} ({ep.value}) cannot be imported here: {e}"
+            continue
         if _BACKENDS.get(ep.name) is not cls:
             register_backend(cls)
+
+
+def unloadable_backends() -> dict[str, str]:
+    """Entry-point backends whose module failed to import, with the reason (shown by load/bench)."""
+    _load_entry_points()
+    return dict(_UNLOADABLE)
 
 
 def registered_backends() -> dict[str, type["Backend"]]:

@@ -105,6 +105,31 @@ def test_server_serves_a_two_input_pose_graph(heads, trained_run, tmp_path):
         s.stop()
 
 
+@pytest.mark.parametrize("task,inputs,outputs", [
+    ("depth", ["images"], {"depth": [-1, -1]}),  # the sidecar's shapes: per-pixel maps are "input resolution"
+    ("seg", ["images"], {"logits": None, "labels": [-1, -1]}),
+    ("pose", ["images_a", "images_b"], {"rotation": [3, 3], "translation": [3]}),
+])
+def test_head_graphs_become_triton_models(task, inputs, outputs, heads, trained_run, tmp_path):
+    model_config_pb2 = pytest.importorskip("tritonclient.grpc.model_config_pb2")
+    from google.protobuf import text_format
+
+    from wherevit.export.formats.triton import write_triton_model
+
+    res = export_artifacts(ExportRequest(str(trained_run), tmp_path, head=str(heads / f"head_{task}.safetensors"), batch=(1, 2, 4)))
+    out = write_triton_model(res.onnx, tmp_path / "repo")
+    cfg = text_format.Parse(out.config.read_text(), model_config_pb2.ModelConfig())
+    assert cfg.name == f"vit_tiny_patch16_224_{task}" and cfg.max_batch_size == 4
+    assert [i.name for i in cfg.input] == inputs and all(list(i.dims) == [3, 32, 32] for i in cfg.input)
+    assert [o.name for o in cfg.output] == list(outputs)
+    for o in cfg.output:
+        if outputs[o.name] is not None:
+            assert list(o.dims) == outputs[o.name], o.name
+    if task == "seg":
+        assert [o.data_type for o in cfg.output] == [model_config_pb2.TYPE_FP32, model_config_pb2.TYPE_INT64]
+    assert cfg.parameters["wherevit.task"].string_value == task
+
+
 @pytest.mark.skipif(__import__("importlib").util.find_spec("tensorrt_rtx") is None, reason="tensorrt_rtx is not installed")
 @pytest.mark.parametrize("task", ["depth", "pose"])
 def test_head_engines_build_with_tensorrt_rtx(task, heads, trained_run, tmp_path):

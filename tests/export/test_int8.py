@@ -14,12 +14,12 @@ from wherevit.base.sidecar import read_sidecar
 from wherevit.export.api import ExportRequest, ParityError, export_artifacts
 from wherevit.export.quantize import CalibrationError, QuantOptions, calibration_set, reduce_range_decision
 from wherevit.runtime.batching import BatchingConfig
-from wherevit.runtime.server import InferenceService, ServeConfig
+from wherevit.runtime.service import InferenceService, ServeConfig
 
 
 def _export(run, out, **quant):
     return export_artifacts(ExportRequest(str(run), out, precision="int8", batch=(1, 4, 8),
-                                          quant=QuantOptions(calib_count=quant.pop("calib_count", 16), **quant)))
+                                          format_options={"int8": QuantOptions(calib_count=quant.pop("calib_count", 16), **quant)}))
 
 
 @pytest.fixture(scope="module")
@@ -201,7 +201,7 @@ needs_rtx = pytest.mark.skipif(importlib.util.find_spec("tensorrt_rtx") is None,
 @needs_rtx
 def test_qdq_graph_goes_to_tensorrt_rtx_and_the_outcome_is_recorded(trained_run, tmp_path):
     res = export_artifacts(ExportRequest(str(trained_run), tmp_path, format="engine", precision="int8", batch=(1, 2, 4),
-                                         compute_capabilities=("SM86",), quant=QuantOptions(calib_count=8)))
+                                         compute_capabilities=("SM86",), format_options={"int8": QuantOptions(calib_count=8)}))
     meta = read_sidecar(res.int8)
     tb = meta.quantization["tensorrt_build"]
     assert meta.quantization["activations"].startswith("int8, symmetric")  # what TensorRT accepts
@@ -220,7 +220,7 @@ def test_head_graph_int8_keeps_the_head_float_and_reports_its_metric(task, metri
     cfg = HeadTrainConfig(n_train=16, n_test=8, size=32, epochs=2, cache_dir=str(tmp_path))
     fit_head(task, load_backbone(trained_run)[0], cfg, progress=False, out_dir=tmp_path)
     res = export_artifacts(ExportRequest(str(trained_run), tmp_path / "o", head=str(tmp_path / f"head_{task}.safetensors"),
-                                         precision="int8", batch=(1, 2, 4), quant=QuantOptions(calib_count=8)))
+                                         precision="int8", batch=(1, 2, 4), format_options={"int8": QuantOptions(calib_count=8)}))
     meta = read_sidecar(res.int8)
     assert res.int8.name == f"{task}_int8.onnx" and meta.task == task
     q = meta.quantization
