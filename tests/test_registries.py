@@ -23,12 +23,10 @@ from wherevit.runtime.backends.base import register_backend
 @pytest.fixture
 def clean_registries():
     """Registrations made by a test are undone after it."""
-    saved_b, saved_f = dict(backends_base._BACKENDS), dict(formats_base._FORMATS)
+    saved_b, saved_f = backends_base.BACKENDS.snapshot(), formats_base.FORMATS.snapshot()
     yield
-    backends_base._BACKENDS.clear()
-    backends_base._BACKENDS.update(saved_b)
-    formats_base._FORMATS.clear()
-    formats_base._FORMATS.update(saved_f)
+    backends_base.BACKENDS.restore(saved_b)
+    formats_base.FORMATS.restore(saved_f)
 
 
 class NumpyOnnxCopy(ExportFormat):
@@ -113,9 +111,9 @@ def test_backends_and_formats_from_entry_points(tmp_path, monkeypatch, clean_reg
     _fake_distribution(tmp_path / "f", formats_base.ENTRY_POINT_GROUP, "toy", "wherevit_toy_plugin:NumpyOnnxCopy")
     for p in (tmp_path, tmp_path / "b", tmp_path / "f"):
         monkeypatch.syspath_prepend(str(p))
-    monkeypatch.setattr(backends_base, "_entry_points_loaded", False)
-    monkeypatch.setattr(formats_base, "_entry_points_loaded", False)
-    assert "toy-ort" not in backends_base._BACKENDS
+    backends_base.BACKENDS.reload_entry_points()
+    formats_base.FORMATS.reload_entry_points()
+    assert "toy-ort" not in backends_base.BACKENDS.snapshot()[0]
     assert registered_backends()["toy-ort"].__name__ == "ToyBackend"
     assert registered_formats()["toy"].__name__ == "NumpyOnnxCopy"
     sys.modules.pop("wherevit_toy_plugin", None)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from importlib.metadata import entry_points
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, ClassVar
 
@@ -20,17 +19,16 @@ from torch import nn
 
 from wherevit.base.errors import InvalidRequest
 from wherevit.base.image import Preprocess
+from wherevit.base.registry import Registry
 from wherevit.base.sidecar import Sidecar
 
 if TYPE_CHECKING:
     from wherevit.export.api import ExportRequest, ExportResult
 
-__all__ = ["ExportFormat", "ExportContext", "register_format", "registered_formats", "get_format", "format_chain",
+__all__ = ["ExportFormat", "ExportContext", "FORMATS", "register_format", "registered_formats", "get_format", "format_chain",
            "ENTRY_POINT_GROUP"]
 
 ENTRY_POINT_GROUP = "wherevit.export_formats"
-_FORMATS: dict[str, type["ExportFormat"]] = {}
-_entry_points_loaded = False
 
 
 @dataclass
@@ -89,37 +87,15 @@ class ExportFormat(ABC):
         """Write the artifact and its sidecar (tracked in ``ctx.written``) and return the artifact's path."""
 
 
-def register_format(cls: type[ExportFormat]) -> type[ExportFormat]:
-    """Class decorator: make an export format available by its ``name``; a duplicate name is refused."""
-    if not getattr(cls, "name", None):
-        raise TypeError(f"{cls.__name__} needs a class attribute 'name'")
-    if cls.name in _FORMATS and _FORMATS[cls.name] is not cls:
-        raise InvalidRequest(f"export format {cls.name!r} is already registered by {_FORMATS[cls.name].__qualname__}")
-    _FORMATS[cls.name] = cls
-    return cls
-
-
-def _load_entry_points() -> None:
-    global _entry_points_loaded
-    if _entry_points_loaded:
-        return
-    _entry_points_loaded = True
-    for ep in entry_points(group=ENTRY_POINT_GROUP):
-        cls = ep.load()
-        if _FORMATS.get(ep.name) is not cls:
-            register_format(cls)
-
-
-def registered_formats() -> dict[str, type[ExportFormat]]:
-    _load_entry_points()
-    return dict(_FORMATS)
+FORMATS: Registry = Registry("export format", ENTRY_POINT_GROUP)
+FORMATS.base = ExportFormat
+register_format = FORMATS.register  # class decorator; a duplicate name is refused
+registered_formats = FORMATS.items
 
 
 def get_format(name: str) -> ExportFormat:
-    formats = registered_formats()
-    if name not in formats:
-        raise InvalidRequest(f"unknown export format {name!r}; registered: {', '.join(sorted(formats))}")
-    return formats[name]()
+    """A fresh instance of the format registered as ``name`` (formats keep per-call state, e.g. a build plan)."""
+    return FORMATS.get(name)()
 
 
 def format_chain(name: str) -> list[ExportFormat]:

@@ -14,14 +14,17 @@ from typing import ClassVar, Mapping
 import numpy as np
 
 from wherevit.base.errors import WherevitError
+from wherevit.base.registry import Registry
 from wherevit.base.sidecar import Sidecar
 
-__all__ = ["Backend", "BackendUnavailable", "InputError", "register_backend", "registered_backends", "ENTRY_POINT_GROUP"]
+__all__ = ["Backend", "BackendUnavailable", "InputError", "BACKENDS", "register_backend", "registered_backends",
+           "unloadable_backends", "ENTRY_POINT_GROUP"]
 
 ENTRY_POINT_GROUP = "wherevit.backends"
-_BACKENDS: dict[str, type["Backend"]] = {}
-_entry_points_loaded = False
-_UNLOADABLE: dict[str, str] = {}
+BACKENDS: Registry = Registry("backend", ENTRY_POINT_GROUP)
+register_backend = BACKENDS.register  # class decorator; a duplicate name is refused
+registered_backends = BACKENDS.items  # every backend by name: built-ins, installed packages', registered since
+unloadable_backends = BACKENDS.unloadable  # entry-point backends whose module cannot import here (e.g. pt2 without torch)
 
 
 class BackendUnavailable(WherevitError, RuntimeError):
@@ -30,46 +33,6 @@ class BackendUnavailable(WherevitError, RuntimeError):
 
 class InputError(WherevitError, ValueError):
     """An input tensor with the wrong name, dtype or shape."""
-
-
-def register_backend(cls: type["Backend"]) -> type["Backend"]:
-    """Class decorator: make a backend available by its ``name``; a duplicate name is refused."""
-    if not getattr(cls, "name", None):
-        raise TypeError(f"{cls.__name__} needs a class attribute 'name'")
-    if cls.name in _BACKENDS and _BACKENDS[cls.name] is not cls:
-        raise ValueError(f"backend name {cls.name!r} is already registered by {_BACKENDS[cls.name].__qualname__}")
-    _BACKENDS[cls.name] = cls
-    return cls
-
-
-def _load_entry_points() -> None:
-    """Backends of other packages, declared in the ``wherevit.backends`` entry-point group."""
-    global _entry_points_loaded
-    if _entry_points_loaded:
-        return
-    _entry_points_loaded = True
-    from importlib.metadata import entry_points
-
-    for ep in entry_points(group=ENTRY_POINT_GROUP):
-        try:
-            cls = ep.load()
-        except ImportError as e:  # its optional library (e.g. torch for pt2) is missing: that backend only is off
-            _UNLOADABLE[ep.name] = f"backend {ep.name!r} ({ep.value}) cannot be imported here: {e}"
-            continue
-        if _BACKENDS.get(ep.name) is not cls:
-            register_backend(cls)
-
-
-def unloadable_backends() -> dict[str, str]:
-    """Entry-point backends whose module failed to import, with the reason (shown by load/bench)."""
-    _load_entry_points()
-    return dict(_UNLOADABLE)
-
-
-def registered_backends() -> dict[str, type["Backend"]]:
-    """Every backend by name: the built-ins, those of installed packages, and any registered since."""
-    _load_entry_points()
-    return dict(_BACKENDS)
 
 
 class Backend(ABC):
@@ -150,3 +113,6 @@ class Backend(ABC):
 
     def _deactivate_impl(self) -> None:  # noqa: B027 (optional hook: most backends hold nothing to free)
         """Release what ``_activate_impl`` acquired (optional)."""
+
+
+BACKENDS.base = Backend

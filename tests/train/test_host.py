@@ -281,9 +281,10 @@ class _ToyHook:
 
 @pytest.fixture
 def toy_plugin():
+    snap = plugin_base.PLUGINS.snapshot()
     register_plugin(_Toy)
     yield _Toy
-    plugin_base._REGISTRY.pop(_Toy.name, None)
+    plugin_base.PLUGINS.restore(snap)
 
 
 def test_plugin_ema_targets_progress_and_hooks(toy_plugin):
@@ -327,9 +328,10 @@ def test_plugins_from_the_entry_point_group_and_name_clashes(tmp_path, monkeypat
     _fake_distribution(tmp_path / "a", "toy_from_entry_point", "wherevit_toy_plugin_pkg:FromPackage")
     for p in (tmp_path, tmp_path / "a"):
         monkeypatch.syspath_prepend(str(p))
-    monkeypatch.setattr(plugin_base, "_entry_points_loaded", False)
+    snap = plugin_base.PLUGINS.snapshot()
+    plugin_base.PLUGINS.reload_entry_points()
     try:
-        assert "toy_from_entry_point" not in plugin_base._REGISTRY
+        assert "toy_from_entry_point" not in snap[0]
         cls = plugin_base.registered_plugins()["toy_from_entry_point"]
         assert cls.__name__ == "FromPackage"
         # usable from a config like a built-in
@@ -337,12 +339,11 @@ def test_plugins_from_the_entry_point_group_and_name_clashes(tmp_path, monkeypat
         # a package claiming a built-in's name is refused
         _fake_distribution(tmp_path / "b", "sp", "wherevit_toy_plugin_pkg:Clash")
         monkeypatch.syspath_prepend(str(tmp_path / "b"))
-        monkeypatch.setattr(plugin_base, "_entry_points_loaded", False)
+        plugin_base.PLUGINS.reload_entry_points()
         with pytest.raises(PluginError, match="'sp' is already registered"):
             plugin_base.registered_plugins()
     finally:
-        plugin_base._REGISTRY.pop("toy_from_entry_point", None)
-        monkeypatch.setattr(plugin_base, "_entry_points_loaded", True)
+        plugin_base.PLUGINS.restore(snap)
         sys.modules.pop("wherevit_toy_plugin_pkg", None)
 
 

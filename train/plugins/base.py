@@ -94,7 +94,6 @@ from __future__ import annotations
 import copy
 import logging
 from dataclasses import dataclass
-from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, Any, Callable, ClassVar, Mapping
 
 import torch
@@ -102,6 +101,7 @@ from torch import nn
 
 from wherevit.base.config import ConfigError, from_dict
 from wherevit.base.errors import WherevitError
+from wherevit.base.registry import Registry
 from wherevit.train.backbone import BackboneFeatures
 from wherevit.train.data.dataset import SampleHook, ViewSampler
 
@@ -116,12 +116,13 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 ENTRY_POINT_GROUP = "wherevit.plugins"
-_REGISTRY: dict[str, type["Plugin"]] = {}
-_entry_points_loaded = False
 
 
 class PluginError(WherevitError, ValueError):
     """A plug-in that cannot be registered or built as configured."""
+
+
+PLUGINS: Registry = Registry("plug-in", ENTRY_POINT_GROUP, error=PluginError)
 
 
 @dataclass
@@ -278,45 +279,16 @@ def view_major(x: torch.Tensor) -> torch.Tensor:
     return x.transpose(0, 1).reshape(V * B, *x.shape[2:])
 
 
-def register_plugin(cls: type[Plugin]) -> type[Plugin]:
-    """Class decorator: make a plug-in available by its ``name`` in configs; duplicates are refused."""
-    if not getattr(cls, "name", None):
-        raise PluginError(f"{cls.__name__} needs a class attribute 'name'")
-    if not (isinstance(cls, type) and issubclass(cls, Plugin)):
-        raise PluginError(f"{cls!r} is not a Plugin subclass")
-    other = _REGISTRY.get(cls.name)
-    if other is not None and other is not cls:
-        raise PluginError(f"plug-in name {cls.name!r} is already registered by {other.__module__}.{other.__qualname__}")
-    _REGISTRY[cls.name] = cls
-    return cls
-
-
-def _load_entry_points() -> None:
-    """Register the plug-ins other packages declare in the ``wherevit.plugins`` entry-point group."""
-    global _entry_points_loaded
-    if _entry_points_loaded:
-        return
-    for ep in entry_points(group=ENTRY_POINT_GROUP):
-        obj = ep.load()  # a Plugin class, or a module that registers itself on import
-        if isinstance(obj, type):
-            if getattr(obj, "name", None) != ep.name:
-                raise PluginError(f"entry point {ep.name!r} ({ep.value}) loads a plug-in named {getattr(obj, 'name', None)!r}")
-            register_plugin(obj)
-        elif ep.name not in _REGISTRY:
-            raise PluginError(f"entry point {ep.name!r} ({ep.value}) registered no plug-in of that name")
-    _entry_points_loaded = True  # only once all loaded: a clash is reported on every call, not just the first
-
-
-def registered_plugins() -> dict[str, type[Plugin]]:
-    """Built-in plug-ins plus those from the ``wherevit.plugins`` entry-point group."""
-    _load_entry_points()
-    return dict(_REGISTRY)
+PLUGINS.base = Plugin
+register_plugin = PLUGINS.register  # class decorator: available by ``name`` in configs; a duplicate name is refused
+registered_plugins = PLUGINS.items  # built-ins plus the ``wherevit.plugins`` entry-point group
 
 
 def create_plugin(name: str, params: Mapping[str, Any], embed_dim: int) -> Plugin:
     """Build plug-in ``name`` from its YAML section (validated against its Config dataclass)."""
     known = registered_plugins()
     if name not in known:
-        raise ConfigError(f"unknown plug-in 'plugins.{name}'; registered: {', '.join(sorted(known))}")
+        why = f" ({PLUGINS.unloadable()[name]})" if name in PLUGINS.unloadable() else ""
+        raise ConfigError(f"unknown plug-in 'plugins.{name}'; registered: {', '.join(sorted(known))}{why}")
     cls = known[name]
     return cls(cls.parse_config(params), embed_dim)
