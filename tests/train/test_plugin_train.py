@@ -137,15 +137,22 @@ def test_two_process_ddp_matches_one_process_with_the_plugins(tmp_path):
 
 @pytest.mark.parametrize("name", ["gtsa", "equivariance"])
 def test_too_small_images_say_so(tmp_path, name):
+    """A folder of 1x1 images stops with the decoder's clear error (changed when the shared decoder
+    began refusing sides < 2); an in-memory image that small still gets the plug-in's own message."""
     import cv2
 
     from wherevit.train.data.sources import DataError
+    from wherevit.train.plugins.equivariance import EquivarianceConfig, EquiViewSampler
+    from wherevit.train.plugins.gtsa import GTSAConfig, GTSAViewSampler
 
     for i in range(8):
         cv2.imwrite(str(tmp_path / f"im{i}.png"), np.full((1, 1, 3), 100, np.uint8))
     cfg = _cfg(total_steps=1, plugins={name: PLUGINS[name]}, **{"data.source": "folder", "data.path": str(tmp_path)})
-    with pytest.raises(DataError, match=f"{name}: an image of 1x1 pixels is too small"):
+    with pytest.raises(DataError, match="a 1x1 image has no pixels to look at"):
         train(cfg, tmp_path / "run", progress=False)
+    sampler = GTSAViewSampler(GTSAConfig()) if name == "gtsa" else EquiViewSampler(EquivarianceConfig())
+    with pytest.raises(DataError, match=f"{name}: an image of 1x1 pixels is too small"):
+        sampler(np.full((1, 1, 3), 100, np.uint8), np.random.default_rng(0))
 
 
 def test_equivariance_on_a_split_of_the_ibot_patch_head(tmp_path):
