@@ -42,18 +42,19 @@ def load_folder_images(folder: str | os.PathLike, size: int, limit: int | None =
                        seed: int = 0) -> FolderImages:
     """Up to ``limit`` images under ``folder`` (recursive) as ``size`` x ``size`` RGB squares.
 
-    With more files than ``limit``, a ``seed``-fixed subset is used. Raises ``DataError`` naming the
-    folder when it is missing, not a folder, unreadable, or yields fewer than ``min_images``.
+    Files are taken in a ``seed``-fixed shuffled order (so a train/test split by index mixes the
+    folder's subfolders) until ``limit`` decode. Raises ``DataError`` naming the folder when it is
+    missing, not a folder, unreadable, or yields fewer than ``min_images``.
     """
     root = Path(folder)
     if root.is_dir() and not os.access(root, os.R_OK | os.X_OK):
         raise DataError(f"image folder {root} is not readable (permission denied)")
     files = ImageFolder(root).files  # missing folder / not a folder / no image files: DataError naming it
-    if limit is not None and len(files) > limit:
-        keep = np.sort(np.random.default_rng(seed).choice(len(files), limit, replace=False))
-        files = [files[i] for i in keep]
     images, skipped = [], []
-    for f in files:
+    for i in np.random.default_rng(seed).permutation(len(files)):
+        if limit is not None and len(images) >= limit:
+            break
+        f = files[i]
         try:
             images.append(_square(read_image(f), size))
         except ImageDecodeError as e:

@@ -9,6 +9,10 @@ backbones (training runs live in ``<runs_dir>/train/<train key>``, keyed by the 
 A training killed midway resumes from its newest checkpoint. Runs go seed by seed, so an
 interrupted study already holds complete pairs for its first seeds.
 
+Several ``wherevit study`` processes may share one ``runs_dir`` (e.g. one per seed on a bigger
+machine): a run being worked on holds ``locks/<key>.lock`` (its process id), which the others skip;
+the lock of a process that died is taken over.
+
 Keys hash the configs' non-default values only, so a config field added later (whose default
 keeps the old behaviour) does not invalidate finished runs. Code changes that should invalidate
 them (a fixed evaluation, a changed default) bump ``RESULT_FORMAT``.
@@ -20,6 +24,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import socket
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -197,6 +202,35 @@ def load_records(study: StudyConfig, runs_dir: Path | None = None) -> tuple[list
     return done, missing
 
 
+def _take_lock(lock: Path) -> int | None:
+    """Create ``lock`` for this process; None if it is held by another live process on this machine."""
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    me = f"{os.getpid()} {socket.gethostname()}"
+    for _ in range(2):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            try:
+                pid, _, host = lock.read_text().partition(" ")
+                pid_i = int(pid)
+            except (OSError, ValueError):
+                return None  # being written right now by its owner
+            if host != socket.gethostname():
+                return pid_i  # another machine: trust it
+            try:
+                os.kill(pid_i, 0)
+                return pid_i
+            except ProcessLookupError:
+                lock.unlink(missing_ok=True)  # its process died: take it over
+                continue
+            except PermissionError:
+                return pid_i
+        os.write(fd, me.encode())
+        os.close(fd)
+        return None
+    return -1
+
+
 def run_study(study: StudyConfig, runs_dir: Path | None = None, progress: bool = False,
               echo: Callable[[str], None] = print, max_runs: int | None = None) -> list[dict]:
     """Run every missing (variant, seed) of ``study`` and return all records (cached and new).
@@ -217,10 +251,22 @@ def run_study(study: StudyConfig, runs_dir: Path | None = None, progress: bool =
             continue
         if max_runs is not None and ran >= max_runs:
             break
-        echo(f"[{i}/{len(plan)}] {run.label}: {'training + ' if run.kind == 'trained' else ''}evaluating ...")
-        t0 = time.perf_counter()
-        rec = _execute(run, runs_dir, progress, echo)
-        atomic_write_text(results_dir / f"{run.key}.json", json.dumps(rec, indent=1, default=_plain))
+        lock = runs_dir / "locks" / f"{run.key}.lock"
+        holder = _take_lock(lock)
+        if holder is not None:
+            echo(f"[{i}/{len(plan)}] {run.label}: skipped, another process ({holder}) is running it")
+            continue
+        try:
+            if (results_dir / f"{run.key}.json").is_file():  # finished by another process meanwhile
+                records[run.key] = json.loads((results_dir / f"{run.key}.json").read_text())
+                echo(f"[{i}/{len(plan)}] {run.label}: cached")
+                continue
+            echo(f"[{i}/{len(plan)}] {run.label}: {'training + ' if run.kind == 'trained' else ''}evaluating ...")
+            t0 = time.perf_counter()
+            rec = _execute(run, runs_dir, progress, echo)
+            atomic_write_text(results_dir / f"{run.key}.json", json.dumps(rec, indent=1, default=_plain))
+        finally:
+            lock.unlink(missing_ok=True)
         records[run.key] = rec
         ran += 1
         took = time.perf_counter() - t0

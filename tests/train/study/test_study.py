@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 import yaml
@@ -165,3 +166,24 @@ def test_the_shipped_study_is_valid_and_compares_same_budget_runs():
     assert dino.train_cfg.plugins == {} and dino.train_cfg.dino.teacher_temp == 0.02  # the DINO that learns
     sp = next(r for r in runs if r.variant == "dino_sp")
     assert sp.train_cfg.plugins["sp"]["crop_size"] == 32  # the preset's quickstart-scale section
+
+
+def test_a_run_locked_by_a_live_process_is_skipped_and_a_dead_ones_lock_taken_over(tmp_path, counters):
+    import socket
+    import subprocess
+    import sys
+
+    cfg = load_study_config(write_study(tmp_path, [{"name": "dino"}, {"name": "random", "kind": "random"}], seeds=[0]))
+    dino, rnd = plan_runs(cfg)
+    locks = tmp_path / "runs" / "locks"
+    locks.mkdir(parents=True)
+    (locks / f"{dino.key}.lock").write_text(f"{os.getppid()} {socket.gethostname()}")  # alive: the test's parent
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    (locks / f"{rnd.key}.lock").write_text(f"{int(dead.stdout)} {socket.gethostname()}")
+    lines = []
+    study(cfg, echo=lines.append)
+    assert any("dino seed 0: skipped, another process" in line for line in lines)
+    assert counters == {"train": 0, "eval": 1}  # only the run whose lock was stale
+    assert any("1 run(s) still missing: dino seed 0" in line for line in lines)
+    assert not (locks / f"{rnd.key}.lock").exists()
+    assert json.loads((tmp_path / "out" / "results.json").read_text())["missing"] == ["dino seed 0"]
