@@ -379,7 +379,7 @@ def study(config: str, overrides: tuple[str, ...], runs_dir: Path | None, out: P
     Finished runs are cached and reused (also by other study files); an interrupted study continues
     where it stopped, and a training cut off midway resumes from its checkpoint.
     """
-    from wherevit.train.study import load_study_config, study as run
+    from wherevit.train.study import load_study_config, run_and_report
 
     path = Path(config)
     if not path.exists() and "/" not in config and not config.endswith((".yaml", ".yml")):
@@ -389,7 +389,7 @@ def study(config: str, overrides: tuple[str, ...], runs_dir: Path | None, out: P
         path = Path(str(shipped)) if shipped.is_file() else path
     cfg = _run(load_study_config, path, list(overrides))
     command = "wherevit " + " ".join(sys.argv[1:]) if sys.argv and "study" in sys.argv else f"wherevit study {config}"
-    _run(run, cfg, runs_dir, out, command=command, progress=progress, echo=click.echo, max_runs=max_runs,
+    _run(run_and_report, cfg, runs_dir, out, command=command, progress=progress, echo=click.echo, max_runs=max_runs,
          report_only=report_only)
 
 

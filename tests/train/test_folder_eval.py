@@ -97,3 +97,16 @@ def test_an_unreadable_folder_is_named(photo_folder):
             load_folder_images(photo_folder, 32)
     finally:
         photo_folder.chmod(0o755)
+
+
+def test_the_cli_scores_a_folder_and_names_an_empty_one(photo_folder, tmp_path):
+    from click.testing import CliRunner
+
+    from wherevit.app.cli import main
+
+    (tmp_path / "empty").mkdir()
+    res = CliRunner().invoke(main, ["eval", "spatial", "vit_tiny_patch16_224", "--folder", str(tmp_path / "empty")])
+    assert res.exit_code == 1 and f"DataError: no images found under {tmp_path / 'empty'}" in res.output
+    res = CliRunner().invoke(main, ["eval", "jigsaw", "vit_tiny_patch16_224", "--folder", str(photo_folder), "--n-test", "4"])
+    assert res.exit_code == 0, res.output
+    assert "jigsaw  per-tile" in res.output and "recognition" not in res.output

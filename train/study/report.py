@@ -76,7 +76,8 @@ def summarise(variants: Sequence[Mapping[str, Any]], baseline: str, records: Seq
                 else:
                     cell["verdict"] = "better" if (diff.mean > 0) == higher else "worse"
             cells[name][metric] = cell
-    return {"level": level, "baseline": baseline, "cells": cells}
+    return {"level": level, "baseline": baseline, "kinds": {v["name"]: v.get("kind", "trained") for v in variants},
+            "cells": cells}
 
 
 def _fmt(x: float | None, digits: int) -> str:
@@ -130,14 +131,16 @@ def markdown_table(summary: Mapping[str, Any], metrics: Mapping[str, tuple[str, 
 def plot_study(summary: Mapping[str, Any], metrics: Mapping[str, tuple[str, str, bool]], path: str | os.PathLike,
                labels: Mapping[str, str] | None = None, title: str = "") -> Path:
     """One panel per evaluation, variants side by side with their intervals; ``*`` marks a paired
-    difference to the baseline outside the noise."""
+    difference to the baseline outside the noise; chance is a dashed line."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     cells, baseline = summary["cells"], summary["baseline"]
-    names = [n for n in cells if cells[n]]
+    kinds = summary.get("kinds", {})
+    chance = [n for n in cells if cells[n] and kinds.get(n) == "chance"]
+    names = [n for n in cells if cells[n] and n not in chance]
     labels = labels or {}
     shown = [m for m in metrics if any(m in cells[n] for n in names)]
     cols = min(4, max(1, len(shown)))
@@ -156,10 +159,17 @@ def plot_study(summary: Mapping[str, Any], metrics: Mapping[str, tuple[str, str,
                         markerfacecolor="white" if n != baseline else None)
             if c.get("verdict") in ("better", "worse"):
                 ax.annotate("*", (i, iv["mean"] + err), ha="center", va="bottom", fontsize=13)
+        for n in chance:
+            if metric in cells[n]:
+                ax.axhline(cells[n][metric]["interval"]["mean"], ls="--", lw=1, color="grey", label=labels.get(n, n))
         ax.set_title(f"{mtitle} ({'higher' if higher else 'lower'} is better)", fontsize=8)
         ax.set_xticks(range(len(names)), [labels.get(n, n) for n in names], rotation=30, ha="right", fontsize=7)
         ax.tick_params(axis="y", labelsize=7)
         ax.grid(axis="y", alpha=0.3)
+        ax.set_xlim(-0.5, len(names) - 0.5)
+        ax.margins(y=0.15)
+    if chance:
+        axes.flat[0].legend(fontsize=7, loc="best")
     for ax in list(axes.flat)[len(shown):]:
         ax.axis("off")
     pct = int(round(summary["level"] * 100))

@@ -13,7 +13,8 @@ from tests.conftest import tiny_train_dict
 from wherevit.base.config import ConfigError
 from wherevit.train import loop
 from wherevit.train.evals import suite
-from wherevit.train.study import StudyError, load_study_config, plan_runs, study
+from wherevit.train.study import StudyError, load_study_config, plan_runs
+from wherevit.train.study import run_and_report as study
 
 # a tiny evaluation: every task runs, on a handful of images (seconds, not minutes)
 TINY_EVAL = {"n_train": 8, "n_test": 4, "epochs": 1, "spatial_images": 8, "spatial_crop": 16, "jigsaw_train": 6,
@@ -187,3 +188,23 @@ def test_a_run_locked_by_a_live_process_is_skipped_and_a_dead_ones_lock_taken_ov
     assert any("1 run(s) still missing: dino seed 0" in line for line in lines)
     assert not (locks / f"{rnd.key}.lock").exists()
     assert json.loads((tmp_path / "out" / "results.json").read_text())["missing"] == ["dino seed 0"]
+
+
+def test_the_cli_finds_a_shipped_study_by_name_and_reports_what_is_missing(tmp_path):
+    from wherevit.app.cli import main
+
+    res = CliRunner().invoke(main, ["study", "quickstart", "--report-only", "--runs", str(tmp_path / "runs"),
+                                    "-o", str(tmp_path / "out")])
+    assert res.exit_code == 0, res.output
+    assert "9 run(s) still missing: dino seed 0, dino_sp seed 0, random seed 0" in res.output
+    doc = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert not doc["complete"] and doc["runs"] == [] and not (tmp_path / "out" / "study.png").exists()
+
+
+def test_the_cli_names_an_unregistered_plugin_in_one_line(tmp_path):
+    from wherevit.app.cli import main
+
+    path = write_study(tmp_path, [{"name": "dino"}, {"name": "dino_posfield", "plugins": {"posfield": {}}}])
+    res = CliRunner().invoke(main, ["study", str(path)])
+    assert res.exit_code == 1 and "names plug-in 'posfield', which is not registered" in res.output
+    assert "Traceback" not in res.output
