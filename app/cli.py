@@ -39,6 +39,7 @@ def main(verbose: bool) -> None:
     The train-then-export workflow:
       wherevit train --config quickstart --out runs/qs      # DINO + SP on generated scenes (CPU ok)
       wherevit eval spatial runs/qs                          # position/scale probe on frozen features
+      wherevit study quickstart                              # the plug-in study: variants x seeds, intervals
       wherevit export runs/qs --format onnx --out art/qs     # ONNX + sidecar, parity-checked
       wherevit export runs/qs --format engine --out art/qs   # TensorRT(-RTX) engine + sidecar
       wherevit bench art/qs/model.onnx                       # latency / throughput table
