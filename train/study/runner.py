@@ -10,8 +10,8 @@ A training killed midway resumes from its newest checkpoint. Runs go seed by see
 interrupted study already holds complete pairs for its first seeds.
 
 Several ``wherevit study`` processes may share one ``runs_dir`` (e.g. one per seed on a bigger
-machine): a run being worked on holds ``locks/<key>.lock`` (its process id), which the others skip;
-the lock of a process that died is taken over.
+machine): a run being worked on holds ``locks/<train key or key>.lock`` (its process id), which the
+others skip; the lock of a process that died is taken over.
 
 Keys hash the configs' non-default values only, so a config field added later (whose default
 keeps the old behaviour) does not invalidate finished runs. Code changes that should invalidate
@@ -251,7 +251,8 @@ def run_study(study: StudyConfig, runs_dir: Path | None = None, progress: bool =
             continue
         if max_runs is not None and ran >= max_runs:
             break
-        lock = runs_dir / "locks" / f"{run.key}.lock"
+        # a trained run locks its training: two studies that evaluate one training differently share it
+        lock = runs_dir / "locks" / f"{run.train_key or run.key}.lock"
         holder = _take_lock(lock)
         if holder is not None:
             echo(f"[{i}/{len(plan)}] {run.label}: skipped, another process ({holder}) is running it")

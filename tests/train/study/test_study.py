@@ -178,7 +178,7 @@ def test_a_run_locked_by_a_live_process_is_skipped_and_a_dead_ones_lock_taken_ov
     dino, rnd = plan_runs(cfg)
     locks = tmp_path / "runs" / "locks"
     locks.mkdir(parents=True)
-    (locks / f"{dino.key}.lock").write_text(f"{os.getppid()} {socket.gethostname()}")  # alive: the test's parent
+    (locks / f"{dino.train_key}.lock").write_text(f"{os.getppid()} {socket.gethostname()}")  # alive: the test's parent
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     (locks / f"{rnd.key}.lock").write_text(f"{int(dead.stdout)} {socket.gethostname()}")
     lines = []
