@@ -3,12 +3,19 @@
 Timing rules: warm-up runs are excluded (compilation, engine load, first-call allocation); each
 measurement repeats until both a minimum count and a minimum duration are reached; work on a GPU
 is synchronised before the clock stops; inputs rotate among several distinct random buffers (never
-zeros) so caches do not flatter. Each row also carries parity against the PyTorch fp32 reference.
+zeros) so caches do not flatter. Each row also carries parity against the PyTorch fp32 reference,
+computed on generated scenes (quantised graphs are calibrated for images, not noise): relative L2
+error for fp32/fp16 rows, per-sample cosine similarity for int8 and bf16 rows. The machine section
+names the CPU's ISA and its measured GEMM peaks per dtype (``app/machine.py``); each CPU row carries
+its fraction of the peak of its dtype.
+
+Precisions: fp32, fp16, bf16, int8 (static Q/DQ) and int8-dynamic (dynamic quantisation).
 """
 
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import os
 import platform
@@ -21,11 +28,16 @@ from typing import Callable
 
 import numpy as np
 
+from wherevit.base.errors import InvalidRequest, WherevitError
 from wherevit.base.io import atomic_write_text
-from wherevit.runtime.compare import compare
+from wherevit.base.sidecar import Sidecar, read_sidecar, sidecar_path
+from wherevit.runtime.backends import Backend, registered_backends
+from wherevit.runtime.compare import DEFAULT_MIN_COSINE, DEFAULT_RTOL, compare
 
 __all__ = ["BenchRow", "BenchRequest", "TimingConfig", "time_callable", "machine_info", "write_results", "format_table",
-           "run_bench", "ALL_BACKENDS"]
+           "run_bench", "bench_precision", "COSINE_ROWS"]
+
+COSINE_ROWS = ("int8", "int8-dynamic", "bf16")  # parity by per-sample cosine rather than relative L2
 
 
 @dataclass
@@ -52,7 +64,10 @@ class BenchRow:
     iters: int | None = None
     rel_l2: float | None = None
     max_abs: float | None = None
+    cos_min: float | None = None  # per-sample cosine to the PyTorch fp32 reference: the parity of int8 / bf16 rows
+    cos_mean: float | None = None
     parity_ok: bool | None = None
+    fraction_of_peak: float | None = None  # CPU rows: model GFLOP/s over the machine's GEMM peak of the row's dtype
     artifact: str | None = None
     artifact_bytes: int | None = None
     h2d_ms: float | None = None
@@ -82,11 +97,18 @@ def time_callable(fn: Callable[[int], object], cfg: TimingConfig, sync: Callable
             "p99_ms": float(np.percentile(ms, 99)), "mean_ms": float(ms.mean()), "iters": int(ms.size)}
 
 
-def parity_fields(reference: dict[str, np.ndarray] | None, got: dict[str, np.ndarray], rtol: float) -> dict:
-    if reference is None:
+def parity_fields(reference: dict[str, np.ndarray] | None, got: dict[str, np.ndarray], rtol: float,
+                  min_cosine: float | None = None) -> dict:
+    """The row's parity against the PyTorch fp32 reference; outputs missing from ``got`` fail it.
+
+    Cosine figures are always reported; ``parity_ok`` is judged by cosine when ``min_cosine`` is given, else by ``rtol``."""
+    if not reference:
         return {}
-    cmp = compare({k: v for k, v in reference.items() if k in got}, got, rtol)
-    return {"rel_l2": cmp.worst_rel_l2, "max_abs": max((o.max_abs for o in cmp.outputs), default=None), "parity_ok": bool(cmp)}
+    ref = {k: v for k, v in reference.items() if np.issubdtype(v.dtype, np.floating)}
+    cmp = compare(ref, got, rtol, min_cosine=min_cosine or DEFAULT_MIN_COSINE)
+    ok = bool(cmp) if min_cosine is not None else bool(compare(ref, got, rtol))
+    return {"rel_l2": cmp.worst_rel_l2, "max_abs": max((o.max_abs for o in cmp.outputs), default=None),
+            "cos_min": cmp.worst_cosine, "cos_mean": min((o.cos_mean for o in cmp.outputs), default=None), "parity_ok": ok}
 
 
 def _versions() -> dict:
@@ -100,7 +122,8 @@ def _versions() -> dict:
     return out
 
 
-def machine_info() -> dict:
+def machine_info(peaks: bool = False) -> dict:
+    """Platform, versions, GPU and the CPU's ISA; with ``peaks`` also measured GEMM peaks per dtype (a few seconds)."""
     info = {"platform": platform.platform(), "python": platform.python_version(), "cpu": platform.processor() or platform.machine(),
             "cores_available": len(os.sched_getaffinity(0)), "versions": _versions(), "gpu": None}
     try:
@@ -115,17 +138,30 @@ def machine_info() -> dict:
             info["gpu"] = q.stdout.strip()
     except (OSError, subprocess.TimeoutExpired):
         pass
+    from wherevit.base.cpu import cpu_isa
+
+    info["isa"] = cpu_isa().to_dict()
+    if peaks:
+        from wherevit.app.machine import measure_peaks
+
+        info.update(measure_peaks())
     return info
 
 
 def format_table(rows: list[BenchRow]) -> str:
-    head = f"{'backend':<26}{'prec':<6}{'batch':>6}  {'status':<8}{'p50 ms':>9}{'p90 ms':>9}{'p99 ms':>9}{'img/s':>10}{'rel_l2':>10}  note"
+    head = (f"{'backend':<26}{'prec':<13}{'batch':>6}  {'status':<8}{'p50 ms':>9}{'p90 ms':>9}{'p99 ms':>9}{'img/s':>10}"
+            f"{'parity':>16}{'peak':>7}  note")
     lines = [head, "-" * len(head)]
     f = lambda v, fmt: format(v, fmt) if v is not None else "-".rjust(int(fmt.split(".")[0]))
     for r in rows:
         note = r.reason if r.status != "ok" else ("PARITY FAIL" if r.parity_ok is False else "")
-        lines.append(f"{r.backend:<26}{r.precision:<6}{r.batch:>6}  {r.status:<8}{f(r.p50_ms, '9.3f')}{f(r.p90_ms, '9.3f')}"
-                     f"{f(r.p99_ms, '9.3f')}{f(r.throughput_ips, '10.1f')}{f(r.rel_l2, '10.2e')}  {note}")
+        if r.precision in COSINE_ROWS and r.cos_min is not None:
+            parity = f"cos {r.cos_min:.4f}".rjust(16)
+        else:
+            parity = f"rel_l2 {r.rel_l2:.2e}".rjust(16) if r.rel_l2 is not None else "-".rjust(16)
+        peak = f"{100 * r.fraction_of_peak:6.0f}%" if r.fraction_of_peak is not None else "-".rjust(7)
+        lines.append(f"{r.backend:<26}{r.precision:<13}{r.batch:>6}  {r.status:<8}{f(r.p50_ms, '9.3f')}{f(r.p90_ms, '9.3f')}"
+                     f"{f(r.p99_ms, '9.3f')}{f(r.throughput_ips, '10.1f')}{parity}{peak}  {note}")
     return "\n".join(lines)
 
 
@@ -182,16 +218,12 @@ def _plot(rows: list[BenchRow], path: Path) -> Path | None:
 
 # -- orchestration ------------------------------------------------------------------------------
 
-RUNTIME_BACKENDS = ("ort-cpu", "ort-cuda", "ort-trt", "tensorrt")
-TORCH_BACKENDS = ("torch-eager", "torch-compile", "torch-compile-cudagraphs")
-ALL_BACKENDS = RUNTIME_BACKENDS + TORCH_BACKENDS
-
 
 @dataclass
 class BenchRequest:
-    target: str  # an artifact (.onnx/.engine with sidecar) or a checkpoint / timm name
+    target: str  # an artifact (with sidecar) or a checkpoint / timm name
     out_dir: Path
-    backends: tuple[str, ...] = ALL_BACKENDS
+    backends: tuple[str, ...] | None = None  # None: every registered backend
     batches: tuple[int, ...] = (1, 8)
     precisions: tuple[str, ...] = ("fp32",)
     reference: str | None = None  # checkpoint for PyTorch rows and parity (default: from the sidecar)
@@ -201,174 +233,239 @@ class BenchRequest:
     progress: bool = True
 
 
-def _torch_device() -> str:
-    try:
-        import torch
-
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    except ImportError:
-        return "cpu"
+Artifacts = dict[tuple[str, str], tuple[Path, Sidecar]]  # (kind, precision) -> (file, its verified sidecar)
 
 
-def _artifacts_for(req: BenchRequest, notes: list[str]) -> tuple[dict[tuple[str, str], tuple[Path, dict]], str | None]:
-    """(kind, precision) -> (artifact path, its verified sidecar), and the checkpoint for PyTorch rows.
+def _artifacts_for(req: BenchRequest, notes: list[str]) -> Artifacts:
+    """The artifacts to bench, each sidecar read (and its artifact hashed) once.
 
-    Each sidecar is read (and its artifact hashed) once here; the rows reuse it."""
-    from wherevit.base.sidecar import read_sidecar, sidecar_path
-
+    An artifact brings its siblings exported with it; a checkpoint is exported first, to what the
+    requested backends can run here (an engine only where a GPU is)."""
     target = Path(req.target)
     if target.is_file() and sidecar_path(target).is_file():
         meta = read_sidecar(target)
-        arts = {(meta["kind"], meta["precision"]): (target, meta)}
-        for other in sorted(target.parent.glob("model_*.*")):  # siblings exported together
-            if other != target and sidecar_path(other).is_file() and other.suffix in (".onnx", ".engine"):
+        arts = {(meta.kind, bench_precision(meta)): (target, meta)}
+        for other in sorted(target.parent.iterdir()):  # siblings exported together (same model, same task)
+            if other != target and sidecar_path(other).is_file():
                 m = read_sidecar(other)
-                arts.setdefault((m["kind"], m["precision"]), (other, m))
-        ckpt = req.reference or meta.get("model", {}).get("checkpoint")
-        return arts, ckpt
-    # A checkpoint: export what the requested backends need into out_dir/artifacts.
+                if m.task == meta.task and m.model.get("checkpoint") == meta.model.get("checkpoint"):
+                    arts.setdefault((m.kind, bench_precision(m)), (other, m))
+        return _with_reference(arts, req.reference)
     from wherevit.export.api import ExportRequest, export_artifacts
+    from wherevit.export.quantize import QuantOptions
 
-    arts = {}
+    arts: Artifacts = {}
     hi = max(req.batches)
     batch = (1, min(8, hi), hi)
-    want_engine = "tensorrt" in req.backends and _torch_device() == "cuda"
+    want_engine = "tensorrt" in (req.backends or ("tensorrt",)) and torch_device() == "cuda"
     for p in req.precisions:
         fmt = "engine" if want_engine else "onnx"
+        prec = "int8" if p.startswith("int8") else p
+        quant = QuantOptions(mode="dynamic" if p == "int8-dynamic" else "static")
         try:
-            res = export_artifacts(ExportRequest(req.target, req.out_dir / "artifacts", format=fmt, precision=p, batch=batch,
-                                                 imgsz=req.imgsz))
-        except Exception as e:
-            if fmt == "engine":
-                res = export_artifacts(ExportRequest(req.target, req.out_dir / "artifacts", precision=p, batch=batch, imgsz=req.imgsz))
-                notes.append(f"{p} engine build failed: {e}")
-            else:
+            res = export_artifacts(ExportRequest(req.target, req.out_dir / "artifacts", format=fmt, precision=prec, batch=batch,
+                                                 imgsz=req.imgsz, format_options={"int8": quant}))
+        except WherevitError as e:
+            if fmt != "engine":
                 raise
+            res = export_artifacts(ExportRequest(req.target, req.out_dir / "artifacts", precision=prec, batch=batch, imgsz=req.imgsz,
+                                                 format_options={"int8": quant}))
+            notes.append(f"{p} engine build failed: {e}")
         notes += res.notes
-        arts[("onnx", p)] = (res.onnx, read_sidecar(res.onnx))
-        if res.engine:
-            arts[("engine", p)] = (res.engine, read_sidecar(res.engine))
-    return arts, req.reference or req.target
+        for path in res.artifacts.values():
+            m = read_sidecar(path)
+            arts.setdefault((m.kind, bench_precision(m)), (path, m))
+    return _with_reference(arts, req.reference)
+
+
+def bench_precision(meta: Sidecar) -> str:
+    """A row's precision label: the sidecar's, with dynamic INT8 told apart from static Q/DQ."""
+    q = meta.quantization or {}
+    return "int8-dynamic" if meta.precision == "int8" and q.get("mode") == "dynamic" else meta.precision
+
+
+def _with_reference(arts: Artifacts, reference: str | None) -> Artifacts:
+    """--reference overrides the checkpoint the PyTorch rows and the parity reference rebuild."""
+    if not reference:
+        return arts
+    return {k: (p, dataclasses.replace(m, model={**m.model, "checkpoint": reference})) for k, (p, m) in arts.items()}
+
+
+def torch_device() -> str:
+    """Where the PyTorch rows run ("cpu" without torch or a GPU)."""
+    try:
+        import torch
+    except ImportError:
+        return "cpu"
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _register_torch_backends() -> str | None:
+    """Register the PyTorch reference backends; the reason they are missing, if they are."""
+    try:
+        import wherevit.app.torch_backend  # noqa: F401 -- registers torch-eager, torch-compile, ...
+    except ImportError as e:
+        return f"PyTorch is not installed ({e.name}); pip install 'wherevit[export]'"
+    return None
+
+
+def _pick(arts: Artifacts, cls: type[Backend], precision: str) -> tuple[Path, Sidecar] | None:
+    """The artifact a backend runs at ``precision``: one of its kinds, or (PyTorch backends, which
+    rebuild the source model) any artifact, re-labelled with that precision."""
+    for kind in cls.kinds:
+        if (kind, precision) in arts:
+            return arts[(kind, precision)]
+    if not cls.kinds and arts:
+        path, meta = next(iter(arts.values()))
+        return path, dataclasses.replace(meta, precision=precision)
+    return None
+
+
+def _references(arts: Artifacts, parity: dict[int, dict[str, np.ndarray]]) -> tuple[dict[int, dict], str | None]:
+    """PyTorch fp32 eager outputs per batch size on the parity inputs: the reference of every row."""
+    path, meta = next(iter(arts.values()))
+    meta = dataclasses.replace(meta, precision="fp32")
+    reason = _register_torch_backends()
+    if reason:
+        return {}, reason
+    TorchEager = registered_backends()["torch-eager"]
+    reason = TorchEager.unavailable_reason(meta)
+    if reason:
+        return {}, reason
+    try:
+        with TorchEager(path, meta, device="cpu") as ref:
+            return {b: ref.infer(x) for b, x in parity.items()}, None
+    except Exception as e:  # noqa: BLE001 -- a broken reference disables parity, it does not stop the bench
+        return {}, f"cannot run the PyTorch reference {meta.model.get('checkpoint')!r}: {type(e).__name__}: {e}"
+
+
+def _input_buffers(meta: Sidecar, batches: tuple[int, ...], n: int) -> dict[int, list[dict[str, np.ndarray]]]:
+    """Distinct random inputs per batch size (never zeros, so caches do not flatter)."""
+    rng = np.random.default_rng(0)
+    size = meta.input_preprocess().size
+    shapes = {t.name: [d if d > 0 else s for d, s in zip(t.shape[1:], (3, *size))] for t in meta.inputs}
+    return {b: [{k: rng.standard_normal((b, *shape)).astype(np.float32) for k, shape in shapes.items()} for _ in range(n)]
+            for b in batches}
+
+
+def _parity_inputs(meta: Sidecar, batches: tuple[int, ...]) -> dict[int, dict[str, np.ndarray]]:
+    """Generated scenes (disjoint from INT8 calibration seeds), preprocessed as the sidecar says, per batch size."""
+    from wherevit.export.quantize import PARITY_SEED, generated_images
+
+    pre = meta.input_preprocess()
+    return {b: {n: pre(generated_images(pre.size, b, PARITY_SEED + 1000 * (k + 1))) for k, n in enumerate(meta.input_names)}
+            for b in batches}
+
+
+def _peak_fractions(rows: list[BenchRow], first: Sidecar, machine: dict, settings: dict) -> None:
+    """Each CPU row's model GFLOP/s over its dtype's peak (needs PyTorch to count the model's FLOPs)."""
+    if _register_torch_backends() is not None or not first.model.get("checkpoint"):
+        return
+    from wherevit.app.machine import annotate_fractions, model_gflops
+    from wherevit.app.torch_backend import reference_model
+
+    try:
+        model = reference_model(dataclasses.replace(first, precision="fp32"))
+    except Exception as e:  # noqa: BLE001 -- no FLOP count means no fraction column, not a failed bench
+        settings["notes"].append(f"no fraction-of-peak column: {type(e).__name__}: {e}")
+        return
+    size = first.input_preprocess().size
+    gflops = model_gflops(model, (1, 3, *size), len(first.input_names))
+    settings["model_gflops_per_image"] = gflops
+    backends = registered_backends()
+
+    def on_cpu(row: BenchRow) -> bool:  # PyTorch backends (no artifact kind) run where torch_device() says
+        cls = backends.get(row.backend)
+        return cls is not None and (cls.device == "cpu" if cls.kinds else torch_device() == "cpu")
+
+    annotate_fractions(rows, gflops, machine.get("peaks", {}), cpu_rows=on_cpu)
 
 
 def run_bench(req: BenchRequest) -> tuple[list[BenchRow], dict[str, Path]]:
     """Benchmark every (backend, precision, batch); returns rows and the written files."""
     from tqdm import tqdm
 
-    from wherevit.runtime.backends import registered_backends
-    from wherevit.runtime.compare import DEFAULT_RTOL
-    unknown = set(req.backends) - set(ALL_BACKENDS)
+    torch_missing = _register_torch_backends()
+    backends = registered_backends()
+    names = req.backends or tuple(backends)
+    unknown = sorted(set(names) - set(backends))
     if unknown:
-        raise ValueError(f"unknown backend(s) {sorted(unknown)}; choose from {', '.join(ALL_BACKENDS)}")
-    notes: list[str] = []
-    arts, ckpt = _artifacts_for(req, notes)
-    meta0 = next(iter(arts.values()))[1]
-    c, h, w = [int(d) for d in meta0["inputs"][0]["shape"][1:]]
-    rng = np.random.default_rng(0)
-    buffers = {b: [rng.standard_normal((b, c, h, w)).astype(np.float32) for _ in range(req.timing.n_buffers)] for b in req.batches}
-
-    # The PyTorch fp32 reference, once per batch size.
-    ref_out, torch_reason = {}, None
-    try:
-        from wherevit.app.torch_backend import TorchRunner, torch_unavailable_reason
-    except ImportError as e:
-        torch_reason = f"PyTorch is not installed ({e.name}); pip install 'wherevit[export]'"
-    if torch_reason is None and not ckpt:
-        torch_reason = "no checkpoint for the PyTorch reference (pass --reference)"
-    if torch_reason is None:
-        try:
-            ref_runner = TorchRunner(ckpt, "torch-eager", "fp32", "cpu", imgsz=(h, w) if (h, w) != (224, 224) else None)
-            ref_out = {b: ref_runner.infer({"images": buffers[b][0]}) for b in req.batches}
-        except Exception as e:
-            torch_reason = f"cannot load the PyTorch reference {ckpt!r}: {e}"
-    device = _torch_device()
+        raise InvalidRequest(f"unknown backend(s) {unknown}; registered: {', '.join(backends)}")
+    notes: list[str] = [torch_missing] if torch_missing else []
+    arts = _artifacts_for(req, notes)
+    first = next(iter(arts.values()))[1]
+    buffers = _input_buffers(first, req.batches, req.timing.n_buffers)
+    parity = _parity_inputs(first, req.batches)
+    ref_out, ref_reason = _references(arts, parity)
+    if ref_reason:
+        notes.append(f"no parity column: {ref_reason}")
     rows: list[BenchRow] = []
-    combos = [(p, be) for p in req.precisions for be in req.backends]
-    bar = tqdm(total=len(combos) * len(req.batches), desc="bench", unit="row", disable=not req.progress)
-    for prec, name in combos:
-        rtol = DEFAULT_RTOL[prec]
-
-        def skip(reason: str) -> None:
-            for b in req.batches:
-                rows.append(BenchRow(name, prec, b, "skipped", reason))
-                bar.update()
-
-        if name in TORCH_BACKENDS:
-            if torch_reason:
-                skip(torch_reason)
-                continue
-            reason = torch_unavailable_reason(name, prec, device)
-            if reason:
-                skip(reason)
-                continue
-            try:
-                runner = TorchRunner(ckpt, name, prec, device, imgsz=(h, w) if (h, w) != (224, 224) else None)
-            except Exception as e:
-                skip(f"failed to build: {type(e).__name__}: {e}")
-                continue
-            for b in req.batches:
-                rows.append(_bench_torch(runner, name, prec, b, buffers[b], ref_out.get(b), rtol, req, device))
-                bar.update()
-            continue
-
-        cls = registered_backends()[name]
-        kind = cls.kinds[0]
-        art, meta = arts.get((kind, prec), (None, None))
-        if art is None:
-            skip(f"no {prec} {kind} artifact (export one with --format {'engine' if kind == 'engine' else 'onnx'} --precision {prec})")
-            continue
-        reason = cls.unavailable_reason(meta)
-        if reason:
-            skip(reason)
-            continue
-        try:
-            backend = cls(art, meta).activate()
-        except Exception as e:
-            skip(f"failed to load: {type(e).__name__}: {e}")
-            continue
-        try:
-            for b in req.batches:
-                if not meta["batch"]["min"] <= b <= meta["batch"]["max"]:
-                    rows.append(BenchRow(name, prec, b, "skipped", f"batch {b} outside the artifact's {meta['batch']['min']}..{meta['batch']['max']}"))
-                else:
-                    rows.append(_bench_backend(backend, name, prec, b, buffers[b], ref_out.get(b), rtol, art, req.timing))
-                bar.update()
-        finally:
-            backend.deactivate()
+    bar = tqdm(total=len(names) * len(req.precisions) * len(req.batches), desc="bench", unit="row", disable=not req.progress)
+    for prec in req.precisions:
+        for name in names:
+            rows += _bench_one(backends[name], prec, arts, buffers, ref_out, req, parity)
+            bar.update(len(req.batches))
     bar.close()
-    settings = {"command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]), "target": str(req.target), "reference": ckpt, "batches": list(req.batches), "precisions": list(req.precisions),
+    c, h, w = (int(d) for d in buffers[req.batches[0]][0][first.input_names[0]].shape[1:])
+    settings = {"command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]), "target": str(req.target),
+                "reference": first.model.get("checkpoint"), "batches": list(req.batches), "precisions": list(req.precisions),
                 "include_copies": req.include_copies, "timing": asdict(req.timing), "input_shape": [c, h, w],
-                "torch_device": device, "notes": notes}
-    return rows, write_results(rows, req.out_dir, {"machine": machine_info(), "settings": settings})
+                "torch_device": torch_device(), "notes": notes,
+                "parity_inputs": "generated scenes (seeds 61000+), preprocessed per the sidecar; timing on random buffers"}
+    machine = machine_info(peaks=True)
+    _peak_fractions(rows, first, machine, settings)
+    return rows, write_results(rows, req.out_dir, {"machine": machine, "settings": settings})
 
 
-def _bench_backend(backend, name, prec, b, bufs, ref, rtol, art: Path, timing: TimingConfig) -> BenchRow:
-    feed = lambda i: backend.infer({backend.meta["inputs"][0]["name"]: bufs[i]})
+def _bench_one(cls: type[Backend], prec: str, arts: Artifacts, buffers, ref_out: dict, req: BenchRequest,
+               parity: dict[int, dict[str, np.ndarray]]) -> list[BenchRow]:
+    """One backend at one precision: a row per batch size (skipped rows say why)."""
+    skip = lambda reason: [BenchRow(cls.name, prec, b, "skipped", reason) for b in req.batches]
+    picked = _pick(arts, cls, prec)
+    if picked is None:
+        kinds = "/".join(cls.kinds)
+        how = f"--precision int8{' --quant dynamic' if prec == 'int8-dynamic' else ''}" if prec.startswith("int8") else f"--precision {prec}"
+        return skip(f"no {prec} {kinds} artifact (export one with --format {cls.kinds[0]} {how})")
+    art, meta = picked
+    reason = cls.unavailable_reason(meta)
+    if reason:
+        return skip(reason)
     try:
-        t = time_callable(feed, timing)
-        out = feed(0)
-    except Exception as e:
-        return BenchRow(name, prec, b, "failed", f"{type(e).__name__}: {e}")
+        backend = cls(art, meta).activate()
+    except Exception as e:  # noqa: BLE001 -- one backend failing to load is a row, not the end of the bench
+        return skip(f"failed to load: {type(e).__name__}: {str(e)[:300]}")
+    rtol = DEFAULT_RTOL.get(prec, DEFAULT_RTOL["fp32"])
+    min_cos = DEFAULT_MIN_COSINE if prec in COSINE_ROWS else None
+    rows = []
+    try:
+        for b in req.batches:
+            if b not in meta.batch:
+                rows.append(BenchRow(cls.name, prec, b, "skipped", f"batch {b} outside the artifact's {meta.batch.min}..{meta.batch.max}"))
+            else:
+                rows.append(_bench_backend(backend, prec, b, buffers[b], ref_out.get(b), rtol, art, req, parity[b], min_cos))
+    finally:
+        backend.deactivate()
+    return rows
+
+
+def _bench_backend(backend: Backend, prec: str, b: int, bufs: list[dict], ref, rtol, art: Path, req: BenchRequest,
+                   parity_x: dict[str, np.ndarray], min_cos: float | None = None) -> BenchRow:
+    name, extra = backend.name, {}
+    if not req.include_copies and hasattr(backend, "to_device"):  # inputs placed on the device once, outside the clock
+        staged = [backend.to_device(x) for x in bufs]
+        fn = lambda i: backend.infer_device(staged[i])
+        extra["copies"] = "excluded: inputs staged on the device before timing"
+    else:
+        fn = lambda i: backend.infer(bufs[i])
+        extra["copies"] = "included" if req.include_copies else "included: this backend takes host arrays only"
+    try:
+        t = time_callable(fn, req.timing, sync=getattr(backend, "sync", None))
+        out = backend.infer(parity_x)
+    except Exception as e:  # noqa: BLE001 -- a failed run is a row with the reason
+        return BenchRow(name, prec, b, "failed", f"{type(e).__name__}: {str(e)[:300]}")
     row = BenchRow(name, prec, b, "ok", **t, throughput_ips=b * 1000 / t["mean_ms"], artifact=str(art),
-                   artifact_bytes=art.stat().st_size, **parity_fields(ref, out, rtol))
+                   artifact_bytes=art.stat().st_size if art.is_file() else None, extra=extra, **parity_fields(ref, out, rtol, min_cos))
     split = getattr(backend, "last_timings", None)
     if split:
         row.h2d_ms, row.compute_ms, row.d2h_ms = split.get("h2d_ms"), split.get("compute_ms"), split.get("d2h_ms")
     return row
-
-
-def _bench_torch(runner, name, prec, b, bufs, ref, rtol, req: BenchRequest, device: str) -> BenchRow:
-    import torch
-
-    try:
-        if req.include_copies:
-            fn = lambda i: runner.infer({"images": bufs[i]})
-        else:
-            dev = [torch.from_numpy(x).to(device) for x in bufs]
-            fn = lambda i: runner.infer_device(dev[i])
-        t = time_callable(fn, req.timing, sync=runner.sync)
-        out = runner.infer({"images": bufs[0]})
-    except Exception as e:
-        return BenchRow(name, prec, b, "failed", f"{type(e).__name__}: {str(e)[:300]}")
-    return BenchRow(name, prec, b, "ok", **t, throughput_ips=b * 1000 / t["mean_ms"], **parity_fields(ref, out, rtol))
-

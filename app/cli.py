@@ -17,33 +17,34 @@ import click
 from wherevit import __version__
 from wherevit.base.errors import WherevitError
 
-# Errors a user can fix: shown as one clear line, not a traceback.
-_USER_ERRORS: tuple[type[BaseException], ...] = (WherevitError, ValueError, FileNotFoundError, PermissionError, KeyError)
+# Errors a user can fix: shown as one clear line. Anything else is a bug and keeps its traceback
+# (a ValueError or KeyError from deep inside a library says nothing to a user without it).
+_USER_ERRORS: tuple[type[BaseException], ...] = (WherevitError, FileNotFoundError, PermissionError)
 
 
 def _run(fn, *args, **kwargs):
     try:
         return fn(*args, **kwargs)
     except _USER_ERRORS as e:
-        msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
-        raise click.ClickException(f"{type(e).__name__}: {msg}") from e
+        raise click.ClickException(f"{type(e).__name__}: {e}") from e
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="wherevit")
 @click.option("-v", "--verbose", is_flag=True, help="Log debug messages.")
 def main(verbose: bool) -> None:
-    """wherevit: pretrain spatially aware ViTs, export them to ONNX / TensorRT, and serve features.
+    """wherevit: pretrain spatially aware ViTs, export them to ONNX / TensorRT / AOTInductor, and serve features.
 
     \b
-    The train-then-export workflow:
+    The train-then-export workflow (each command uses only files the ones before it wrote):
       wherevit train --config quickstart --out runs/qs      # DINO + SP on generated scenes (CPU ok)
       wherevit eval spatial runs/qs                          # position/scale probe on frozen features
       wherevit study quickstart                              # the plug-in study: variants x seeds, intervals
-      wherevit export runs/qs --format onnx --out art/qs     # ONNX + sidecar, parity-checked
-      wherevit export runs/qs --format engine --out art/qs   # TensorRT(-RTX) engine + sidecar
-      wherevit bench art/qs/model.onnx                       # latency / throughput table
-      wherevit serve art/qs/model.onnx                       # KServe v2 HTTP on 127.0.0.1:8000
+      wherevit export runs/qs --out art/qs.onnx              # ONNX + sidecar, parity-checked
+      wherevit export runs/qs --out art/qs.engine            # TensorRT(-RTX) engine (+ art/qs.onnx) + sidecars
+      wherevit export runs/qs --out art/qs.pt2               # AOTInductor package for C++ (examples/cpp)
+      wherevit bench art/qs.onnx                             # latency / throughput table
+      wherevit serve art/qs.onnx                             # KServe v2 HTTP on 127.0.0.1:8000
     """
     logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
@@ -151,13 +152,29 @@ def eval_spatial(checkpoint: str, which: str, random_init: bool, n_images: int, 
 
 @main.command()
 @click.argument("checkpoint")
-@click.option("-f", "--format", "fmt", type=click.Choice(["onnx", "engine"]), default="onnx", show_default=True,
-              help="onnx: ONNX + sidecar. engine: also a TensorRT plan built from it.")
-@click.option("-p", "--precision", type=click.Choice(["fp32", "fp16", "bf16"]), default="fp32", show_default=True)
+@click.option("-f", "--format", "fmt", default=None,
+              help="onnx: ONNX + sidecar. engine: a TensorRT plan, with the ONNX it is built from. pt2: an AOTInductor "
+                   "package (C++: examples/cpp). triton / triton-engine: the ONNX graph / the engine in a Triton model "
+                   "repository at --out (a new version if the model is there). Or a format a plug-in registers. "
+                   "Default: from --out's suffix, else onnx.")
+@click.option("-p", "--precision", type=click.Choice(["fp32", "fp16", "bf16", "int8"]), default="fp32", show_default=True,
+              help="int8: also an INT8 ONNX quantised from the fp32 one (ONNX Runtime), cosine-parity checked.")
 @click.option("-b", "--batch", default="1:8:64", show_default=True,
               help="min:opt:max batch for the dynamic batch axis and the TensorRT profile (opt = typical batch).")
+@click.option("--quant", "quant_mode", type=click.Choice(["static", "dynamic"]), default="static", show_default=True,
+              help="int8: static Q/DQ (calibrated, batch-independent) or dynamic (scales per call over the batch; served one image at a time).")
+@click.option("--calib", default=None, type=click.Path(file_okay=False),
+              help="int8: folder of calibration images (default: generated scenes).")
+@click.option("--calib-count", type=int, default=64, show_default=True, help="int8: calibration images used.")
+@click.option("--calib-method", type=click.Choice(["minmax", "entropy", "percentile"]), default="minmax", show_default=True)
+@click.option("--min-cosine", type=float, default=0.99, show_default=True,
+              help="int8: fail below this per-sample cosine similarity to PyTorch fp32 (any float output).")
+@click.option("--reduce-range/--full-range", "reduce_range", default=None,
+              help="int8: 7-bit weights (default: on exactly when the CPU lacks VNNI).")
 @click.option("--imgsz", type=int, default=None, help="Input size (square). Default: the backbone's training size.")
-@click.option("-o", "--out", "out", type=click.Path(file_okay=False, path_type=Path), default=Path("artifacts"), show_default=True)
+@click.option("-o", "--out", "out", type=click.Path(path_type=Path), default=Path("artifacts"), show_default=True,
+              help="A folder (files named <model|task>_<precision>.<ext>), or the file itself: art/qs.onnx, "
+                   "art/qs.engine or .plan, art/qs.pt2 (an engine's ONNX goes beside it as art/qs.onnx).")
 @click.option("--which", type=click.Choice(["teacher", "student"]), default="teacher", show_default=True,
               help="Network to export from a training checkpoint.")
 @click.option("--dynamic-hw", is_flag=True, help="Also make height/width dynamic (ONNX only; engines use fixed sizes).")
@@ -172,24 +189,44 @@ def eval_spatial(checkpoint: str, which: str, random_init: bool, n_images: int, 
 @click.option("--model", "expect_model", default=None, help="Fail unless the checkpoint holds this timm model.")
 @click.option("--head", default=None, type=click.Path(exists=True, dir_okay=False),
               help="A head_<task>.safetensors from `wherevit train-head`: export backbone + head as one graph.")
-def export(checkpoint: str, fmt: str, precision: str, batch: str, imgsz: int | None, out: Path, which: str,
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True,
+              help="pt2 only: the device the package is compiled for (cuda needs a CUDA GPU here).")
+@click.option("--triton-name", default=None, help="Triton model name (default: the timm model name, plus the head's task).")
+@click.option("--triton-queue-delay-us", type=int, default=100, show_default=True,
+              help="Triton dynamic batching: max_queue_delay_microseconds.")
+@click.option("--triton-instance-kind", type=click.Choice(["default", "auto", "gpu", "cpu", "model"]), default="default",
+              show_default=True, help="Triton instance_group kind (default: gpu for engines, auto for ONNX).")
+@click.option("--triton-instances", type=int, default=1, show_default=True, help="Triton instance_group count.")
+def export(checkpoint: str, fmt: str | None, precision: str, batch: str, imgsz: int | None, out: Path, which: str,
            dynamic_hw: bool, no_pooled: bool, trt_lib: str, ccs: str | None, strongly_typed: bool | None,
-           workspace_mb: int, rtol: float | None, expect_model: str | None, head: str | None) -> None:
-    """Export a backbone to ONNX (and a TensorRT engine), parity-checked, each with a sidecar JSON.
+           workspace_mb: int, rtol: float | None, expect_model: str | None, head: str | None, device: str,
+           triton_name: str | None, triton_queue_delay_us: int, triton_instance_kind: str, triton_instances: int,
+           quant_mode: str, calib: str | None, calib_count: int, calib_method: str, min_cosine: float,
+           reduce_range: bool | None) -> None:
+    """Export a backbone to ONNX, a TensorRT engine, an AOTInductor package or a Triton model repository,
+    parity-checked, each with a sidecar JSON (``--precision int8``: also a quantised ONNX).
 
     CHECKPOINT is a run directory, checkpoint directory, backbone.safetensors, or a timm model
     name such as vit_small_patch16_224 (random weights: try export without training).
     """
-    from wherevit.export.api import ExportRequest, export_artifacts, parse_batch
+    from wherevit.export.api import ExportRequest, export_artifacts, parse_batch, resolve_output
+    from wherevit.export.formats.triton import TritonOptions
+    from wherevit.export.quantize import QuantOptions
     from wherevit.export.trt_builder import parse_compute_capabilities
 
+    out_dir, fmt, out_file = _run(resolve_output, out, fmt)
+    triton = _run(TritonOptions, name=triton_name, max_queue_delay_us=triton_queue_delay_us, instance_kind=triton_instance_kind,
+                  instance_count=triton_instances)
     req = ExportRequest(
-        checkpoint=checkpoint, out_dir=out, format=fmt, precision=precision, batch=_run(parse_batch, batch),
+        checkpoint=checkpoint, out_dir=out_dir, out_file=out_file, format=fmt, precision=precision, batch=_run(parse_batch, batch),
         imgsz=imgsz, which=which, dynamic_hw=dynamic_hw, pooled=not no_pooled, trt_lib=trt_lib,
         compute_capabilities=_run(parse_compute_capabilities, ccs), strongly_typed=strongly_typed,
-        workspace_mb=workspace_mb, rtol=rtol, expect_model=expect_model, head=head,
+        workspace_mb=workspace_mb, rtol=rtol, expect_model=expect_model, head=head, device=device,
+        format_options={"triton": triton,
+                        "int8": _run(QuantOptions, mode=quant_mode, method=calib_method, calib=calib, calib_count=calib_count,
+                                     reduce_range=reduce_range, min_cosine=min_cosine)},
     )
-    if dynamic_hw and fmt == "engine":
+    if dynamic_hw and fmt in ("engine", "triton-engine"):
         raise click.UsageError("--dynamic-hw is for ONNX only; engines are built for one input size (use --imgsz)")
     click.echo(f"exporting {checkpoint} -> {out} ({fmt}, {precision}, batch {req.batch[0]}:{req.batch[1]}:{req.batch[2]})", err=True)
     res = _run(export_artifacts, req)
@@ -197,9 +234,10 @@ def export(checkpoint: str, fmt: str, precision: str, batch: str, imgsz: int | N
         click.echo(res.parity.summary())
     for note in res.notes:
         click.echo(f"note: {note}", err=True)
-    click.echo(f"onnx:   {res.onnx}")
-    if res.engine:
-        click.echo(f"engine: {res.engine}")
+    if res.int8_parity is not None:
+        click.echo(res.int8_parity.summary())
+    for name, path in res.artifacts.items():
+        click.echo(f"{name + ':':<8}{path}")
     for sc in res.sidecars:
         click.echo(f"sidecar: {sc}")
 
@@ -208,6 +246,8 @@ def export(checkpoint: str, fmt: str, precision: str, batch: str, imgsz: int | N
 @click.argument("artifact", type=click.Path(exists=True, dir_okay=False))
 @click.option("--host", default="127.0.0.1", show_default=True, help="Bind address (0.0.0.0 exposes it to the network).")
 @click.option("--port", type=int, default=8000, show_default=True)
+@click.option("--grpc-port", type=int, default=None,
+              help="Also serve the KServe v2 / Triton gRPC API on this port (same batcher; needs grpcio and tritonclient[grpc]).")
 @click.option("--name", default=None, help="Model name in URLs (default: the artifact's timm model name).")
 @click.option("--backend", default="auto", show_default=True, help="ort-cpu, ort-cuda, ort-trt, tensorrt, or auto.")
 @click.option("--max-batch", type=int, default=None, help="Images per executed batch (default: the artifact's max).")
@@ -215,28 +255,30 @@ def export(checkpoint: str, fmt: str, precision: str, batch: str, imgsz: int | N
 @click.option("--max-queue", type=int, default=256, show_default=True, help="Queued requests; more get 503.")
 @click.option("--timeout-ms", type=float, default=30000, show_default=True, help="Default request deadline.")
 @click.option("--max-request-mb", type=float, default=64, show_default=True)
-def serve(artifact: str, host: str, port: int, name: str | None, backend: str, max_batch: int | None,
+def serve(artifact: str, host: str, port: int, grpc_port: int | None, name: str | None, backend: str, max_batch: int | None,
           max_wait_ms: float, max_queue: int, timeout_ms: float, max_request_mb: float) -> None:
     """Serve ARTIFACT (ONNX or engine, sidecar beside it) over KServe v2 HTTP with dynamic batching.
 
-    Works with Triton clients (tritonclient.http, perf_analyzer). Metrics at /metrics.
+    Works with Triton clients (tritonclient.http and, with --grpc-port, tritonclient.grpc; perf_analyzer).
+    Metrics at /metrics; Triton statistics at /v2/models/<m>/stats.
     """
+    from wherevit.base.sidecar import read_sidecar
     from wherevit.runtime.batching import BatchingConfig
     from wherevit.runtime.server import ServeConfig
     from wherevit.runtime.server import serve as serve_fn
-    from wherevit.base.sidecar import read_sidecar
 
     meta = _run(read_sidecar, artifact)
-    mb = max_batch or int(meta["batch"]["max"])
+    mb = max_batch or int(meta.batch.max)
     batching = _run(BatchingConfig, mb, max_wait_ms, max_queue, timeout_ms)
-    cfg = ServeConfig(host=host, port=port, name=name, batching=batching, max_request_mb=max_request_mb)
+    cfg = ServeConfig(host=host, port=port, grpc_port=grpc_port, name=name, batching=batching, max_request_mb=max_request_mb)
     _run(serve_fn, artifact, cfg, backend)
 
 
 @main.command()
 @click.argument("target")
 @click.option("--backends", default="all", show_default=True,
-              help="Comma list of ort-cpu, ort-cuda, ort-trt, tensorrt, torch-eager, torch-compile, torch-compile-cudagraphs.")
+              help="Comma list of registered backends (ort-cpu, ort-cuda, ort-trt, tensorrt, torch-eager, torch-compile, "
+                   "torch-compile-cudagraphs, and any a plug-in package adds), or all.")
 @click.option("--batch", "batches", default="1,8", show_default=True, help="Comma list of batch sizes.")
 @click.option("--precision", "precisions", default="fp32", show_default=True, help="Comma list of fp32, fp16, bf16.")
 @click.option("--reference", default=None, help="Checkpoint for the PyTorch rows and parity (default: the sidecar's).")
@@ -254,14 +296,13 @@ def bench(target: str, backends: str, batches: str, precisions: str, reference: 
     timm model name, which is exported first. Writes bench.json, bench.csv and bench.png to --out.
     """
     from wherevit.app.bench import (
-        ALL_BACKENDS,
         BenchRequest,
         TimingConfig,
         format_table,
         run_bench,
     )
 
-    names = ALL_BACKENDS if backends == "all" else tuple(b.strip() for b in backends.split(",") if b.strip())
+    names = None if backends == "all" else tuple(b.strip() for b in backends.split(",") if b.strip())
     try:
         bs = tuple(int(b) for b in batches.split(","))
     except ValueError:
@@ -269,6 +310,9 @@ def bench(target: str, backends: str, batches: str, precisions: str, reference: 
     req = BenchRequest(target, out, names, bs, tuple(p.strip() for p in precisions.split(",")), reference, not no_copies,
                        TimingConfig(warmup=warmup, min_iters=min_iters, min_seconds=min_seconds), imgsz)
     rows, paths = _run(run_bench, req)
+    from wherevit.app.machine import format_machine
+
+    click.echo(format_machine(json.loads(Path(paths["json"]).read_text())["machine"]))
     click.echo(format_table(rows))
     for kind, p in paths.items():
         click.echo(f"{kind}: {p}")

@@ -23,14 +23,14 @@ class QuickstartResult:
 
 def quickstart(out: str | Path = "runs/quickstart", steps: int | None = None, progress: bool = True, echo=print) -> QuickstartResult:
     """Tiny DINO+SP pretraining on generated scenes, then export, engine build and benchmark."""
-    from wherevit.export.api import ExportRequest, export_artifacts
-    from wherevit.export.trt_builder import EngineBuildError, detect_flavour
     from wherevit.app.bench import (
         BenchRequest,
         TimingConfig,
         format_table,
         run_bench,
     )
+    from wherevit.export.api import ExportRequest, export_artifacts
+    from wherevit.export.trt_builder import EngineBuildError, detect_flavour
     from wherevit.train.checkpoint import latest_checkpoint, load_backbone
     from wherevit.train.config import load_train_config
     from wherevit.train.evals.spatial import SpatialEvalConfig, evaluate_spatial

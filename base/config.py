@@ -33,63 +33,100 @@ def _type_name(tp: Any) -> str:
 
 
 def _convert(value: Any, tp: Any, path: str) -> Any:
+    """``value`` converted to type ``tp`` (a dataclass, container, Literal, Union or scalar), or a
+    ``ConfigError`` naming ``path``. Dispatches to one small converter per kind of type."""
     origin = typing.get_origin(tp)
-    args = typing.get_args(tp)
     if tp is Any:
         return value
     if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        for arg in args:
-            if arg is type(None):
-                continue
-            try:
-                return _convert(value, arg, path)
-            except ConfigError:
-                pass
-        raise ConfigError(f"{path}: {value!r} does not match {_type_name(tp)}")
-    if typing.get_origin(tp) is typing.Literal:
-        if value not in args:
-            raise ConfigError(f"{path}: {value!r} is not one of {list(args)}")
-        return value
+        return _convert_union(value, tp, path)
+    if origin is typing.Literal:
+        return _convert_literal(value, tp, path)
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, Mapping):
             raise ConfigError(f"{path}: expected a mapping for {tp.__name__}, got {type(value).__name__}")
         return from_dict(tp, value, _path=path)
     if origin in (list, tuple):
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{path}: expected a list, got {type(value).__name__} {value!r}")
-        if origin is tuple and args and args[-1] is not Ellipsis:
-            if len(args) != len(value):
-                raise ConfigError(f"{path}: expected {len(args)} items, got {len(value)}")
-            return tuple(_convert(v, a, f"{path}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
-        item = args[0] if args else Any
-        out = [_convert(v, item, f"{path}[{i}]") for i, v in enumerate(value)]
-        return tuple(out) if origin is tuple else out
+        return _convert_sequence(value, tp, path)
     if origin is dict:
-        if not isinstance(value, Mapping):
-            raise ConfigError(f"{path}: expected a mapping, got {type(value).__name__}")
-        vt = args[1] if len(args) == 2 else Any
-        return {str(k): _convert(v, vt, f"{path}.{k}") for k, v in value.items()}
-    if tp is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{path}: expected a number, got {value!r}")
-        return float(value)
-    if tp is int:
-        if isinstance(value, bool) or not (isinstance(value, int) or (isinstance(value, float) and value.is_integer())):
-            raise ConfigError(f"{path}: expected an integer, got {value!r}")
-        return int(value)
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{path}: expected true/false, got {value!r}")
-        return value
-    if tp is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"{path}: expected a string, got {value!r}")
-        return value
+        return _convert_mapping(value, tp, path)
+    if tp in _SCALARS:
+        return _SCALARS[tp](value, path)
     if isinstance(tp, type) and not isinstance(value, tp):
         raise ConfigError(f"{path}: expected {_type_name(tp)}, got {value!r}")
     return value
+
+
+def _convert_union(value: Any, tp: Any, path: str) -> Any:
+    """The first member type that accepts ``value`` (``None`` only where the union allows it)."""
+    args = typing.get_args(tp)
+    if value is None and type(None) in args:
+        return None
+    for arg in args:
+        if arg is type(None):
+            continue
+        try:
+            return _convert(value, arg, path)
+        except ConfigError:
+            pass
+    raise ConfigError(f"{path}: {value!r} does not match {_type_name(tp)}")
+
+
+def _convert_literal(value: Any, tp: Any, path: str) -> Any:
+    args = typing.get_args(tp)
+    if value not in args:
+        raise ConfigError(f"{path}: {value!r} is not one of {list(args)}")
+    return value
+
+
+def _convert_sequence(value: Any, tp: Any, path: str) -> list | tuple:
+    """A list, a variable-length tuple (``tuple[int, ...]``) or a fixed-length one, item by item."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if not isinstance(value, (list, tuple)):
+        raise ConfigError(f"{path}: expected a list, got {type(value).__name__} {value!r}")
+    if origin is tuple and args and args[-1] is not Ellipsis:
+        if len(args) != len(value):
+            raise ConfigError(f"{path}: expected {len(args)} items, got {len(value)}")
+        return tuple(_convert(v, a, f"{path}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+    item = args[0] if args else Any
+    out = [_convert(v, item, f"{path}[{i}]") for i, v in enumerate(value)]
+    return tuple(out) if origin is tuple else out
+
+
+def _convert_mapping(value: Any, tp: Any, path: str) -> dict:
+    args = typing.get_args(tp)
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"{path}: expected a mapping, got {type(value).__name__}")
+    vt = args[1] if len(args) == 2 else Any
+    return {str(k): _convert(v, vt, f"{path}.{k}") for k, v in value.items()}
+
+
+def _to_float(value: Any, path: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(f"{path}: expected a number, got {value!r}")
+    return float(value)
+
+
+def _to_int(value: Any, path: str) -> int:
+    # YAML writes 1e3 as a float: accept integral floats, refuse 2.5 and booleans
+    if isinstance(value, bool) or not (isinstance(value, int) or (isinstance(value, float) and value.is_integer())):
+        raise ConfigError(f"{path}: expected an integer, got {value!r}")
+    return int(value)
+
+
+def _to_bool(value: Any, path: str) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(f"{path}: expected true/false, got {value!r}")
+    return value
+
+
+def _to_str(value: Any, path: str) -> str:
+    if not isinstance(value, str):
+        raise ConfigError(f"{path}: expected a string, got {value!r}")
+    return value
+
+
+_SCALARS = {float: _to_float, int: _to_int, bool: _to_bool, str: _to_str}
 
 
 def from_dict(cls: type[T], data: Mapping[str, Any] | None, _path: str = "") -> T:

@@ -5,8 +5,12 @@ traceback. Domain errors also keep a standard base (ValueError, RuntimeError) fo
 catch those.
 """
 
-__all__ = ["WherevitError"]
+__all__ = ["WherevitError", "InvalidRequest"]
 
 
 class WherevitError(Exception):
     """An error whose message tells the user what to fix."""
+
+
+class InvalidRequest(WherevitError, ValueError):
+    """An option, argument or input value that cannot be honoured (the message says which and why)."""

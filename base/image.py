@@ -15,7 +15,7 @@ from typing import Sequence
 import cv2
 import numpy as np
 
-from wherevit.base.errors import WherevitError
+from wherevit.base.errors import InvalidRequest, WherevitError
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -23,27 +23,52 @@ __all__ = [
     "decode_image",
     "read_image",
     "to_rgb_uint8",
+    "check_image_array",
+    "MIN_IMAGE_SIDE",
     "Preprocess",
 ]
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
+# A side of one pixel has no spatial structure: resizing it to the model's size would feed a constant
+# image along that axis and return confident features of nothing, so such images are refused.
+MIN_IMAGE_SIDE = 2
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+RESIZE_MODES = ("stretch", "shorter_center")
+INTERPOLATIONS = ("area", "linear", "cubic")
 
 
 class ImageDecodeError(WherevitError, ValueError):
     """An image file or buffer that OpenCV cannot decode (corrupt, truncated or not an image)."""
 
 
-def to_rgb_uint8(img: np.ndarray, color_order: str = "BGR") -> np.ndarray:
+def check_image_array(img: np.ndarray, what: str = "image") -> None:
+    """Refuse arrays that are not an image with pixels: wrong rank, empty or one-pixel sides, a channel
+    count other than 1/3/4, an unsupported dtype, or NaN/infinity in float data (``ImageDecodeError``)."""
+    if not isinstance(img, np.ndarray):
+        raise ImageDecodeError(f"{what}: expected a numpy array, got {type(img).__name__}")
+    if img.ndim not in (2, 3):
+        raise ImageDecodeError(f"{what}: expected an HxW or HxWxC image, got shape {img.shape}")
+    if img.ndim == 3 and img.shape[2] not in (1, 3, 4):
+        raise ImageDecodeError(f"{what}: unsupported channel count {img.shape[2]} in shape {img.shape} (1, 3 or 4)")
+    h, w = img.shape[:2]
+    if h < MIN_IMAGE_SIDE or w < MIN_IMAGE_SIDE:
+        raise ImageDecodeError(f"{what}: a {h}x{w} image has no pixels to look at (each side must be >= {MIN_IMAGE_SIDE})")
+    if img.dtype not in (np.uint8, np.uint16, np.float32, np.float64):
+        raise ImageDecodeError(f"{what}: unsupported image dtype {img.dtype} (uint8, uint16, or float in [0, 1])")
+    if img.dtype.kind == "f" and not np.isfinite(img).all():
+        raise ImageDecodeError(f"{what}: {int(np.size(img) - np.count_nonzero(np.isfinite(img)))} non-finite pixel value(s) (NaN or infinity)")
+
+
+def to_rgb_uint8(img: np.ndarray, color_order: str = "BGR", what: str = "image") -> np.ndarray:
     """Convert a decoded image (HxW, HxWx1/3/4; uint8/uint16/float) to contiguous HxWx3 uint8 RGB.
 
     ``color_order`` says how a 3- or 4-channel input is ordered ("BGR" as OpenCV decodes, or
     "RGB"). Alpha is dropped (composited on black would tint edges; ViTs were trained on opaque
-    images). 16-bit data is scaled by 1/257 so 65535 maps to 255.
+    images). 16-bit data is scaled by 1/257 so 65535 maps to 255. Degenerate arrays are refused
+    (see ``check_image_array``) instead of reaching an OpenCV assertion.
     """
-    if img.ndim not in (2, 3):
-        raise ImageDecodeError(f"expected an HxW or HxWxC image, got shape {img.shape}")
+    check_image_array(img, what)
     if img.dtype == np.uint16:
         img = (img.astype(np.float32) / 257.0 + 0.5).astype(np.uint8)
     elif img.dtype in (np.float32, np.float64):
@@ -69,9 +94,9 @@ def decode_image(data: bytes | bytearray | memoryview | np.ndarray, what: str = 
     if buf.size == 0:
         raise ImageDecodeError(f"{what}: empty")
     img = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
-    if img is None:
+    if img is None or img.size == 0:
         raise ImageDecodeError(f"{what}: not a decodable image (corrupt, truncated or unsupported format)")
-    return to_rgb_uint8(img, "BGR")
+    return to_rgb_uint8(img, "BGR", what)
 
 
 def read_image(path: str | os.PathLike) -> np.ndarray:
@@ -113,16 +138,38 @@ class Preprocess:
         }
 
     @classmethod
-    def from_dict(cls, d: dict) -> "Preprocess":
-        return cls(
-            size=tuple(int(v) for v in d["size"]),
-            mean=tuple(float(v) for v in d["mean"]),
-            std=tuple(float(v) for v in d["std"]),
+    def from_dict(cls, d: dict, size: tuple[int, int] | None = None) -> "Preprocess":
+        """Settings from a sidecar or a checkpoint's ``preprocess`` record (missing keys: the defaults).
+
+        ``size`` overrides the recorded size (export at another resolution). Unknown modes are errors."""
+        if not isinstance(d, dict):
+            raise InvalidRequest(f"preprocess must be a mapping, got {type(d).__name__}")
+        known = {"size", "mean", "std", "resize", "interpolation", "color_order", "layout", "scale"}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise InvalidRequest(f"preprocess: unknown field(s) {unknown}; known: {sorted(known)}")
+        pre = cls(
+            size=tuple(int(v) for v in (size or d.get("size", cls.size))),
+            mean=tuple(float(v) for v in d.get("mean", IMAGENET_MEAN)),
+            std=tuple(float(v) for v in d.get("std", IMAGENET_STD)),
             resize=d.get("resize", "stretch"),
             interpolation=d.get("interpolation", "area"),
             color_order=d.get("color_order", "RGB"),
             layout=d.get("layout", "NCHW"),
         )
+        pre.validate()
+        return pre
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` naming the field that no runtime could follow."""
+        if len(self.size) != 2 or min(self.size) < 1:
+            raise InvalidRequest(f"preprocess.size must be two positive integers, got {list(self.size)}")
+        if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
+            raise InvalidRequest(f"preprocess.mean/std must be 3 numbers each with std > 0, got {list(self.mean)} / {list(self.std)}")
+        for name, value, allowed in (("resize", self.resize, RESIZE_MODES), ("interpolation", self.interpolation, INTERPOLATIONS),
+                                     ("color_order", self.color_order, ("RGB", "BGR")), ("layout", self.layout, ("NCHW",))):
+            if value not in allowed:
+                raise InvalidRequest(f"preprocess.{name} {value!r} is not one of {list(allowed)}")
 
     def resize_rgb(self, img: np.ndarray) -> np.ndarray:
         """Resize one HxWx3 uint8 RGB image to the model's input size."""
@@ -134,12 +181,16 @@ class Preprocess:
             y0, x0 = (nh - h) // 2, (nw - w) // 2
             return img[y0 : y0 + h, x0 : x0 + w]
         if self.resize != "stretch":
-            raise ValueError(f"unknown resize mode {self.resize!r}")
+            raise InvalidRequest(f"unknown resize mode {self.resize!r}")
         return _resize(img, h, w, self.interpolation)
 
     def __call__(self, images: Sequence[np.ndarray]) -> np.ndarray:
         """HxWx3 uint8 RGB images -> float32 NCHW batch, normalised."""
+        if len(images) == 0:
+            raise ImageDecodeError("no images to preprocess")
         batch = np.stack([self.resize_rgb(im) for im in images]).astype(np.float32)
+        if self.color_order == "BGR":  # a model trained on OpenCV-ordered pixels
+            batch = batch[..., ::-1]
         batch *= 1.0 / 255.0
         batch -= np.asarray(self.mean, np.float32)
         batch /= np.asarray(self.std, np.float32)
@@ -157,5 +208,5 @@ def _resize(img: np.ndarray, h: int, w: int, interpolation: str) -> np.ndarray:
     elif interpolation == "cubic":
         flag = cv2.INTER_CUBIC
     else:
-        raise ValueError(f"unknown interpolation {interpolation!r}")
+        raise InvalidRequest(f"unknown interpolation {interpolation!r}")
     return cv2.resize(img, (w, h), interpolation=flag)

@@ -1,7 +1,11 @@
-"""The downstream table: DINO vs DINO + SP (same budget) vs random weights, on generated data.
+"""The downstream table: DINO vs DINO + SP vs DINO + iBOT vs DINO + iBOT + posfield vs DINO + SCRL vs
+DINO + GTSA vs DINO + equivariance vs all five together (same budget and seeds) vs random weights,
+on generated data.
 
-Pretrains both backbones with the quickstart preset if `--runs` does not hold them yet (the same
-runs `sp_vs_dino.py` makes), then for each backbone: depth, segmentation and relative-pose heads on
+Pretrains the backbones with the quickstart preset if `--runs` does not hold them yet (the DINO and
+DINO + SP runs are the ones `sp_vs_dino.py` makes; the others differ from DINO only in their
+`ibot` / `plugins` sections; SCRL, GTSA and equivariance take their sections from the
+`--plugin-sections` preset, sized for the quickstart model), then for each backbone: depth, segmentation and relative-pose heads on
 frozen features (generated 3-D scene pairs), the patch-pair position/scale task, jigsaw, k-NN and
 linear probes. Writes JSON and a Markdown table.
 
@@ -39,16 +43,32 @@ def main() -> None:
     ap.add_argument("--n-test", type=int, default=150)
     ap.add_argument("--epochs", type=int, default=20)
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results"))
+    ap.add_argument("--plugin-sections", default="quickstart_all",
+                    help="preset whose plugins.* sections configure the SCRL, GTSA, equivariance and all-five rows")
     a = ap.parse_args()
-    for name in ("dino", "dino_sp"):
+    sections = load_train_config(a.plugin_sections).plugins
+    pick = lambda *names: {n: sections.get(n) or {} for n in names}  # noqa: E731
+    variants = {  # run name -> (table label, plug-ins (None: the preset's), iBOT on)
+        "dino": ("DINO", {}, False),
+        "dino_sp": ("DINO + SP", None, False),
+        "dino_ibot": ("DINO + iBOT", {}, True),
+        "dino_ibot_posfield": ("DINO + iBOT + posfield", {"posfield": {}}, True),
+        "dino_scrl": ("DINO + SCRL", pick("scrl"), False),
+        "dino_gtsa": ("DINO + GTSA", pick("gtsa"), False),
+        "dino_equivariance": ("DINO + equivariance", pick("equivariance"), False),
+        "all_five": ("DINO + iBOT + SP, posfield, SCRL, GTSA, equivariance",
+                     pick("sp", "posfield", "scrl", "gtsa", "equivariance"), True),
+    }
+    for name, (_, plugins, ibot) in variants.items():
         run = a.runs / name
         if not (run / "backbone.safetensors").is_file():
             cfg = load_train_config(a.config)
-            if name == "dino":
-                cfg.plugins = {}
+            if plugins is not None:
+                cfg.plugins = plugins
+            cfg.ibot.enabled = ibot
             train(cfg, run, progress=False)
     rows = {}
-    for label, spec, rnd in (("DINO", "dino", False), ("DINO + SP", "dino_sp", False), ("random weights", "dino", True)):
+    for label, spec, rnd in [(lab, name, False) for name, (lab, _, _) in variants.items()] + [("random weights", "dino", True)]:
         model, info = load_backbone(a.runs / spec, random_init=rnd)
         size = int(info["arch"]["img_size"][0])
         r = evaluate_suite(model, SuiteConfig(size=size, n_train=a.n_train, n_test=a.n_test, epochs=a.epochs))

@@ -13,9 +13,9 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from wherevit.export.api import ExportRequest, export_artifacts
 from wherevit.app.bench import machine_info
 from wherevit.base.sidecar import read_sidecar
+from wherevit.export.api import ExportRequest, export_artifacts
 
 
 def main() -> None:
@@ -40,10 +40,10 @@ def main() -> None:
                 total = time.perf_counter() - t0
                 om, em = read_sidecar(res.onnx), read_sidecar(res.engine)
                 row = {"model": model, "precision": prec, "total_s": round(total, 2),
-                       "onnx_export_s": om["onnx"]["export_seconds"], "engine_build_s": em["engine"]["build_seconds"],
-                       "library": f"{em['engine']['library']} {em['engine']['version']}", "targets": em["engine"]["compute_capabilities"],
+                       "onnx_export_s": om.onnx["export_seconds"], "engine_build_s": em.engine["build_seconds"],
+                       "library": f"{em.engine['library']} {em.engine['version']}", "targets": em.engine["compute_capabilities"],
                        "onnx_mb": round(res.onnx.stat().st_size / 2**20, 1), "engine_mb": round(res.engine.stat().st_size / 2**20, 1),
-                       "onnx_parity_rel_l2": om["parity"].get("scenes", {}).get("outputs", [{}])[0].get("rel_l2")}
+                       "onnx_parity_rel_l2": om.parity.get("scenes", {}).get("outputs", [{}])[0].get("rel_l2")}
                 print(json.dumps(row), flush=True)
                 rows.append(row)
     a.out.mkdir(parents=True, exist_ok=True)

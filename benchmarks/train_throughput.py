@@ -1,7 +1,8 @@
-"""Training throughput of DINO with and without SP: images/s, step time, model FLOP utilisation.
+"""Training throughput of DINO alone, + SP, + iBOT, + iBOT + posfield, + SCRL, + GTSA, + equivariance and all
+five together: images/s, step time, FLOPs, MFU.
 
-One process, one run, both configurations back to back, so the SP overhead is a ratio measured
-under the same conditions. Model compute only: batches are generated once and kept on the device
+One process, one run, all configurations back to back, so each plug-in's overhead (step time and
+FLOPs vs DINO; posfield also vs DINO + iBOT, its base) is a ratio measured under the same conditions. Model compute only: batches are generated once and kept on the device
 (data loading is measured separately by the training log's img/s). FLOPs per step are counted by
 torch.utils.flop_counter on one real step (student forward + backward, teacher forward, plug-ins).
 
@@ -24,7 +25,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from wherevit.app.bench import machine_info
 from wherevit.train.config import load_train_config
-from wherevit.train.data.dataset import MultiCrop
+from wherevit.train.data.dataset import MultiCrop, hook_rng
 from wherevit.train.data.synthetic import render_scene
 from wherevit.train.data.views import ViewSpec
 from wherevit.train.loop import build_optimizer
@@ -37,7 +38,14 @@ def make_batch(meta: SSLMetaArch, cfg, n: int, device) -> dict:
                    meta.view_samplers())
     rng = np.random.default_rng(0)
     size = max(c.global_size, 128)
-    samples = [mc(render_scene(i, size), rng) for i in range(n)]
+    hooks = meta.data_hooks()  # iBOT masks, posfield positions: as the data workers make them
+    samples = []
+    for i in range(n):
+        img = render_scene(i, size)
+        sample = mc(img, rng)
+        for name, hook in hooks.items():
+            hook(sample, img, hook_rng(i, name), i)
+        samples.append(sample)
     batch = {}
     for g in samples[0]:
         batch[g] = {k: torch.from_numpy(np.stack([s[g][k] for s in samples])).to(device) for k in samples[0][g]}
@@ -50,9 +58,9 @@ def measure(cfg, steps: int, warmup: int, device, peak_tflops: float | None) -> 
     opt = build_optimizer(meta.student, cfg)
     for g in opt.param_groups:
         g["lr"] = 1e-4
-    if cfg.compile:
-        meta.student.backbone.compile()
-        meta.teacher.backbone.compile()
+    if cfg.compile:  # as the training loop does: the token-level path calls the blocks
+        meta.student.backbone.blocks.compile()
+        meta.teacher.backbone.blocks.compile()
     batch = make_batch(meta, cfg, cfg.data.global_batch_size, device)
     bf16 = device.type == "cuda" and cfg.precision in ("auto", "bf16")
     ctx = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if bf16 else (lambda: torch.autocast("cpu", enabled=False))
@@ -80,7 +88,7 @@ def measure(cfg, steps: int, warmup: int, device, peak_tflops: float | None) -> 
     sync()
     dt = (time.perf_counter() - t0) / steps
     res = {"step_s": dt, "img_per_s": cfg.data.global_batch_size / dt, "flops_per_step": flops,
-           "achieved_tflops": flops / dt / 1e12, "plugins": sorted(cfg.plugins)}
+           "achieved_tflops": flops / dt / 1e12, "plugins": sorted(cfg.plugins), "ibot": cfg.ibot.enabled}
     if peak_tflops:
         res["mfu"] = res["achieved_tflops"] / peak_tflops
     if device.type == "cuda":
@@ -103,25 +111,48 @@ def main() -> None:
     ov = list(a.overrides) + (["data.global_batch_size=%d" % a.batch] if a.batch else [])
     if a.compile != "config":
         ov.append(f"compile={'true' if a.compile == 'on' else 'false'}")
-    with_sp = load_train_config(a.config, ov)
-    if "sp" not in with_sp.plugins:
-        with_sp.plugins["sp"] = {}
-    without = load_train_config(a.config, ov)
-    without.plugins = {}
+    variants = {  # name -> (plug-ins, iBOT on)
+        "dino": ({}, False),
+        "dino+sp": (None, False),  # None: the config's SP section (or SP defaults)
+        "dino+ibot": ({}, True),
+        "dino+ibot+posfield": ({"posfield": {}}, True),
+        "dino+scrl": (["scrl"], False),  # a list: these sections of the config (or their defaults)
+        "dino+gtsa": (["gtsa"], False),
+        "dino+equivariance": (["equivariance"], False),
+        "all five": (["sp", "posfield", "scrl", "gtsa", "equivariance"], True),
+    }
     peak = a.peak_tflops or (800.0 if device.type == "cuda" else None)
-    rows = {}
-    for name, cfg in (("dino", without), ("dino+sp", with_sp)):
+    rows, cfgs = {}, {}
+    for name, (plugins, ibot) in variants.items():
+        cfg = load_train_config(a.config, ov)
+        if plugins is None:
+            plugins = ["sp"]
+        cfg.plugins = {p: cfg.plugins.get(p) or {} for p in plugins} if isinstance(plugins, list) else plugins
+        cfg.ibot.enabled = ibot
+        cfgs[name] = cfg
         rows[name] = measure(cfg, a.steps, a.warmup, device, peak)
         print(name, json.dumps(rows[name]), flush=True)
-    rows["sp_overhead_step_time"] = rows["dino+sp"]["step_s"] / rows["dino"]["step_s"] - 1
+    overhead = {}
+    for name, base in (("dino+sp", "dino"), ("dino+ibot", "dino"), ("dino+ibot+posfield", "dino"),
+                       ("dino+ibot+posfield", "dino+ibot"), ("dino+scrl", "dino"), ("dino+gtsa", "dino"),
+                       ("dino+equivariance", "dino"), ("all five", "dino")):
+        overhead[f"{name} vs {base}"] = {
+            "step_time": rows[name]["step_s"] / rows[base]["step_s"] - 1,
+            "flops": rows[name]["flops_per_step"] / rows[base]["flops_per_step"] - 1,
+        }
+    rows["overhead"] = overhead
+    rows["sp_overhead_step_time"] = overhead["dino+sp vs dino"]["step_time"]  # kept for older readers
+    ref = cfgs["dino"]
     result = {"command": "python " + " ".join(sys.argv), "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-              "device": str(device), "config": a.config, "global_batch": with_sp.data.global_batch_size,
-              "compile": with_sp.compile, "machine": machine_info(), "results": rows}
+              "device": str(device), "config": a.config, "global_batch": ref.data.global_batch_size,
+              "compile": ref.compile, "machine": machine_info(), "results": rows}
     a.out.mkdir(parents=True, exist_ok=True)
     tag = "gpu" if device.type == "cuda" else "cpu"
     path = a.out / f"train_throughput_{a.config}_{tag}.json"
     path.write_text(json.dumps(result, indent=2))
-    print(f"SP overhead: {100 * rows['sp_overhead_step_time']:.1f}% of step time; wrote {path}")
+    for k, v in overhead.items():
+        print(f"{k}: step time {100 * v['step_time']:+.1f}%, FLOPs {100 * v['flops']:+.1f}%")
+    print(f"wrote {path}")
 
 
 if __name__ == "__main__":

@@ -1,42 +1,37 @@
-"""``export_artifacts``: checkpoint (or timm name) -> ONNX (+ engine), each with its sidecar.
+"""``export_artifacts``: a checkpoint (or timm name) -> one artifact per format in a chain, each with its sidecar.
 
-Reads as a chain of small steps: BackboneFromCheckpoint -> FeatureModel -> OnnxFromModel ->
-parity (ONNX Runtime vs PyTorch) -> EngineFromOnnx. A step that fails removes what this call
-wrote, so no half-made artifact is left behind.
+The steps: load the backbone (``load_backbone``) -> wrap it for export (``FeatureModel``, or
+``HeadModel`` with a trained head) -> the base sidecar every artifact shares -> each format of
+the chain (``format_chain``: ``engine`` needs ``onnx``, ...) writes its artifact, checks it
+against the PyTorch fp32 reference and writes its sidecar. A step that fails removes what this
+call wrote, so no half-made artifact is left behind. ``--precision int8`` is the ``int8`` format
+(``export/formats/int8.py``): the fp32 ONNX, quantised, cosine-checked, and handed to TensorRT
+when an engine is asked for.
 """
 
 from __future__ import annotations
 
 import copy
-import dataclasses
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-import numpy as np
+from torch import nn
 
-from wherevit.base.errors import WherevitError
-from wherevit.export.onnx_export import (
-    FeatureModel,
-    OnnxExportOptions,
-    export_onnx,
-    torch_reference,
-)
-from wherevit.export.trt_builder import build_engine, detect_flavour, plan_build
+from wherevit.base.errors import InvalidRequest
+from wherevit.base.image import Preprocess
 from wherevit.base.io import check_writable_dir
-from wherevit.runtime.backends.onnxruntime import OrtCpu
-from wherevit.runtime.compare import DEFAULT_RTOL, Comparison, compare
-from wherevit.base.image import IMAGENET_MEAN, IMAGENET_STD, Preprocess
-from wherevit.base.sidecar import artifact_record, sidecar_path, write_sidecar
+from wherevit.base.sidecar import BatchRange, Sidecar, TensorSpec
+from wherevit.export.formats import ExportContext, format_chain, registered_formats
+from wherevit.export.onnx_export import FeatureModel
+from wherevit.export.parity import ParityError
+from wherevit.runtime.compare import DEFAULT_RTOL, Comparison
 from wherevit.train.checkpoint import CheckpointError, load_backbone
 
-__all__ = ["ExportRequest", "ExportResult", "ParityError", "parse_batch", "export_artifacts", "parity_inputs"]
+__all__ = ["ExportRequest", "ExportResult", "ParityError", "parse_batch", "export_artifacts", "output_format", "resolve_output"]
 
 log = logging.getLogger("wherevit.export")
-
-
-class ParityError(WherevitError, RuntimeError):
-    """The exported graph's outputs differ from PyTorch's beyond the tolerance."""
 
 
 def parse_batch(spec: str | tuple[int, int, int]) -> tuple[int, int, int]:
@@ -47,14 +42,14 @@ def parse_batch(spec: str | tuple[int, int, int]) -> tuple[int, int, int]:
         try:
             vals = tuple(int(v) for v in str(spec).split(":"))
         except ValueError:
-            raise ValueError(f"batch range {spec!r} must be integers like 1:8:64") from None
+            raise InvalidRequest(f"batch range {spec!r} must be integers like 1:8:64") from None
     if len(vals) == 1:
         vals = vals * 3
     if len(vals) != 3:
-        raise ValueError(f"batch range {spec!r} must be min:opt:max, e.g. 1:8:64")
+        raise InvalidRequest(f"batch range {spec!r} must be min:opt:max, e.g. 1:8:64")
     lo, opt, hi = vals
     if not 1 <= lo <= opt <= hi:
-        raise ValueError(f"batch range {spec!r} must satisfy 1 <= min <= opt <= max (opt is the typical batch, not the max)")
+        raise InvalidRequest(f"batch range {spec!r} must satisfy 1 <= min <= opt <= max (opt is the typical batch, not the max)")
     return lo, opt, hi
 
 
@@ -62,7 +57,7 @@ def parse_batch(spec: str | tuple[int, int, int]) -> tuple[int, int, int]:
 class ExportRequest:
     checkpoint: str
     out_dir: Path
-    format: str = "onnx"  # "onnx" or "engine" (an engine always comes with its ONNX)
+    format: str = "onnx"  # a registered export format (`wherevit export --help` lists them)
     precision: str = "fp32"
     batch: tuple[int, int, int] = (1, 8, 64)
     imgsz: int | None = None  # None: the backbone's training size
@@ -77,142 +72,150 @@ class ExportRequest:
     expect_model: str | None = None
     opset: int = 18
     head: str | None = None  # head_<task>.safetensors from `wherevit train-head`: export backbone + head as one graph
+    device: str = "cpu"  # pt2: the device the package is compiled for ("cpu" or "cuda")
+    # The requested format's file (`-o art/qs.onnx`); None: `out_dir/<stem>_<precision>.<ext>`. A path
+    # with a format's suffix given as out_dir is taken as this (see ``resolve_output``).
+    out_file: Path | None = None
+    format_options: dict[str, Any] = field(default_factory=dict)  # per-format options by format name (e.g. "triton")
 
 
 @dataclass
 class ExportResult:
-    onnx: Path
-    engine: Path | None = None
+    artifacts: dict[str, Path] = field(default_factory=dict)  # format name -> file, in build order
     parity: Comparison | None = None
+    int8_parity: Comparison | None = None  # the quantised graph's cosine parity (precision "int8")
     sidecars: list[Path] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
+    @property
+    def onnx(self) -> Path | None:
+        return self.artifacts.get("onnx")
 
-def parity_inputs(preprocess: Preprocess, input_names: list[str], batch: int = 3, seed: int = 0) -> dict[str, dict[str, np.ndarray]]:
-    """Fresh random images and generated scenes per input, preprocessed exactly as the runtime does."""
-    from wherevit.train.data.synthetic import render_scene
+    @property
+    def engine(self) -> Path | None:
+        return self.artifacts.get("engine")
 
-    rng = np.random.default_rng(seed)
-    h, w = preprocess.size
-    random = {n: rng.standard_normal((batch, 3, h, w)).astype(np.float32) for n in input_names}
-    scenes = {n: preprocess([render_scene(10_000 + seed * 97 + 13 * k + i, (h, w)) for i in range(batch)])
-              for k, n in enumerate(input_names)}
-    return {"random": random, "scenes": scenes}
+    @property
+    def int8(self) -> Path | None:
+        return self.artifacts.get("int8")
 
+    @property
+    def pt2(self) -> Path | None:
+        return self.artifacts.get("pt2")
 
-def _check_parity(ref_model, onnx_path: Path, preprocess: Preprocess, rtol: float) -> tuple[Comparison, dict]:
-    """Float outputs are compared (integer outputs such as argmax labels derive from them)."""
-    import onnxruntime as ort
-
-    sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])  # one session for every input set
-    names = [o.name for o in sess.get_outputs()]
-    report, merged = {}, Comparison()
-    for kind, feeds in parity_inputs(preprocess, ref_model.input_names).items():
-        ref = {k: v for k, v in torch_reference(ref_model, feeds).items() if np.issubdtype(v.dtype, np.floating)}
-        got = dict(zip(names, sess.run(names, feeds)))
-        cmp = compare(ref, got, rtol)
-        report[kind] = cmp.to_dict()
-        merged.outputs += [dataclasses.replace(o, name=f"{o.name}[{kind}]") for o in cmp.outputs]
-        merged.missing += cmp.missing
-    return merged, report
+    @property
+    def primary(self) -> Path:
+        """The artifact of the requested format (the last one built)."""
+        return list(self.artifacts.values())[-1]
 
 
 def export_artifacts(req: ExportRequest) -> ExportResult:
     """Export per ``req``; see the module docstring. Raises ``ParityError`` when parity fails."""
-    if req.format not in ("onnx", "engine"):
-        raise ValueError(f"--format must be onnx or engine, got {req.format!r}")
-    if req.precision not in DEFAULT_RTOL:
-        raise ValueError(f"--precision must be one of {', '.join(DEFAULT_RTOL)}, got {req.precision!r}")
-    batch = parse_batch(req.batch)
-    out_dir = check_writable_dir(req.out_dir)
-    plan = None
-    if req.format == "engine":  # fail on a missing library before the slow steps
-        plan = plan_build(detect_flavour(req.trt_lib), req.precision, tuple(req.compute_capabilities), req.strongly_typed)
-
-    # A fixed-size graph at the training size needs no position-embedding resampling ops.
-    resample = req.dynamic_hw or req.imgsz is not None
-    model, info = load_backbone(req.checkpoint, which=req.which, dynamic_img_size=resample, expect_model=req.expect_model)
-    native = tuple(model.patch_embed.img_size)
-    size = (req.imgsz, req.imgsz) if req.imgsz else native
-    p = model.patch_embed.patch_size
-    if size[0] % p[0] or size[1] % p[1]:
-        raise ValueError(f"image size {size} is not a multiple of the patch size {tuple(p)}")
-    pp_info = info.get("preprocess", {})
-    preprocess = Preprocess(size=size, mean=tuple(pp_info.get("mean", IMAGENET_MEAN)), std=tuple(pp_info.get("std", IMAGENET_STD)),
-                            resize=pp_info.get("resize", "stretch"))
-    head = head_meta = None
-    if req.head:
-        from wherevit.export.head_models import HeadModel, load_head
-
-        head, head_meta = load_head(req.head)
-        if head_meta["embed_dim"] != int(model.embed_dim):
-            raise CheckpointError(f"{req.head} is a head for width {head_meta['embed_dim']}, the backbone is {model.embed_dim} wide")
-        make = lambda bb, prec: HeadModel(bb, copy.deepcopy(head), head_meta, prec).eval()
-    else:
-        make = lambda bb, prec: FeatureModel(bb, prec, req.pooled).eval()
-    ref_model = make(copy.deepcopy(model), "fp32")
-    onnx_precision = plan.onnx_precision if plan else req.precision
-    rtol = req.rtol or DEFAULT_RTOL[onnx_precision]
-    stem = head_meta["task"] if head_meta else "model"
-    result = ExportResult(onnx=out_dir / f"{stem}_{onnx_precision}.onnx")
-    written: list[Path] = []
+    chain = _check_request(req)
+    ctx = _context(req, graph_precision=chain[-1].graph_precision(req))
+    ctx.result = result = ExportResult()
     try:
-        fm = make(model, onnx_precision)
-        opts = OnnxExportOptions(onnx_precision, batch, size, req.dynamic_hw, req.pooled, req.opset)
-        written.append(result.onnx)
-        facts = export_onnx(fm, result.onnx, opts)
-        onnx_record = artifact_record(result.onnx)
-        facts["sha256"] = onnx_record["sha256"]
-        # The runtime's CPU backend knows what it can run (no fp16/bf16 MatMul kernels in ONNX Runtime's CPU provider).
-        cpu_reason = OrtCpu.unavailable_reason({"kind": "onnx", "precision": onnx_precision})
-        if cpu_reason is None:
-            cmp, report = _check_parity(ref_model, result.onnx, preprocess, rtol)
-            result.parity = cmp
-            parity = {"backend": "onnxruntime CPUExecutionProvider", "reference": "PyTorch fp32", "rtol": rtol, "passed": bool(cmp), **report}
-            if not cmp:
-                raise ParityError(f"ONNX parity failed for {result.onnx.name} (tolerance rel_l2 <= {rtol:g}):\n{cmp.summary()}")
-        else:
-            parity = {"passed": None, "skipped": f"{cpu_reason}; parity of this graph is checked on a GPU (wherevit bench)"}
-            result.notes.append(parity["skipped"])
-        d = int(model.embed_dim)
-        gh, gw = size[0] // p[0], size[1] // p[1]
-        meta = _artifact_meta(fm, info, req, preprocess, batch, onnx_precision, d, (gh, gw), parity, head_meta)
-        meta["onnx"] = facts
-        written.append(sidecar_path(result.onnx))
-        result.sidecars.append(write_sidecar(result.onnx, {"kind": "onnx", **meta}, record=onnx_record))
-
-        if plan is not None:
-            result.engine = out_dir / f"{stem}_{req.precision}.engine"
-            written.append(result.engine)
-            eng = build_engine(result.onnx, result.engine, plan, fm.input_names, (3, *size), batch, req.workspace_mb,
-                               timing_cache=out_dir / f".timing_cache.{plan.flavour.module}.bin")
-            emeta = {**meta, "precision": req.precision, "engine": eng, "onnx": facts}
-            emeta["parity"] = {"onnx": parity, "engine": {"passed": None, "skipped": "engine parity runs where the engine runs (wherevit bench on its GPU)"}}
-            written.append(sidecar_path(result.engine))
-            result.sidecars.append(write_sidecar(result.engine, {"kind": "engine", **emeta}))
+        for fmt in chain:
+            path = fmt.build(ctx)
+            result.artifacts[fmt.name] = path
+            result.sidecars.append(Path(str(path) + ".json"))
     except BaseException:
-        for pth in written:
-            pth.unlink(missing_ok=True)
+        for p in ctx.written:
+            p.unlink(missing_ok=True)
         raise
     return result
 
 
-def _artifact_meta(model, info: dict, req: ExportRequest, pre: Preprocess, batch, precision: str, dim: int, grid, parity,
-                   head_meta: dict | None) -> dict:
+def _check_request(req: ExportRequest) -> list:
+    """The format chain, with every cheap check done before the slow steps."""
+    formats = registered_formats()
+    if req.format not in formats:
+        raise InvalidRequest(f"--format must be one of {', '.join(sorted(formats))}, got {req.format!r}")
+    if req.precision not in (*DEFAULT_RTOL, "int8"):
+        raise InvalidRequest(f"--precision must be one of {', '.join(DEFAULT_RTOL)}, int8; got {req.precision!r}")
+    req.batch = parse_batch(req.batch)
+    if req.out_file is None:
+        req.out_dir, _, req.out_file = resolve_output(req.out_dir, req.format)
+    # INT8 is one format whatever the container: it quantises the fp32 ONNX and, for --format engine,
+    # hands the Q/DQ graph to TensorRT itself (a refusal is recorded, not fatal).
+    chain = format_chain("int8" if req.precision == "int8" and req.format in ("onnx", "engine") else req.format)
+    for fmt in chain:
+        fmt.check(req)
+    return chain
+
+
+def output_format(out: str | Path) -> str | None:
+    """The registered format whose file suffix ``out`` ends with (``.onnx``, ``.engine``/``.plan``, ``.pt2``), else None."""
+    suffix = Path(out).suffix.lower()
+    return next((name for name, cls in registered_formats().items() if suffix and suffix in cls.suffixes), None)
+
+
+def resolve_output(out: str | Path, fmt: str | None) -> tuple[Path, str, Path | None]:
+    """``-o``: a folder, or a file of the requested format. Returns (folder, format, file or None).
+
+    A path ending in a format's suffix is that format's file (``-o art/qs.onnx``, ``-o m.plan``): the
+    format follows from it when ``fmt`` is None, and must match ``fmt`` otherwise. Formats built before
+    it in the same call (the engine's ONNX) go beside it with the same stem and their own suffix."""
+    out = Path(out)
+    owner = output_format(out)
+    if owner is None:
+        return out, fmt or "onnx", None
+    if fmt is not None and fmt != owner:
+        want = "/".join(registered_formats()[fmt].suffixes) if fmt in registered_formats() else "its suffix"
+        raise InvalidRequest(f"-o {out} is a file name for the {owner} format, but the format is {fmt}: "
+                             f"give a file ending in {want}, or a folder")
+    return out.parent, owner, out
+
+
+def _context(req: ExportRequest, graph_precision: str) -> ExportContext:
+    """Load the backbone (and head), decide size and preprocessing, and fill the shared sidecar fields."""
+    out_dir = check_writable_dir(req.out_dir)
+    # A fixed-size graph at the training size needs no position-embedding resampling ops.
+    resample = req.dynamic_hw or req.imgsz is not None
+    model, info = load_backbone(req.checkpoint, which=req.which, dynamic_img_size=resample, expect_model=req.expect_model)
+    size = (req.imgsz, req.imgsz) if req.imgsz else tuple(model.patch_embed.img_size)
+    p = model.patch_embed.patch_size
+    if size[0] % p[0] or size[1] % p[1]:
+        raise InvalidRequest(f"image size {size} is not a multiple of the patch size {tuple(p)}")
+    preprocess = Preprocess.from_dict(_known_preprocess(info.get("preprocess", {})), size=size)
+    wrap, head_meta = _wrapper(req, model)
+    reference = wrap(copy.deepcopy(model), "fp32")
+    grid = (size[0] // p[0], size[1] // p[1])
+    sidecar = _shared_sidecar(reference, info, req, preprocess, graph_precision, int(model.embed_dim), grid, head_meta)
+    stem = head_meta["task"] if head_meta else "model"
+    return ExportContext(req, out_dir, stem, model, info, wrap, reference, preprocess, req.batch, sidecar, head_meta)
+
+
+def _known_preprocess(record: dict) -> dict:
+    """A checkpoint's preprocessing record, minus training-only notes older checkpoints carry."""
+    return {k: v for k, v in record.items() if k in ("size", "mean", "std", "resize", "interpolation", "color_order", "layout")}
+
+
+def _wrapper(req: ExportRequest, model: nn.Module):
+    """(backbone, precision) -> the graph to export: features, or backbone + a trained head."""
+    if not req.head:
+        return (lambda bb, prec: FeatureModel(bb, prec, req.pooled).eval()), None
+    from wherevit.export.head_models import HeadModel, load_head
+
+    head, head_meta = load_head(req.head)
+    if head_meta["embed_dim"] != int(model.embed_dim):
+        raise CheckpointError(f"{req.head} is a head for width {head_meta['embed_dim']}, the backbone is {model.embed_dim} wide")
+    return (lambda bb, prec: HeadModel(bb, copy.deepcopy(head), head_meta, prec).eval()), head_meta
+
+
+def _shared_sidecar(model, info: dict, req: ExportRequest, pre: Preprocess, precision: str, dim: int, grid,
+                    head_meta: dict | None) -> Sidecar:
     h, w = pre.size
     hw = [-1, -1] if req.dynamic_hw else [h, w]
-    meta = {
-        "task": head_meta["task"] if head_meta else "features",
-        "model": {k: info.get(k) for k in ("model", "timm_kwargs", "arch", "source", "step")} | {"checkpoint": str(req.checkpoint)},
-        "inputs": [{"name": n, "dtype": "float32", "shape": [-1, 3, *hw], "layout": "NCHW",
-                    "meaning": "RGB images, preprocessed as `preprocess` says"} for n in model.input_names],
-        "outputs": model.output_meta(dim, None if req.dynamic_hw else grid),
-        "preprocess": pre.to_dict(),
-        "batch": {"min": batch[0], "opt": batch[1], "max": batch[2]},
-        "dynamic_hw": req.dynamic_hw,
-        "precision": precision,
-        "parity": parity,
-    }
-    if head_meta:
-        meta["head"] = {**head_meta, "file": str(req.head)}
-    return meta
+    inputs = [TensorSpec(n, "float32", [-1, 3, *hw], "RGB images, preprocessed as `preprocess` says", layout="NCHW")
+              for n in model.input_names]
+    outputs = [TensorSpec(**o) for o in model.output_meta(dim, None if req.dynamic_hw else grid)]
+    return Sidecar(
+        kind="", inputs=inputs, outputs=outputs, preprocess=pre.to_dict(), batch=BatchRange(*req.batch), precision=precision,
+        task=head_meta["task"] if head_meta else "features",
+        model={k: info.get(k) for k in ("model", "timm_kwargs", "arch", "source", "step")} | {"checkpoint": str(req.checkpoint)}
+        # how positions were made when training replaced timm's embedding (the posfield, baked into pos_embed)
+        | ({"positional": info["positional"]} if "positional" in info else {}),
+        dynamic_hw=req.dynamic_hw, head={**head_meta, "file": str(req.head)} if head_meta else None,
+    )
+

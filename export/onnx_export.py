@@ -25,6 +25,7 @@ import onnx
 import torch
 from torch import nn
 
+from wherevit.base.errors import InvalidRequest
 from wherevit.base.io import atomic_write_with
 from wherevit.train.backbone import backbone_features
 
@@ -100,7 +101,7 @@ class OnnxExportOptions:
 def export_onnx(model: nn.Module, out: Path, opts: OnnxExportOptions) -> dict:
     """Export ``model`` to ``out`` atomically; returns facts for the sidecar."""
     if opts.opset < 17:
-        raise ValueError(f"opset {opts.opset} < 17 would split LayerNorm into primitive ops; use >= 17")
+        raise InvalidRequest(f"opset {opts.opset} < 17 would split LayerNorm into primitive ops; use >= 17")
     h, w = opts.imgsz
     example = tuple(torch.randn(2, 3, h, w) for _ in model.input_names)
     batch = torch.export.Dim("batch", min=1, max=max(opts.batch[2], 2))
@@ -168,7 +169,7 @@ def check_onnx(proto: onnx.ModelProto) -> None:
         onnx.checker.check_model(proto, full_check=True)
         onnx.shape_inference.infer_shapes(proto, check_type=True, strict_mode=True)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as e:
-        raise ValueError(f"exported ONNX graph failed validation: {e}") from e
+        raise InvalidRequest(f"exported ONNX graph failed validation: {e}") from e
 
 
 def torch_reference(model: nn.Module, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -19,6 +19,9 @@ from typing import Callable, Protocol
 
 import numpy as np
 
+from wherevit.base.errors import InvalidRequest
+from wherevit.runtime.stats import RequestTiming
+
 __all__ = ["BatchingConfig", "DynamicBatcher", "QueueFull", "DeadlineExceeded", "ShuttingDown", "BatchObserver"]
 
 
@@ -43,7 +46,7 @@ class BatchingConfig:
 
     def __post_init__(self) -> None:
         if self.max_batch < 1 or self.max_queue < 1 or self.max_wait_ms < 0 or self.timeout_ms <= 0:
-            raise ValueError(f"invalid batching config {self}")
+            raise InvalidRequest(f"invalid batching config {self}")
 
 
 class BatchObserver(Protocol):
@@ -52,7 +55,6 @@ class BatchObserver(Protocol):
     def rejected(self, reason: str) -> None: ...
 
 
-Payload = "np.ndarray | dict[str, np.ndarray]"  # one array, or several inputs with the same batch size
 
 
 def _rows(x) -> int:
@@ -71,6 +73,7 @@ class _Item:
     deadline: float
     arrived: float
     future: asyncio.Future = field(repr=False)
+    timing: "RequestTiming | None" = None
 
 
 class DynamicBatcher:
@@ -82,6 +85,7 @@ class DynamicBatcher:
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="wherevit-infer")
         self._accepting = False
         self._carry: _Item | None = None  # a request that did not fit the previous batch
+        self._batches = 0  # executions so far; ids let statistics count a shared batch once per model
 
     @property
     def depth(self) -> int:
@@ -96,12 +100,15 @@ class DynamicBatcher:
         """Run one batch on the worker thread, bypassing the queue (used for warm-up)."""
         return await asyncio.get_running_loop().run_in_executor(self._pool, self.execute, x)
 
-    async def submit(self, x, timeout_ms: float | None = None) -> dict[str, np.ndarray]:
-        """Queue ``x`` -- an (N, ...) array, or a dict of them sharing N -- and wait for its N rows of every output."""
+    async def submit(self, x, timeout_ms: float | None = None, timing: RequestTiming | None = None) -> dict[str, np.ndarray]:
+        """Queue ``x`` -- an (N, ...) array, or a dict of them sharing N -- and wait for its N rows of every output.
+
+        ``timing``, if given, receives the request's queue wait, its batch's compute time, size and id.
+        """
         if not self._accepting:
             raise ShuttingDown("server is shutting down")
         now = time.monotonic()
-        item = _Item(x, now + (timeout_ms or self.cfg.timeout_ms) / 1000.0, now, asyncio.get_running_loop().create_future())
+        item = _Item(x, now + (timeout_ms or self.cfg.timeout_ms) / 1000.0, now, asyncio.get_running_loop().create_future(), timing)
         try:
             self._queue.put_nowait(item)
         except asyncio.QueueFull:
@@ -111,6 +118,10 @@ class DynamicBatcher:
         if self.observer:
             self.observer.queued(self.depth)
         return await item.future
+
+    def close(self) -> None:
+        """Refuse new requests from now on (``ShuttingDown``); what is queued still runs."""
+        self._accepting = False
 
     async def stop(self) -> None:
         """Refuse new requests, finish every queued one, then stop the worker."""
@@ -127,7 +138,10 @@ class DynamicBatcher:
             return item
         if timeout is None:
             return await self._queue.get()
-        return await asyncio.wait_for(self._queue.get(), timeout)
+        try:  # under load the next request is already queued: skip wait_for's task and timer
+            return self._queue.get_nowait()
+        except asyncio.QueueEmpty:
+            return await asyncio.wait_for(self._queue.get(), timeout)
 
     async def _loop(self) -> None:
         stopping = False
@@ -179,12 +193,16 @@ class DynamicBatcher:
                     it.future.set_exception(e)
             return
         compute = time.monotonic() - t0
-        start = 0
+        self._batches += 1
+        start, size = 0, _rows(x)
         for it in live:
             stop = start + _rows(it.x)
+            if it.timing is not None:
+                it.timing.queue_s, it.timing.compute_s = t0 - it.arrived, compute
+                it.timing.batch_size, it.timing.batch_id = size, self._batches
             if not it.future.done():
                 it.future.set_result({k: v[start:stop] for k, v in out.items()})
             start = stop
         if self.observer:
-            self.observer.batch_done(_rows(x), [t0 - it.arrived for it in live], compute)
+            self.observer.batch_done(size, [t0 - it.arrived for it in live], compute)
             self.observer.queued(self.depth)

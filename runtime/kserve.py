@@ -11,14 +11,17 @@ from __future__ import annotations
 
 import base64
 import json
+import math
 import struct
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-__all__ = ["ProtocolError", "InferRequest", "RequestedOutput", "parse_infer_request", "encode_infer_response",
-           "DATATYPES", "datatype_of", "triton_type"]
+from wherevit.base.errors import WherevitError
+
+__all__ = ["ProtocolError", "OutputNotJson", "InferRequest", "RequestedOutput", "parse_infer_request", "encode_infer_response",
+           "tensor_from_bytes", "DATATYPES", "datatype_of", "triton_type"]
 
 DATATYPES: dict[str, Any] = {
     "BOOL": np.bool_, "UINT8": np.uint8, "UINT16": np.uint16, "UINT32": np.uint32, "UINT64": np.uint64,
@@ -28,8 +31,12 @@ DATATYPES: dict[str, Any] = {
 _NP_TO_DT = {np.dtype(v): k for k, v in DATATYPES.items() if v is not object}
 
 
-class ProtocolError(ValueError):
+class ProtocolError(WherevitError, ValueError):
     """A request that is not valid KServe v2 (HTTP 400); the message names the problem."""
+
+
+class OutputNotJson(WherevitError, ValueError):
+    """An output that cannot be written as JSON (HTTP 500 naming it; binary data can carry it)."""
 
 
 def datatype_of(arr: np.ndarray) -> str:
@@ -71,8 +78,8 @@ def _split_bytes(buf: bytes, name: str) -> list[bytes]:
     return out
 
 
-def parse_infer_request(body: bytes, header_length: int | None) -> InferRequest:
-    """Parse an infer request body; ``header_length`` is the Inference-Header-Content-Length value."""
+def _split_body(body: bytes, header_length: int | None) -> tuple[dict, memoryview]:
+    """Step 1: the JSON header (``Inference-Header-Content-Length`` bytes, or all) and the binary rest."""
     if header_length is not None:
         if header_length < 0 or header_length > len(body):
             raise ProtocolError(f"Inference-Header-Content-Length {header_length} is outside the body's {len(body)} bytes")
@@ -85,70 +92,107 @@ def parse_infer_request(body: bytes, header_length: int | None) -> InferRequest:
         raise ProtocolError(f"request header is not valid JSON: {e}") from None
     if not isinstance(header, dict) or not isinstance(header.get("inputs"), list) or not header["inputs"]:
         raise ProtocolError("request must be a JSON object with a non-empty 'inputs' list")
+    return header, binary
+
+
+def _input_spec(spec: Any) -> tuple[str, list[int], str]:
+    """Step 2: one input's name, shape and datatype, checked."""
+    if not isinstance(spec, dict):
+        raise ProtocolError("each input must be an object with name, shape, datatype")
+    name, shape, dt = spec.get("name"), spec.get("shape"), spec.get("datatype")
+    if not isinstance(name, str):
+        raise ProtocolError("an input has no 'name'")
+    if dt not in DATATYPES:
+        raise ProtocolError(f"input {name!r}: unknown datatype {dt!r}")
+    if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
+        raise ProtocolError(f"input {name!r}: 'shape' must be a list of non-negative integers")
+    return name, shape, dt
+
+
+def _element_count(shape: list[int]) -> int:
+    return math.prod(shape)  # exact for any size (np.prod would wrap around on huge shapes)
+
+
+def tensor_from_bytes(name: str, shape: list[int], dt: str, raw: bytes) -> np.ndarray | list[bytes]:
+    """Raw little-endian row-major tensor bytes (BYTES: 4-byte length prefixes) -> array or list of bytes.
+
+    Shared with the gRPC endpoint, whose ``raw_input_contents`` use the same layout."""
+    count = _element_count(shape)
+    if dt == "BYTES":
+        arr = _split_bytes(raw, name)
+        if len(arr) != count:
+            raise ProtocolError(f"input {name!r}: shape {shape} needs {count} BYTES elements, got {len(arr)}")
+        return arr
+    itemsize = np.dtype(DATATYPES[dt]).itemsize
+    if len(raw) != count * itemsize:
+        raise ProtocolError(f"input {name!r}: shape {shape} of {dt} needs {count * itemsize} bytes, got {len(raw)}")
+    return np.frombuffer(raw, np.dtype(DATATYPES[dt]).newbyteorder("<")).reshape(shape)
+
+
+def _json_tensor(name: str, shape: list[int], dt: str, data: Any) -> np.ndarray | list[bytes]:
+    """Step 3b: a tensor given inline as JSON ``data`` (BYTES as base64 strings)."""
+    count = _element_count(shape)
+    if dt == "BYTES":
+        flat = np.array(data, dtype=object).reshape(-1).tolist()
+        if len(flat) != count:
+            raise ProtocolError(f"input {name!r}: shape {shape} needs {count} elements, got {len(flat)}")
+        try:
+            return [base64.b64decode(s, validate=True) if isinstance(s, str) else bytes(s) for s in flat]
+        except (ValueError, TypeError):
+            raise ProtocolError(f"input {name!r}: JSON BYTES elements must be base64 strings") from None
+    try:
+        flat = np.asarray(data, dtype=DATATYPES[dt]).reshape(-1)
+    except (ValueError, TypeError):
+        raise ProtocolError(f"input {name!r}: 'data' is not a list of {dt} values") from None
+    if flat.size != count:
+        raise ProtocolError(f"input {name!r}: shape {shape} needs {count} elements, got {flat.size}")
+    return flat.reshape(shape)
+
+
+def _requested_outputs(header: dict) -> list[RequestedOutput] | None:
+    """Step 4: the outputs asked for (None: all), each with its binary_data flag."""
+    if header.get("outputs") is None:
+        return None
+    if not isinstance(header["outputs"], list):
+        raise ProtocolError("'outputs' must be a list")
+    outputs = []
+    for o in header["outputs"]:
+        if not isinstance(o, dict) or not isinstance(o.get("name"), str):
+            raise ProtocolError("each requested output needs a 'name'")
+        outputs.append(RequestedOutput(o["name"], bool((o.get("parameters") or {}).get("binary_data", False))))
+    return outputs
+
+
+def parse_infer_request(body: bytes, header_length: int | None) -> InferRequest:
+    """Parse an infer request body; ``header_length`` is the Inference-Header-Content-Length value.
+
+    Steps: split header and binary data, then per input its spec and its tensor (step 3a, binary:
+    the next ``binary_data_size`` bytes; 3b, JSON ``data``), then the requested outputs.
+    """
+    header, binary = _split_body(body, header_length)
     inputs, dtypes, offset = {}, {}, 0
     for spec in header["inputs"]:
-        if not isinstance(spec, dict):
-            raise ProtocolError("each input must be an object with name, shape, datatype")
-        name, shape, dt = spec.get("name"), spec.get("shape"), spec.get("datatype")
-        if not isinstance(name, str):
-            raise ProtocolError("an input has no 'name'")
-        if dt not in DATATYPES:
-            raise ProtocolError(f"input {name!r}: unknown datatype {dt!r}")
-        if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
-            raise ProtocolError(f"input {name!r}: 'shape' must be a list of non-negative integers")
-        count = int(np.prod(shape)) if shape else 1
+        name, shape, dt = _input_spec(spec)
+        if name in inputs:
+            raise ProtocolError(f"input {name!r} given twice")
         params = spec.get("parameters") or {}
-        if "binary_data_size" in params:
+        if "binary_data_size" in params:  # step 3a
             size = params["binary_data_size"]
             if not isinstance(size, int) or size < 0 or offset + size > len(binary):
                 raise ProtocolError(f"input {name!r}: binary_data_size {size} exceeds the {len(binary) - offset} bytes left in the body")
-            raw = bytes(binary[offset : offset + size])
+            inputs[name] = tensor_from_bytes(name, shape, dt, bytes(binary[offset : offset + size]))
             offset += size
-            if dt == "BYTES":
-                arr = _split_bytes(raw, name)
-                if len(arr) != count:
-                    raise ProtocolError(f"input {name!r}: shape {shape} needs {count} BYTES elements, got {len(arr)}")
-            else:
-                itemsize = np.dtype(DATATYPES[dt]).itemsize
-                if size != count * itemsize:
-                    raise ProtocolError(f"input {name!r}: shape {shape} of {dt} needs {count * itemsize} bytes, got {size}")
-                arr = np.frombuffer(raw, DATATYPES[dt]).reshape(shape)
         elif "data" in spec:
-            data = spec["data"]
-            if dt == "BYTES":
-                flat = np.array(data, dtype=object).reshape(-1).tolist()
-                if len(flat) != count:
-                    raise ProtocolError(f"input {name!r}: shape {shape} needs {count} elements, got {len(flat)}")
-                try:
-                    arr = [base64.b64decode(s, validate=True) if isinstance(s, str) else bytes(s) for s in flat]
-                except (ValueError, TypeError):
-                    raise ProtocolError(f"input {name!r}: JSON BYTES elements must be base64 strings") from None
-            else:
-                try:
-                    flat = np.asarray(data, dtype=DATATYPES[dt]).reshape(-1)
-                except (ValueError, TypeError):
-                    raise ProtocolError(f"input {name!r}: 'data' is not a list of {dt} values") from None
-                if flat.size != count:
-                    raise ProtocolError(f"input {name!r}: shape {shape} needs {count} elements, got {flat.size}")
-                arr = flat.reshape(shape)
+            inputs[name] = _json_tensor(name, shape, dt, spec["data"])
         else:
             raise ProtocolError(f"input {name!r}: neither 'data' nor parameters.binary_data_size given")
-        if name in inputs:
-            raise ProtocolError(f"input {name!r} given twice")
-        inputs[name], dtypes[name] = arr, dt
+        dtypes[name] = dt
     if offset != len(binary):
         raise ProtocolError(f"{len(binary) - offset} bytes of binary data are not claimed by any input")
-    outputs = None
-    if header.get("outputs") is not None:
-        if not isinstance(header["outputs"], list):
-            raise ProtocolError("'outputs' must be a list")
-        outputs = []
-        for o in header["outputs"]:
-            if not isinstance(o, dict) or not isinstance(o.get("name"), str):
-                raise ProtocolError("each requested output needs a 'name'")
-            outputs.append(RequestedOutput(o["name"], bool((o.get("parameters") or {}).get("binary_data", False))))
     params = header.get("parameters") or {}
-    return InferRequest(header.get("id"), inputs, dtypes, outputs, bool(params.get("binary_data_output", False)), params)
+    if not isinstance(params, dict):
+        raise ProtocolError("'parameters' must be an object")
+    return InferRequest(header.get("id"), inputs, dtypes, _requested_outputs(header), bool(params.get("binary_data_output", False)), params)
 
 
 def encode_infer_response(model: str, version: str, request: InferRequest, outputs: dict[str, np.ndarray]) -> tuple[bytes, dict[str, str]]:
@@ -166,9 +210,12 @@ def encode_infer_response(model: str, version: str, request: InferRequest, outpu
             entry["parameters"] = {"binary_data_size": len(blob)}
             blobs.append(blob)
         else:
+            if arr.dtype.kind == "f" and not np.isfinite(arr).all():  # NaN/Infinity tokens are not JSON
+                raise OutputNotJson(f"output {ro.name!r} holds non-finite values, which JSON cannot carry; "
+                                    "request it with binary_data (the binary tensor data extension)")
             entry["data"] = arr.reshape(-1).tolist()
         header["outputs"].append(entry)
-    head = json.dumps(header, separators=(",", ":")).encode()
+    head = json.dumps(header, separators=(",", ":"), allow_nan=False).encode()
     if not blobs:
         return head, {"Content-Type": "application/json"}
     return head + b"".join(blobs), {"Content-Type": "application/octet-stream", "Inference-Header-Content-Length": str(len(head))}

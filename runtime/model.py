@@ -3,7 +3,9 @@
 The sidecar beside the artifact supplies everything: input name and size, preprocessing
 (OpenCV resize, mean/std, colour order), output names, batch range. Inputs larger than the
 artifact's max batch are split; a batch smaller than the profile's minimum is padded only up to
-that minimum and the padding is dropped from the outputs.
+that minimum and the padding is dropped from the outputs. An artifact whose sidecar says its outputs
+depend on the batch (dynamic INT8 quantisation: activation scales span the batch) is run one image
+at a time, so an image's features never depend on what it was sent with.
 """
 
 from __future__ import annotations
@@ -15,17 +17,19 @@ from typing import Iterable, Sequence, Union
 
 import numpy as np
 
+from wherevit.base.errors import InvalidRequest
+from wherevit.base.image import ImageDecodeError, decode_image, read_image, to_rgb_uint8
+from wherevit.base.sidecar import Sidecar, read_sidecar
 from wherevit.runtime.backends import (
-    AUTO_ORDER,
     Backend,
     BackendUnavailable,
     InputError,
+    auto_order,
     registered_backends,
 )
-from wherevit.base.image import Preprocess, decode_image, read_image, to_rgb_uint8
-from wherevit.base.sidecar import read_sidecar
+from wherevit.runtime.backends.base import unloadable_backends
 
-__all__ = ["Model", "Features", "load", "ImageLike", "available_backends"]
+__all__ = ["Model", "Features", "load", "ImageLike", "available_backends", "batch_dependent", "non_finite_count"]
 
 ImageLike = Union[str, os.PathLike, bytes, bytearray, memoryview, np.ndarray]
 
@@ -54,12 +58,17 @@ class Features:
     def patch_grid(self) -> np.ndarray:
         """Patch tokens as (B, grid_h, grid_w, D), ready for a dense head."""
         if self.grid is None:
-            raise ValueError("this artifact has a dynamic input size; reshape patch_tokens with your own grid")
+            raise InvalidRequest("this artifact has a dynamic input size; reshape patch_tokens with your own grid")
         t = self.patch_tokens
         return t.reshape(t.shape[0], self.grid[0], self.grid[1], t.shape[-1])
 
 
-def available_backends(meta: dict) -> dict[str, str | None]:
+def batch_dependent(meta: Sidecar) -> bool:
+    """True when an image's outputs depend on its batch-mates (the sidecar's ``quantization.batch_dependent``)."""
+    return bool((meta.quantization or {}).get("batch_dependent", False))
+
+
+def available_backends(meta: Sidecar) -> dict[str, str | None]:
     """Every registered backend -> None if it can run this artifact here, else why not."""
     return {name: cls.unavailable_reason(meta) for name, cls in registered_backends().items()}
 
@@ -70,28 +79,29 @@ class Model:
     def __init__(self, artifact: str | os.PathLike, backend: str = "auto", **backend_opts):
         self.artifact = Path(artifact)
         self.meta = read_sidecar(self.artifact)
-        self.preprocess = Preprocess.from_dict(self.meta["preprocess"])
-        self.input_names = [i["name"] for i in self.meta["inputs"]]
+        self.preprocess = self.meta.input_preprocess()
+        self.input_names = self.meta.input_names
         self.input_name = self.input_names[0]
-        self.task = self.meta.get("task", "features")
-        self.output_names = [o["name"] for o in self.meta["outputs"]]
-        grid = next((o.get("grid") for o in self.meta["outputs"] if o["name"] == "patch_tokens"), None)
-        self.grid = tuple(grid) if grid else None
-        self.batch = self.meta["batch"]
+        self.task = self.meta.task
+        self.output_names = self.meta.output_names
+        self.grid = self.meta.grid
+        self.batch = self.meta.batch
+        self.batch_dependent = batch_dependent(self.meta)
         self.backend = self._open_backend(backend, backend_opts)
 
     def _open_backend(self, name: str, opts: dict) -> Backend:
         backends = registered_backends()
         if name != "auto":
             if name not in backends:
-                raise ValueError(f"unknown backend {name!r}; known: {', '.join(backends)}")
+                raise InvalidRequest(f"unknown backend {name!r}; known: {', '.join(backends)}")
             return backends[name](self.artifact, self.meta, **opts).activate()
         reasons = []
-        for cand in AUTO_ORDER:
+        for cand in auto_order():
             reason = backends[cand].unavailable_reason(self.meta)
             if reason is None:
                 return backends[cand](self.artifact, self.meta, **opts).activate()
             reasons.append(f"{cand}: {reason}")
+        reasons += unloadable_backends().values()
         raise BackendUnavailable(f"no backend can run {self.artifact.name} here:\n  " + "\n  ".join(reasons))
 
     def close(self) -> None:
@@ -105,7 +115,7 @@ class Model:
 
     @property
     def max_batch(self) -> int:
-        return int(self.batch["max"])
+        return int(self.batch.max)
 
     def load_images(self, images: Iterable[ImageLike], color_order: str = "RGB") -> list[np.ndarray]:
         """Paths, encoded bytes or HWC arrays (uint8/uint16/float in [0, 1]) -> HWC uint8 RGB.
@@ -122,13 +132,18 @@ class Model:
             elif isinstance(im, np.ndarray):
                 if im.ndim == 3 and im.shape[0] in (1, 3, 4) and im.shape[-1] not in (1, 3, 4):
                     raise InputError(f"image {i}: shape {im.shape} looks CHW; pass HWC arrays")
-                out.append(to_rgb_uint8(im, color_order))
+                try:
+                    out.append(to_rgb_uint8(im, color_order, what=f"image {i}"))
+                except ImageDecodeError as e:  # a bad array is the caller's input, not a file problem
+                    raise InputError(str(e)) from None
             else:
                 raise InputError(f"image {i}: unsupported type {type(im).__name__} (path, bytes or HWC array)")
         return out
 
     def embed(self, images: Sequence[ImageLike] | ImageLike, color_order: str = "RGB") -> Features:
         """Features for images given as paths, encoded bytes or HWC arrays (see ``load_images``)."""
+        if isinstance(images, np.ndarray) and images.ndim not in (2, 3, 4):
+            raise InputError(f"an image array must be HxW, HxWxC or a batch NxHxWxC, got shape {images.shape}")
         if isinstance(images, (str, os.PathLike, bytes, bytearray, memoryview)) or (
                 isinstance(images, np.ndarray) and images.ndim in (2, 3)):
             images = [images]
@@ -158,12 +173,17 @@ class Model:
         for name, b in feeds.items():
             if not isinstance(b, np.ndarray) or b.ndim != 4:
                 raise InputError(f"input {name!r}: expected a float32 NCHW array, got {getattr(b, 'shape', type(b).__name__)}")
+            if min(b.shape) < 1:
+                raise InputError(f"input {name!r}: shape {list(b.shape)} has an empty dimension")
+            bad = non_finite_count(b)
+            if bad:
+                raise InputError(f"input {name!r}: {bad} non-finite value(s) (NaN or infinity); inputs must be finite")
         sizes = {b.shape[0] for b in feeds.values()}
         if len(sizes) != 1:
             raise InputError(f"inputs have different batch sizes {sorted(sizes)}")
         total = sizes.pop()
         chunks = []
-        lo, hi = int(self.batch["min"]), self.max_batch
+        lo, hi = int(self.batch.min), 1 if self.batch_dependent else self.max_batch
         for start in range(0, total, hi):
             x = {k: v[start : start + hi] for k, v in feeds.items()}
             n = min(hi, total - start)
@@ -177,6 +197,13 @@ class Model:
     # The server's batcher needs plain arrays by name.
     def run_outputs(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         return self.run_inputs(feeds).outputs
+
+
+def non_finite_count(x: np.ndarray) -> int:
+    """How many NaN/infinite values ``x`` holds; one summing pass when there are none (the common case)."""
+    if x.dtype.kind != "f" or np.isfinite(x.sum()):  # a finite sum means every element is finite (overflow: counted below)
+        return 0
+    return int(np.size(x) - np.count_nonzero(np.isfinite(x)))
 
 
 def load(artifact: str | os.PathLike, backend: str = "auto", **backend_opts) -> Model:

@@ -14,9 +14,14 @@ def free_port() -> int:
 
 
 class Server:
-    def __init__(self, artifact, *args):
+    def __init__(self, artifact, *args, grpc: bool = False):
         self.port = free_port()
         self.url = f"127.0.0.1:{self.port}"
+        self.grpc_url = None
+        if grpc:
+            gport = free_port()
+            self.grpc_url = f"127.0.0.1:{gport}"
+            args = (*args, "--grpc-port", str(gport))
         self.proc = subprocess.Popen([sys.executable, "-m", "wherevit.app.cli", "serve", str(artifact), "--port", str(self.port), *args],
                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         client = _client()(self.url)

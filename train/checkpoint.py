@@ -24,13 +24,15 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open, save_file
 
 from wherevit import __version__
-from wherevit.base.errors import WherevitError
+from wherevit.base.errors import InvalidRequest, WherevitError
+from wherevit.base.image import Preprocess
 from wherevit.base.io import atomic_write_text, atomic_write_with, check_writable_dir
 from wherevit.train.backbone import create_backbone, describe_backbone
+from wherevit.train.plugins import plain_backbone_state
 
 __all__ = [
     "CheckpointError", "save_checkpoint", "load_checkpoint", "latest_checkpoint", "rng_state",
-    "save_backbone", "load_backbone", "BACKBONE_FORMAT",
+    "save_backbone", "load_backbone", "plain_backbone", "BACKBONE_FORMAT",
 ]
 
 BACKBONE_FORMAT = "wherevit.backbone/1"
@@ -123,9 +125,32 @@ def load_checkpoint(ckpt_dir: str | Path, model: torch.nn.Module, optimizer: tor
     return int(st["step"]), restored
 
 
+def plain_backbone(state: dict[str, torch.Tensor], model_name: str, timm_kwargs: dict,
+                   plugins: dict | None = None) -> tuple[torch.nn.Module, dict]:
+    """A plain timm ViT holding a training backbone's weights, and the plug-ins' export notes.
+
+    What plug-ins attached to the backbone (a positional field) is baked or dropped by their
+    ``export_backbone_state``, so the result loads strictly into ``timm.create_model``.
+    """
+    kw = {k: v for k, v in timm_kwargs.items() if k != "drop_path_rate"}
+    model = _seeded_backbone(model_name, True, **kw)
+    state = {k: v.detach().cpu().clone() for k, v in state.items()}
+    notes = plain_backbone_state(plugins or {}, state, model)
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        raise CheckpointError(f"backbone weights do not match {model_name} with {kw}:\n{e}") from e
+    return model.eval(), notes
+
+
 def save_backbone(path: str | Path, backbone: torch.nn.Module, model_name: str, timm_kwargs: dict,
-                  preprocess: dict, source: str, step: int | None = None, train_config: dict | None = None) -> Path:
-    """Backbone-only safetensors with everything export needs to rebuild it in its metadata."""
+                  preprocess: dict, source: str, step: int | None = None, train_config: dict | None = None,
+                  notes: dict | None = None) -> Path:
+    """Backbone-only safetensors with everything export needs to rebuild it in its metadata.
+
+    ``backbone`` must be a plain timm ViT (``plain_backbone``); ``notes`` (plug-in export notes,
+    e.g. ``positional``) are merged into the recorded info.
+    """
     info = {
         "format": BACKBONE_FORMAT,
         "model": model_name,
@@ -135,6 +160,7 @@ def save_backbone(path: str | Path, backbone: torch.nn.Module, model_name: str, 
         "source": source,
         "step": step,
         "wherevit_version": __version__,
+        **(notes or {}),
     }
     meta = {"wherevit": json.dumps(info)}
     if train_config is not None:
@@ -182,7 +208,7 @@ def load_backbone(spec: str | Path, which: str = "teacher", dynamic_img_size: bo
         size = list(model.patch_embed.img_size)
         info = {"format": BACKBONE_FORMAT, "model": str(spec), "timm_kwargs": {}, "source": "random-init",
                 "step": None, "arch": describe_backbone(model),
-                "preprocess": {"size": size}}
+                "preprocess": Preprocess(size=tuple(size)).to_dict()}
         return model, info
     file = _resolve_backbone_file(path)
     state, meta = _load_safetensors(file)
@@ -190,7 +216,7 @@ def load_backbone(spec: str | Path, which: str = "teacher", dynamic_img_size: bo
         info = json.loads(meta["wherevit"])
     elif "config" in meta:  # a full training checkpoint: pick the requested network's backbone
         if which not in ("teacher", "student"):
-            raise ValueError(f"which must be 'teacher' or 'student', got {which!r}")
+            raise InvalidRequest(f"which must be 'teacher' or 'student', got {which!r}")
         cfg = json.loads(meta["config"])
         from wherevit.base.config import from_dict
         from wherevit.train.backbone import timm_kwargs
@@ -201,7 +227,10 @@ def load_backbone(spec: str | Path, which: str = "teacher", dynamic_img_size: bo
         state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
         kw = {k: v for k, v in timm_kwargs(tc.model).items() if k != "drop_path_rate"}
         info = {"format": BACKBONE_FORMAT, "model": tc.model.name, "timm_kwargs": kw, "source": which,
-                "step": int(meta.get("step", 0)), "preprocess": {"size": [tc.model.img_size] * 2}}
+                "step": int(meta.get("step", 0)), "preprocess": Preprocess(size=(tc.model.img_size,) * 2).to_dict()}
+        # bake / drop what plug-ins attached to the backbone (a positional field), as at save time
+        probe = _seeded_backbone(tc.model.name, True, **kw)
+        info.update(plain_backbone_state(tc.plugins, state, probe))
     else:
         raise CheckpointError(f"{file}: safetensors file without wherevit metadata (not a wherevit backbone or checkpoint)")
     if expect_model and info["model"] != expect_model:

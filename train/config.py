@@ -15,7 +15,7 @@ from typing import Any, Literal, Optional
 from wherevit.base.config import ConfigError, apply_overrides, from_dict, load_yaml, to_dict
 
 __all__ = [
-    "ModelConfig", "CropConfig", "DataConfig", "DinoConfig", "OptimConfig", "TrainConfig",
+    "ModelConfig", "CropConfig", "DataConfig", "DinoConfig", "IBOTConfig", "OptimConfig", "TrainConfig",
     "load_train_config", "preset_names", "config_path",
 ]
 
@@ -90,7 +90,7 @@ class DataConfig:
 
 @dataclass
 class DinoConfig:
-    """DINO head, loss and teacher schedules (METHODS.md defaults)."""
+    """DINO head, loss and teacher schedules (docs/METHODS.md defaults)."""
 
     weight: float = 1.0
     out_dim: int = 65536
@@ -117,6 +117,41 @@ class DinoConfig:
             raise ValueError(f"sinkhorn_iterations must be >= 1, got {self.sinkhorn_iterations}")
         if self.koleo_weight < 0:
             raise ValueError(f"koleo_weight must be >= 0, got {self.koleo_weight}")
+
+
+@dataclass
+class IBOTConfig:
+    """iBOT masked patch prediction, a host option (docs/METHODS.md, iBOT section; DINOv2 defaults).
+
+    The student's global crops are masked (blocks of patch embeddings replaced by a learned mask
+    token); its patch tokens at masked sites predict the teacher's patch distribution on the
+    unmasked crop. The masked forward also feeds the DINO loss. The teacher temperature follows the
+    DINO schedule (``dino.warmup_teacher_temp`` -> ``dino.teacher_temp``).
+    """
+
+    enabled: bool = False
+    weight: float = 1.0
+    mask_probability: float = 0.5  # share of global crops that are masked (stratified per batch)
+    mask_ratio: tuple[float, float] = (0.1, 0.5)  # masked share of a masked crop's patches
+    mask_pattern: str = "block"  # "block" (BEiT), "random" or "cross" (whole rows / columns)
+    student_temp: float = 0.1
+    center_momentum: float = 0.9
+    separate_head: bool = False  # False: the patch head is the DINO head (DINOv2 default)
+    out_dim: int = 0  # separate head only; 0: dino.out_dim
+
+    def validate(self) -> None:
+        # ConfigError with the full key: this section always sits at "ibot"
+        from wherevit.train.data.masking import MASK_PATTERNS
+
+        if self.mask_pattern not in MASK_PATTERNS:
+            raise ConfigError(f"ibot.mask_pattern: unknown mask pattern {self.mask_pattern!r}; choose from {', '.join(MASK_PATTERNS)}")
+        if not 0 <= self.mask_probability <= 1:
+            raise ConfigError(f"ibot.mask_probability must be in [0, 1], got {self.mask_probability}")
+        lo, hi = self.mask_ratio
+        if not 0 <= lo <= hi <= 1:
+            raise ConfigError(f"ibot.mask_ratio must satisfy 0 <= min <= max <= 1, got {[lo, hi]}")
+        if self.weight < 0 or self.out_dim < 0:
+            raise ConfigError("ibot.weight and ibot.out_dim must be >= 0")
 
 
 @dataclass
@@ -148,6 +183,7 @@ class TrainConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     dino: DinoConfig = field(default_factory=DinoConfig)
+    ibot: IBOTConfig = field(default_factory=IBOTConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     plugins: dict[str, dict[str, Any]] = field(default_factory=dict)
 
@@ -160,7 +196,9 @@ class TrainConfig:
         for name in self.plugins:
             if name not in known:
                 raise ConfigError(f"unknown plug-in 'plugins.{name}'; registered plug-ins: {', '.join(sorted(known))}")
-            known[name].parse_config(self.plugins[name] or {}, path=f"plugins.{name}")
+            pcfg = known[name].parse_config(self.plugins[name] or {}, path=f"plugins.{name}")
+            if pcfg.weight > 0:
+                known[name].check_run_config(pcfg, self)
 
     def to_dict(self) -> dict:
         return to_dict(self)

@@ -1,4 +1,5 @@
-"""The training loop: flat, over precomputed schedules (schedule -> step -> EMA -> log -> checkpoint)."""
+"""The training loop over precomputed schedules, in named steps: set up the run, then per step
+schedule -> losses and optimizer step -> EMA -> log -> checkpoint, and finally the plain backbone."""
 
 from __future__ import annotations
 
@@ -15,13 +16,14 @@ import yaml
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from wherevit.base.config import ConfigError, from_dict, to_dict
+from wherevit.base.image import Preprocess
 from wherevit.base.io import atomic_write_text, check_writable_dir
-from wherevit.base.image import IMAGENET_MEAN, IMAGENET_STD
 from wherevit.train.backbone import timm_kwargs
 from wherevit.train.checkpoint import (
     CheckpointError,
     latest_checkpoint,
     load_checkpoint,
+    plain_backbone,
     rng_state,
     save_backbone,
     save_checkpoint,
@@ -75,7 +77,7 @@ def build_optimizer(student: torch.nn.Module, cfg: TrainConfig) -> torch.optim.A
     for name, p in student.named_parameters():
         if not p.requires_grad:
             continue
-        skip = p.ndim <= 1 or name.endswith((".bias", "pos_embed", "cls_token", "reg_token"))
+        skip = p.ndim <= 1 or name.endswith((".bias", "pos_embed", "pos_field", "cls_token", "reg_token", "mask_token"))
         (no_decay if skip else decay).append(p)
     groups = [{"params": decay, "apply_wd": True}, {"params": no_decay, "apply_wd": False}]
     fused = next(student.parameters()).is_cuda
@@ -91,7 +93,7 @@ def build_loader(cfg: TrainConfig, meta: SSLMetaArch, dist_info: DistInfo, start
         extra=meta.view_samplers(),
     )
     source = build_source(cfg)
-    dataset = SSLDataset(source, transform)
+    dataset = SSLDataset(source, transform, hooks=meta.data_hooks())
     sampler = StepBatchSampler(len(dataset), cfg.data.global_batch_size, cfg.seed,
                                dist_info.rank, dist_info.world_size, start_step)
     nw = cfg.data.num_workers
@@ -138,13 +140,30 @@ def _diff(a: Any, b: Any, path: str = "") -> list[str]:
     return [] if a == b else [path]
 
 
-def train(cfg: TrainConfig, run_dir: str | Path, resume: bool = False, stop_at: int | None = None,
-          progress: bool = True) -> TrainResult:
-    """Pretrain per ``cfg`` into ``run_dir``; ``stop_at`` ends early at that step (schedules unchanged).
+@dataclass
+class _Run:
+    """Everything one training run holds between steps."""
 
-    Run under ``torchrun`` for several processes; the same call is a single process otherwise.
+    cfg: TrainConfig
+    run_dir: Path
+    device: torch.device
+    dist_info: DistInfo
+    meta: SSLMetaArch
+    optimizer: torch.optim.Optimizer
+    student_fn: Any
+    sched: Schedules
+    start: int
+    stop: int
+    use_bf16: bool
+    logger: MetricLogger
+
+
+def _setup_run(cfg: TrainConfig, run_dir: Path, resume: bool, stop_at: int | None, progress: bool) -> tuple[_Run, Any, ImageSource]:
+    """Device, process group, run directory, model, optimizer, resume, DDP, schedules, data, logger.
+
+    The order matters for exact resume: the model is initialised from ``cfg.seed`` before the
+    checkpoint restores the RNG, and the loader's own generator never touches the global one.
     """
-    run_dir = Path(run_dir)
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     device = resolve_device(cfg, local_rank)
     dist_info = init_distributed(device)
@@ -161,89 +180,130 @@ def train(cfg: TrainConfig, run_dir: str | Path, resume: bool = False, stop_at: 
             log.warning("checkpoint was written by a different number of ranks: RNG streams are reseeded")
     if dist_info.enabled and not rng_restored:
         torch.manual_seed(cfg.seed + 1000 * dist_info.rank + start)  # independent drop-path per rank
-    if cfg.compile:
-        meta.student.backbone.compile()
-        meta.teacher.backbone.compile()
+    if cfg.compile:  # the token-level path calls the blocks directly, so compile those
+        meta.student.backbone.blocks.compile()
+        meta.teacher.backbone.blocks.compile()
     student_fn = DDP(meta.student, device_ids=[device.index] if device.type == "cuda" else None) if dist_info.enabled else meta.student
 
-    sched = Schedules.from_config(cfg)
     stop = min(stop_at or cfg.total_steps, cfg.total_steps)
     loader, source = build_loader(cfg, meta, dist_info, start, pin=device.type == "cuda")
     use_bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and device.type == "cuda")
-    autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if use_bf16 else contextlib.nullcontext
     logger = MetricLogger(run_dir, cfg.total_steps, start, enabled=dist_info.is_main, progress=progress)
     logger.message(f"data: {source.describe()}; model: {cfg.model.name}; plug-ins: {', '.join(meta.plugins) or 'none'}; "
+                   f"ibot: {'on' if cfg.ibot.enabled else 'off'}; "
                    f"device: {device}{' x' + str(dist_info.world_size) if dist_info.enabled else ''}; "
                    f"precision: {'bf16' if use_bf16 else 'fp32'}; steps {start} -> {stop}")
+    run = _Run(cfg, run_dir, device, dist_info, meta, optimizer, student_fn, Schedules.from_config(cfg), start, stop,
+               use_bf16, logger)
+    return run, loader, source
 
+
+def _report_skipped(batch: dict, skipped: dict[str, None], logger: MetricLogger) -> None:
+    """Warn once per unreadable image the workers skipped (collected in ``skipped``)."""
+    for msg in (m for s in batch.pop("skipped") for m in s.split("\n") if m):
+        if msg not in skipped:
+            skipped[msg] = None
+            logger.message(f"warning: skipped unreadable image: {msg}")
+
+
+def _apply_schedule(optimizer: torch.optim.Optimizer, sched: Schedules, step: int) -> None:
+    for g in optimizer.param_groups:
+        g["lr"] = float(sched.lr[step])
+        g["weight_decay"] = float(sched.weight_decay[step]) if g["apply_wd"] else 0.0
+
+
+def _optimise(run: _Run, batch: dict, step: int, params: list[torch.nn.Parameter]) -> dict[str, torch.Tensor]:
+    """One step: losses, backward, last-layer freeze, clipping, optimizer, EMA of the teacher."""
+    cfg, meta = run.cfg, run.meta
+    _apply_schedule(run.optimizer, run.sched, step)
+    autocast = torch.autocast(run.device.type, dtype=torch.bfloat16) if run.use_bf16 else contextlib.nullcontext()
+    with autocast:
+        total, logs = meta.forward_losses(batch, float(run.sched.teacher_temp[step]), run.student_fn, step=step)
+    run.optimizer.zero_grad(set_to_none=True)
+    total.backward()
+    if step < cfg.dino.freeze_last_layer_steps:
+        meta.student.dino_head.last_layer.weight.grad = None
+    if cfg.optim.clip_grad > 0:
+        logs["grad_norm"] = torch.nn.utils.clip_grad_norm_(params, cfg.optim.clip_grad).detach()
+    run.optimizer.step()
+    meta.update_teacher(float(run.sched.momentum[step]))
+    return logs
+
+
+def _log_metrics(run: _Run, step: int, logs: dict[str, torch.Tensor], elapsed: float, n_steps: int, n_skipped: int) -> dict[str, float]:
+    """Average the logs over ranks, refuse non-finite losses, add the schedules and throughput."""
+    sched, cfg = run.sched, run.cfg
+    logs_f = _global_mean(logs, run.dist_info)
+    if not all(map(_finite, logs_f.values())):
+        raise FloatingPointError(f"non-finite loss at step {step}: {logs_f}; lower optim.base_lr or check the data")
+    logs_f.update({
+        "lr": float(sched.lr[step - 1]), "wd": float(sched.weight_decay[step - 1]),
+        "momentum": float(sched.momentum[step - 1]), "teacher_temp": float(sched.teacher_temp[step - 1]),
+        "step_time": elapsed / n_steps,
+        "img/s": n_steps * cfg.data.global_batch_size / elapsed,
+        "skipped_images": n_skipped,
+    })
+    run.logger.log(step, logs_f)
+    return logs_f
+
+
+def _save_checkpoint(run: _Run, step: int) -> None:
+    rngs = _gather(rng_state(), run.dist_info)
+    if run.dist_info.is_main:
+        save_checkpoint(run.run_dir, step, run.meta, run.optimizer, to_dict(run.cfg), run.cfg.keep_ckpts, rngs)
+    barrier()
+
+
+def _export_backbone(run: _Run, step: int) -> Path:
+    """The teacher's (or student's) backbone as a plain timm ViT, with what export needs to know."""
+    cfg = run.cfg
+    net = run.meta.teacher if cfg.export_from == "teacher" else run.meta.student
+    preprocess = Preprocess(size=(cfg.model.img_size,) * 2).to_dict()  # what export and the runtime will apply
+    plain, notes = plain_backbone(net.backbone.state_dict(), cfg.model.name, timm_kwargs(cfg.model), cfg.plugins)
+    return save_backbone(run.run_dir / "backbone.safetensors", plain, cfg.model.name, timm_kwargs(cfg.model),
+                         preprocess, cfg.export_from, step, to_dict(cfg), notes)
+
+
+def train(cfg: TrainConfig, run_dir: str | Path, resume: bool = False, stop_at: int | None = None,
+          progress: bool = True) -> TrainResult:
+    """Pretrain per ``cfg`` into ``run_dir``; ``stop_at`` ends early at that step (schedules unchanged).
+
+    Run under ``torchrun`` for several processes; the same call is a single process otherwise.
+    Each step: next batch -> schedule -> losses and optimizer step -> EMA -> log -> checkpoint.
+    """
+    run, loader, _source = _setup_run(cfg, Path(run_dir), resume, stop_at, progress)
     skipped: dict[str, None] = {}
     logs_f: dict[str, float] = {}
-    params = [p for p in meta.student.parameters() if p.requires_grad]
-    last_layer = meta.student.dino_head.last_layer
+    params = [p for p in run.meta.student.parameters() if p.requires_grad]
     it = iter(loader)
     t_last, n_last = time.perf_counter(), 0
-    step = start
+    step = run.start
     try:
-        while step < stop:
+        while step < run.stop:
             batch = next(it)
-            for msg in (m for s in batch.pop("skipped") for m in s.split("\n") if m):
-                if msg not in skipped:
-                    skipped[msg] = None
-                    logger.message(f"warning: skipped unreadable image: {msg}")
-            batch = _to_device(batch, device)
-            for g in optimizer.param_groups:
-                g["lr"] = float(sched.lr[step])
-                g["weight_decay"] = float(sched.weight_decay[step]) if g["apply_wd"] else 0.0
-            with autocast():
-                total, logs = meta.forward_losses(batch, float(sched.teacher_temp[step]), student_fn)
-            optimizer.zero_grad(set_to_none=True)
-            total.backward()
-            if step < cfg.dino.freeze_last_layer_steps:
-                last_layer.weight.grad = None
-            if cfg.optim.clip_grad > 0:
-                logs["grad_norm"] = torch.nn.utils.clip_grad_norm_(params, cfg.optim.clip_grad).detach()
-            optimizer.step()
-            meta.update_teacher(float(sched.momentum[step]))
+            _report_skipped(batch, skipped, run.logger)
+            logs = _optimise(run, _to_device(batch, run.device), step, params)
             step += 1
             n_last += 1
-            logger.step()
-
-            if step % cfg.log_every == 0 or step == stop:
-                if device.type == "cuda":
+            run.logger.step()
+            if step % cfg.log_every == 0 or step == run.stop:
+                if run.device.type == "cuda":
                     torch.cuda.synchronize()
                 now = time.perf_counter()
-                logs_f = _global_mean(logs, dist_info)
-                if not all(map(_finite, logs_f.values())):
-                    raise FloatingPointError(f"non-finite loss at step {step}: {logs_f}; lower optim.base_lr or check the data")
-                logs_f.update({
-                    "lr": float(sched.lr[step - 1]), "wd": float(sched.weight_decay[step - 1]),
-                    "momentum": float(sched.momentum[step - 1]), "teacher_temp": float(sched.teacher_temp[step - 1]),
-                    "step_time": (now - t_last) / n_last,
-                    "img/s": n_last * cfg.data.global_batch_size / (now - t_last),
-                    "skipped_images": len(skipped),
-                })
-                logger.log(step, logs_f)
+                logs_f = _log_metrics(run, step, logs, now - t_last, n_last, len(skipped))
                 t_last, n_last = now, 0
-            if step % cfg.ckpt_every == 0 or step == stop:
-                rngs = _gather(rng_state(), dist_info)
-                if dist_info.is_main:
-                    save_checkpoint(run_dir, step, meta, optimizer, to_dict(cfg), cfg.keep_ckpts, rngs)
-                barrier()
+            if step % cfg.ckpt_every == 0 or step == run.stop:
+                _save_checkpoint(run, step)
     finally:
-        logger.close()
+        run.logger.close()
 
     backbone_path = None
-    if dist_info.is_main:
-        net = meta.teacher if cfg.export_from == "teacher" else meta.student
-        c = cfg.data.crops
-        preprocess = {"size": [cfg.model.img_size] * 2, "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD),
-                      "resize": "stretch", "color_order": "RGB", "train_global_size": c.global_size}
-        backbone_path = save_backbone(run_dir / "backbone.safetensors", net.backbone, cfg.model.name,
-                                      timm_kwargs(cfg.model), preprocess, cfg.export_from, step, to_dict(cfg))
+    if run.dist_info.is_main:
+        backbone_path = _export_backbone(run, step)
         if skipped:
-            logger.message(f"{len(skipped)} unreadable image(s) were skipped (listed above)")
+            run.logger.message(f"{len(skipped)} unreadable image(s) were skipped (listed above)")
     barrier()
-    return TrainResult(run_dir, step, backbone_path, logs_f, list(skipped))
+    return TrainResult(run.run_dir, step, backbone_path, logs_f, list(skipped))
 
 
 def _gather(obj: Any, dist_info: DistInfo) -> list:

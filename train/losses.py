@@ -1,4 +1,5 @@
-"""The DINO self-distillation loss (EMA or Sinkhorn-Knopp centring) and DINOv2's KoLeo term."""
+"""The DINO self-distillation loss (EMA or Sinkhorn-Knopp centring), iBOT's masked patch loss and
+DINOv2's KoLeo term."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from torch import nn
 
 from wherevit.train.distributed import is_distributed
 
-__all__ = ["DINOLoss", "KoLeoLoss", "sinkhorn_knopp"]
+__all__ = ["DINOLoss", "IBOTPatchLoss", "KoLeoLoss", "sinkhorn_knopp"]
 
 
 @torch.no_grad()
@@ -87,6 +88,43 @@ class DINOLoss(nn.Module):
             dist.all_reduce(batch_sum)
             dist.all_reduce(count)
         self.center.mul_(self.center_momentum).add_(batch_sum / count, alpha=1 - self.center_momentum)
+
+
+class IBOTPatchLoss(nn.Module):
+    """iBOT's masked patch loss with an EMA centre of the teacher's patch logits (docs/METHODS.md).
+
+    Per masked token: ``-sum softmax((t - c2) / tau_t) * log_softmax(s / tau_s)``, weighted by one
+    over its crop's number of masked tokens, summed, and divided by the number of crops (masked or
+    not, as DINOv2 does): each masked crop counts once whatever its ratio.
+    """
+
+    def __init__(self, out_dim: int, student_temp: float = 0.1, center_momentum: float = 0.9):
+        super().__init__()
+        self.student_temp = student_temp
+        self.center_momentum = center_momentum
+        self.register_buffer("center", torch.zeros(1, out_dim))
+
+    def teacher_probs(self, teacher_logits: torch.Tensor, teacher_temp: float) -> torch.Tensor:
+        return F.softmax((teacher_logits.float() - self.center) / teacher_temp, dim=-1)
+
+    def forward(self, student_logits: torch.Tensor, teacher_probs: torch.Tensor, token_weights: torch.Tensor,
+                n_crops: int) -> torch.Tensor:
+        """``student_logits``/``teacher_probs`` (M, K) at M masked tokens, ``token_weights`` (M,)."""
+        lp = F.log_softmax(student_logits.float() / self.student_temp, dim=-1)
+        return (torch.sum(-teacher_probs * lp, dim=-1) * token_weights).sum() / max(n_crops, 1)
+
+    @torch.no_grad()
+    def update_center(self, teacher_logits: torch.Tensor) -> None:
+        """EMA of the mean teacher logit over the masked tokens of the global batch (all ranks);
+        unchanged when no rank had a masked token."""
+        batch_sum = teacher_logits.float().sum(dim=0, keepdim=True)  # (1, K), zeros for no tokens
+        count = torch.tensor([teacher_logits.shape[0]], dtype=torch.float32, device=batch_sum.device)
+        if is_distributed():
+            dist.all_reduce(batch_sum)
+            dist.all_reduce(count)
+        # torch.where, not an if on count: no host sync per step
+        updated = self.center * self.center_momentum + batch_sum / count.clamp_min(1) * (1 - self.center_momentum)
+        self.center.copy_(torch.where(count > 0, updated, self.center))
 
 
 class KoLeoLoss(nn.Module):

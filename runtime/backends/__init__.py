@@ -9,7 +9,10 @@ from wherevit.runtime.backends.base import (
     registered_backends,
 )
 
-__all__ = ["Backend", "BackendUnavailable", "InputError", "registered_backends", "AUTO_ORDER"]
+__all__ = ["Backend", "BackendUnavailable", "InputError", "registered_backends", "auto_order"]
 
-# Preference when the user does not name a backend: fastest first.
-AUTO_ORDER = ("tensorrt", "ort-trt", "ort-cuda", "ort-cpu")
+
+def auto_order() -> list[str]:
+    """Backends tried for backend="auto", fastest first (each backend states its ``auto_priority``)."""
+    ranked = [(cls.auto_priority, name) for name, cls in registered_backends().items() if cls.auto_priority is not None]
+    return [name for _, name in sorted(ranked)]

@@ -14,12 +14,17 @@ from typing import ClassVar, Mapping
 import numpy as np
 
 from wherevit.base.errors import WherevitError
+from wherevit.base.registry import Registry
+from wherevit.base.sidecar import Sidecar
 
-__all__ = ["Backend", "BackendUnavailable", "InputError", "register_backend", "registered_backends", "NP_DTYPES"]
+__all__ = ["Backend", "BackendUnavailable", "InputError", "BACKENDS", "register_backend", "registered_backends",
+           "unloadable_backends", "ENTRY_POINT_GROUP"]
 
-NP_DTYPES = {"float32": np.float32, "float16": np.float16, "uint8": np.uint8, "int64": np.int64, "int32": np.int32}
-
-_BACKENDS: dict[str, type["Backend"]] = {}
+ENTRY_POINT_GROUP = "wherevit.backends"
+BACKENDS: Registry = Registry("backend", ENTRY_POINT_GROUP)
+register_backend = BACKENDS.register  # class decorator; a duplicate name is refused
+registered_backends = BACKENDS.items  # every backend by name: built-ins, installed packages', registered since
+unloadable_backends = BACKENDS.unloadable  # entry-point backends whose module cannot import here (e.g. pt2 without torch)
 
 
 class BackendUnavailable(WherevitError, RuntimeError):
@@ -30,37 +35,29 @@ class InputError(WherevitError, ValueError):
     """An input tensor with the wrong name, dtype or shape."""
 
 
-def register_backend(cls: type["Backend"]) -> type["Backend"]:
-    _BACKENDS[cls.name] = cls
-    return cls
-
-
-def registered_backends() -> dict[str, type["Backend"]]:
-    return dict(_BACKENDS)
-
-
 class Backend(ABC):
     name: ClassVar[str]
-    kinds: ClassVar[tuple[str, ...]]  # artifact kinds it runs: "onnx", "engine"
+    kinds: ClassVar[tuple[str, ...]]  # artifact kinds it runs: "onnx", "engine", ...
     device: ClassVar[str] = "cpu"
+    auto_priority: ClassVar[int | None] = None  # rank for backend="auto" (lower first); None: only by name
 
-    def __init__(self, artifact: Path, meta: dict):
+    def __init__(self, artifact: Path, meta: Sidecar):
         self.artifact = Path(artifact)
         self.meta = meta
         self.active = False
-        self.inputs = {i["name"]: i for i in meta["inputs"]}
-        self.output_names = [o["name"] for o in meta["outputs"]]
-        self.batch = meta.get("batch", {"min": 1, "opt": 1, "max": 1})
+        self.inputs = {t.name: t for t in meta.inputs}
+        self.output_names = meta.output_names
+        self.batch = meta.batch
 
     @classmethod
-    def unavailable_reason(cls, meta: dict) -> str | None:
+    def unavailable_reason(cls, meta: Sidecar) -> str | None:
         """None when the backend can run ``meta``'s artifact here, else a sentence saying why not."""
-        if meta.get("kind") not in cls.kinds:
-            return f"{cls.name} runs {'/'.join(cls.kinds)} artifacts, not {meta.get('kind')}"
+        if meta.kind not in cls.kinds:
+            return f"{cls.name} runs {'/'.join(cls.kinds)} artifacts, not {meta.kind}"
         return cls._unavailable_impl(meta)
 
     @classmethod
-    def _unavailable_impl(cls, meta: dict) -> str | None:
+    def _unavailable_impl(cls, meta: Sidecar) -> str | None:
         return None
 
     def activate(self) -> "Backend":
@@ -91,15 +88,15 @@ class Backend(ABC):
             raise InputError(f"inputs must be exactly {sorted(self.inputs)}; missing {sorted(missing)}, unexpected {sorted(extra)}")
         for name, spec in self.inputs.items():
             x = feeds[name]
-            want = NP_DTYPES[spec["dtype"]]
+            want = np.dtype(spec.dtype)
             if x.dtype != want:
-                raise InputError(f"input {name!r}: dtype {x.dtype}, expected {np.dtype(want)}")
-            shape = spec["shape"]
+                raise InputError(f"input {name!r}: dtype {x.dtype}, expected {want}")
+            shape = spec.shape
             if x.ndim != len(shape) or any(s not in (-1, d) for s, d in zip(shape, x.shape)):
                 raise InputError(f"input {name!r}: shape {list(x.shape)}, expected {shape} (-1 = any)")
-            if not self.batch["min"] <= x.shape[0] <= self.batch["max"]:
+            if x.shape[0] not in self.batch:
                 raise InputError(f"input {name!r}: batch {x.shape[0]} outside the artifact's range "
-                                 f"{self.batch['min']}..{self.batch['max']}")
+                                 f"{self.batch.min}..{self.batch.max}")
 
     def infer(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run one batch; inputs are checked first. Returns outputs by name."""
@@ -116,3 +113,6 @@ class Backend(ABC):
 
     def _deactivate_impl(self) -> None:  # noqa: B027 (optional hook: most backends hold nothing to free)
         """Release what ``_activate_impl`` acquired (optional)."""
+
+
+BACKENDS.base = Backend

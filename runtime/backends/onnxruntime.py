@@ -7,6 +7,7 @@ from typing import ClassVar, Mapping
 
 import numpy as np
 
+from wherevit.base.sidecar import Sidecar
 from wherevit.runtime.backends.base import Backend, register_backend
 
 __all__ = ["OrtCpu", "OrtCuda", "OrtTensorrt"]
@@ -30,14 +31,14 @@ class _Ort(Backend):
         self.provider_options = provider_options or {}
 
     @classmethod
-    def _unavailable_impl(cls, meta: dict) -> str | None:
+    def _unavailable_impl(cls, meta: Sidecar) -> str | None:
         provs = _providers()
         if not provs:
             return "onnxruntime is not installed (pip install onnxruntime, or onnxruntime-gpu for CUDA)"
         if cls.provider not in provs:
             return f"{cls.provider} is not in this onnxruntime build (available: {', '.join(provs)})"
-        if meta.get("precision") in ("fp16", "bf16") and cls.provider == "CPUExecutionProvider":
-            return f"ONNX Runtime's CPU provider has no {meta['precision']} MatMul kernels; use the fp32 artifact or a GPU"
+        if meta.precision in ("fp16", "bf16") and cls.provider == "CPUExecutionProvider":
+            return f"ONNX Runtime's CPU provider has no {meta.precision} MatMul kernels; use the fp32 artifact or a GPU"
         return None
 
     def _session_options(self):
@@ -72,12 +73,14 @@ class _Ort(Backend):
 @register_backend
 class OrtCpu(_Ort):
     name = "ort-cpu"
+    auto_priority = 40
     provider = "CPUExecutionProvider"
 
 
 @register_backend
 class OrtCuda(_Ort):
     name = "ort-cuda"
+    auto_priority = 30
     provider = "CUDAExecutionProvider"
     device = "cuda"
 
@@ -85,5 +88,6 @@ class OrtCuda(_Ort):
 @register_backend
 class OrtTensorrt(_Ort):
     name = "ort-trt"
+    auto_priority = 20
     provider = "TensorrtExecutionProvider"
     device = "cuda"

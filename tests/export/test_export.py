@@ -8,9 +8,9 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from wherevit.export.api import ExportRequest, ParityError, export_artifacts, parse_batch
 from wherevit.base.io import sha256_file
-from wherevit.base.sidecar import SidecarError, read_sidecar, sidecar_path
+from wherevit.base.sidecar import BatchRange, SidecarError, TensorSpec, read_sidecar, sidecar_path
+from wherevit.export.api import ExportRequest, ParityError, export_artifacts, parse_batch
 from wherevit.train.backbone import backbone_features
 from wherevit.train.checkpoint import CheckpointError, load_backbone
 
@@ -31,8 +31,8 @@ def test_onnx_has_named_outputs_dynamic_batch_and_parity(onnx_artifact, trained_
     assert proto.graph.input[0].type.tensor_type.shape.dim[0].dim_param == "batch"
     assert max(op.version for op in proto.opset_import if op.domain in ("", "ai.onnx")) >= 17
     assert "LayerNormalization" in {n.op_type for n in proto.graph.node}
-    assert meta["parity"]["passed"] is True
-    assert meta["parity"]["scenes"]["outputs"][0]["rel_l2"] < 1e-4
+    assert meta.parity["passed"] is True
+    assert meta.parity["scenes"]["outputs"][0]["rel_l2"] < 1e-4
     # dynamic batch: 1, 3 and 7 against PyTorch
     model, _ = load_backbone(trained_run, dynamic_img_size=False)
     sess = ort.InferenceSession(str(onnx_artifact), providers=["CPUExecutionProvider"])
@@ -48,19 +48,17 @@ def test_onnx_has_named_outputs_dynamic_batch_and_parity(onnx_artifact, trained_
 
 def test_sidecar_describes_the_artifact(onnx_artifact):
     meta = read_sidecar(onnx_artifact)
-    assert meta["kind"] == "onnx"
-    assert meta["artifact"]["sha256"] == sha256_file(onnx_artifact)
-    assert meta["onnx"]["sha256"] == sha256_file(onnx_artifact)
-    assert meta["inputs"] == [{"name": "images", "dtype": "float32", "shape": [-1, 3, 32, 32], "layout": "NCHW",
-                               "meaning": meta["inputs"][0]["meaning"]}]
-    assert [o["name"] for o in meta["outputs"]] == ["cls", "patch_tokens", "pooled"]
-    assert meta["outputs"][1]["grid"] == [4, 4]
-    assert meta["preprocess"]["size"] == [32, 32] and meta["preprocess"]["color_order"] == "RGB"
-    assert meta["batch"] == {"min": 1, "opt": 4, "max": 8}
-    assert meta["model"]["model"] == "vit_tiny_patch16_224" and meta["model"]["source"] == "teacher"
-    assert meta["model"]["timm_kwargs"]["embed_dim"] == 64
-    for key in ("created", "wherevit_version", "precision"):
-        assert meta[key]
+    assert meta.kind == "onnx"
+    assert meta.artifact.sha256 == sha256_file(onnx_artifact)
+    assert meta.onnx["sha256"] == sha256_file(onnx_artifact)
+    assert meta.inputs == [TensorSpec("images", "float32", [-1, 3, 32, 32], meta.inputs[0].meaning, layout="NCHW")]
+    assert meta.output_names == ["cls", "patch_tokens", "pooled"]
+    assert meta.outputs[1].grid == [4, 4] and meta.grid == (4, 4)
+    assert meta.preprocess["size"] == [32, 32] and meta.preprocess["color_order"] == "RGB"
+    assert meta.batch == BatchRange(1, 4, 8)
+    assert meta.model["model"] == "vit_tiny_patch16_224" and meta.model["source"] == "teacher"
+    assert meta.model["timm_kwargs"]["embed_dim"] == 64
+    assert meta.created and meta.wherevit_version and meta.precision == "fp32"
 
 
 def test_tampered_artifact_fails_the_hash_check(onnx_artifact, tmp_path):
@@ -123,8 +121,8 @@ def test_checkpoint_whose_weights_do_not_match_its_config(trained_run, tmp_path)
 def test_export_by_timm_name_with_random_weights(tmp_path):
     res = export_artifacts(ExportRequest("vit_tiny_patch16_224", tmp_path, batch=(1, 2, 4), imgsz=64))
     meta = read_sidecar(res.onnx)
-    assert meta["model"]["source"] == "random-init" and meta["inputs"][0]["shape"] == [-1, 3, 64, 64]
-    assert meta["parity"]["passed"]
+    assert meta.model["source"] == "random-init" and meta.inputs[0].shape == [-1, 3, 64, 64]
+    assert meta.parity["passed"]
 
 
 def test_quickstart_checkpoint_exports_with_parity(tmp_path):
@@ -134,7 +132,7 @@ def test_quickstart_checkpoint_exports_with_parity(tmp_path):
     cfg = load_train_config("quickstart", ["total_steps=2", "data.num_workers=0", "data.global_batch_size=8"])
     train(cfg, tmp_path / "qs", progress=False)
     res = export_artifacts(ExportRequest(str(tmp_path / "qs"), tmp_path / "art", batch=(1, 4, 8)))
-    assert res.parity and read_sidecar(res.onnx)["inputs"][0]["shape"] == [-1, 3, 64, 64]
+    assert res.parity and read_sidecar(res.onnx).inputs[0].shape == [-1, 3, 64, 64]
 
 
 @needs_rtx
@@ -145,14 +143,14 @@ def test_tensorrt_rtx_engine_from_trained_checkpoint(trained_run, tmp_path):
                                          compute_capabilities=("SM86", "SM89")))
     assert res.engine.stat().st_size > 100_000
     meta = read_sidecar(res.engine)
-    eng = meta["engine"]
-    assert meta["kind"] == "engine"
+    eng = meta.engine
+    assert meta.kind == "engine"
     assert eng["library"] == "tensorrt_rtx" and eng["version"] == tensorrt_rtx.__version__
     assert eng["profile"] == {"inputs": ["images"], "min": [1, 3, 32, 32], "opt": [4, 3, 32, 32], "max": [8, 3, 32, 32]}
     assert eng["compute_capabilities"] == ["8.6", "8.9"]
     assert eng["network_flags"] == ["STRONGLY_TYPED"] and eng["builder_flags"] == []
-    assert meta["onnx"]["sha256"] == sha256_file(res.onnx)
-    assert meta["artifact"]["sha256"] == sha256_file(res.engine)
+    assert meta.onnx["sha256"] == sha256_file(res.onnx)
+    assert meta.artifact.sha256 == sha256_file(res.engine)
     # the plan is a plain serialized engine: the library deserialises its header without wherevit
     assert res.engine.read_bytes()[:4] != b"{"
 
@@ -165,8 +163,8 @@ def test_tensorrt_rtx_fp16_engine_is_strongly_typed(trained_run, tmp_path):
     assert res.onnx.name == "model_fp16.onnx"
     fp16_inits = [i for i in proto.graph.initializer if i.data_type == onnx.TensorProto.FLOAT16]
     assert fp16_inits, "fp16 ONNX should carry fp16 weights"
-    assert read_sidecar(res.onnx)["parity"]["passed"] is None  # no fp16 CPU kernels: stated, not faked
-    assert read_sidecar(res.engine)["engine"]["onnx_precision"] == "fp16"
+    assert read_sidecar(res.onnx).parity["passed"] is None  # no fp16 CPU kernels: stated, not faked
+    assert read_sidecar(res.engine).engine["onnx_precision"] == "fp16"
 
 
 @needs_rtx

@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from wherevit import runtime
+from wherevit.base.sidecar import read_sidecar
 from wherevit.export.api import ExportRequest, export_artifacts
 from wherevit.export.head_models import HeadModel, load_head
-from wherevit.base.sidecar import read_sidecar
 from wherevit.train.checkpoint import CheckpointError, load_backbone
 from wherevit.train.data.scenes3d import render_pair
 from wherevit.train.downstream.fit import HeadTrainConfig, fit_head
@@ -28,8 +28,8 @@ def heads(trained_run, tmp_path_factory):
 def test_head_graph_matches_pytorch(task, outputs, heads, trained_run, tmp_path):
     res = export_artifacts(ExportRequest(str(trained_run), tmp_path, head=str(heads / f"head_{task}.safetensors"), batch=(1, 2, 4)))
     meta = read_sidecar(res.onnx)
-    assert res.onnx.name == f"{task}_fp32.onnx" and meta["task"] == task and meta["parity"]["passed"]
-    assert [o["name"] for o in meta["outputs"]] == outputs
+    assert res.onnx.name == f"{task}_fp32.onnx" and meta.task == task and meta.parity["passed"]
+    assert meta.output_names == outputs
     pair = render_pair(4, 32)
     head, hmeta = load_head(heads / f"head_{task}.safetensors")
     ref_model = HeadModel(load_backbone(trained_run, dynamic_img_size=False)[0], head, hmeta).eval()
@@ -105,11 +105,36 @@ def test_server_serves_a_two_input_pose_graph(heads, trained_run, tmp_path):
         s.stop()
 
 
+@pytest.mark.parametrize("task,inputs,outputs", [
+    ("depth", ["images"], {"depth": [-1, -1]}),  # the sidecar's shapes: per-pixel maps are "input resolution"
+    ("seg", ["images"], {"logits": None, "labels": [-1, -1]}),
+    ("pose", ["images_a", "images_b"], {"rotation": [3, 3], "translation": [3]}),
+])
+def test_head_graphs_become_triton_models(task, inputs, outputs, heads, trained_run, tmp_path):
+    model_config_pb2 = pytest.importorskip("tritonclient.grpc.model_config_pb2")
+    from google.protobuf import text_format
+
+    from wherevit.export.formats.triton import write_triton_model
+
+    res = export_artifacts(ExportRequest(str(trained_run), tmp_path, head=str(heads / f"head_{task}.safetensors"), batch=(1, 2, 4)))
+    out = write_triton_model(res.onnx, tmp_path / "repo")
+    cfg = text_format.Parse(out.config.read_text(), model_config_pb2.ModelConfig())
+    assert cfg.name == f"vit_tiny_patch16_224_{task}" and cfg.max_batch_size == 4
+    assert [i.name for i in cfg.input] == inputs and all(list(i.dims) == [3, 32, 32] for i in cfg.input)
+    assert [o.name for o in cfg.output] == list(outputs)
+    for o in cfg.output:
+        if outputs[o.name] is not None:
+            assert list(o.dims) == outputs[o.name], o.name
+    if task == "seg":
+        assert [o.data_type for o in cfg.output] == [model_config_pb2.TYPE_FP32, model_config_pb2.TYPE_INT64]
+    assert cfg.parameters["wherevit.task"].string_value == task
+
+
 @pytest.mark.skipif(__import__("importlib").util.find_spec("tensorrt_rtx") is None, reason="tensorrt_rtx is not installed")
 @pytest.mark.parametrize("task", ["depth", "pose"])
 def test_head_engines_build_with_tensorrt_rtx(task, heads, trained_run, tmp_path):
     res = export_artifacts(ExportRequest(str(trained_run), tmp_path, format="engine", head=str(heads / f"head_{task}.safetensors"),
                                          batch=(1, 2, 4), trt_lib="tensorrt_rtx", compute_capabilities=("SM89",)))
     meta = read_sidecar(res.engine)
-    assert res.engine.name == f"{task}_fp32.engine" and meta["task"] == task
-    assert meta["engine"]["profile"]["inputs"] == (["images_a", "images_b"] if task == "pose" else ["images"])
+    assert res.engine.name == f"{task}_fp32.engine" and meta.task == task
+    assert meta.engine["profile"]["inputs"] == (["images_a", "images_b"] if task == "pose" else ["images"])

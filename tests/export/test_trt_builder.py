@@ -51,7 +51,16 @@ def test_rtx_targets_compute_capabilities():
     with pytest.raises(ValueError, match="TensorRT-RTX option"):
         plan_build(T10, "fp16", ("SM86",))
     with pytest.raises(ValueError, match="precision"):
-        plan_build(T10, "int8")
+        plan_build(T10, "fp8")
+
+
+def test_int8_is_explicit_quantisation_from_the_qdq_onnx():
+    for flavour in (RTX, T11):
+        plan = plan_build(flavour, "int8")
+        assert plan.onnx_precision == "int8" and plan.network_flags == ("STRONGLY_TYPED",) and plan.builder_flags == ()
+        assert any("Q/DQ" in n for n in plan.notes)
+    weak = plan_build(T10, "int8")  # TensorRT 10 weakly typed honours Q/DQ only with the INT8 flag
+    assert weak.builder_flags == ("INT8",) and weak.onnx_precision == "int8"
 
 
 def test_parse_compute_capabilities():

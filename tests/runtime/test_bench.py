@@ -6,8 +6,8 @@ from dataclasses import fields
 
 from click.testing import CliRunner
 
-from wherevit.app.cli import main
 from wherevit.app.bench import BenchRow
+from wherevit.app.cli import main
 
 
 def _bench(args, tmp_path):

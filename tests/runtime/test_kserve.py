@@ -4,7 +4,7 @@ import struct
 import numpy as np
 import pytest
 
-from wherevit.runtime.kserve import ProtocolError, encode_infer_response, parse_infer_request
+from wherevit.runtime.kserve import OutputNotJson, ProtocolError, encode_infer_response, parse_infer_request
 
 
 def _binary_body(x: np.ndarray, name="images"):
@@ -80,3 +80,15 @@ def test_response_encoding_binary_and_json():
     assert head["outputs"][0]["parameters"]["binary_data_size"] == 16
     assert head["outputs"][1]["data"] == [0.0, 1.0, 2.0]
     np.testing.assert_array_equal(np.frombuffer(body[hl:], np.float32).reshape(2, 2), a)
+
+
+def test_non_finite_outputs_are_never_written_as_json_tokens():
+    req = parse_infer_request(b'{"inputs": [{"name": "x", "shape": [1], "datatype": "FP32", "data": [1]}]}', None)
+    out = {"depth": np.array([[1.0, np.nan]], np.float32)}
+    with pytest.raises(OutputNotJson, match="'depth' holds non-finite values.*binary_data"):
+        encode_infer_response("m", "1", req, out)
+    req.binary_output_default = True  # binary data carries them
+    body, headers = encode_infer_response("m", "1", req, out)
+    hl = int(headers["Inference-Header-Content-Length"])
+    assert np.isnan(np.frombuffer(body[hl:], np.float32)[1])
+    json.loads(body[:hl])  # and the header is strict JSON

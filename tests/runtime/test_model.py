@@ -1,5 +1,6 @@
 """The torch-free runtime library: loading, preprocessing, batching, parity with PyTorch."""
 
+import dataclasses
 import subprocess
 import sys
 
@@ -9,16 +10,17 @@ import pytest
 import torch
 
 from wherevit import runtime
+from wherevit.base.image import ImageDecodeError
+from wherevit.base.sidecar import BatchRange, Sidecar, TensorSpec
 from wherevit.runtime.backends import BackendUnavailable, InputError
 from wherevit.runtime.backends.tensorrt import EngineMismatch, check_engine_compat
-from wherevit.base.image import ImageDecodeError
 from wherevit.train.backbone import backbone_features
 from wherevit.train.checkpoint import load_backbone
 from wherevit.train.data.synthetic import render_scene
 
 
 def test_runtime_imports_without_torch():
-    code = ("import sys; import wherevit.runtime, wherevit.runtime.server, wherevit.app.cli; "
+    code = ("import sys; import wherevit.runtime, wherevit.runtime.server, wherevit.runtime.grpc_server, wherevit.app.cli; "
             "assert 'torch' not in sys.modules, 'runtime pulled in torch'")
     subprocess.run([sys.executable, "-c", code], check=True)
 
@@ -63,7 +65,7 @@ def test_large_inputs_are_split_and_results_stay_in_order(onnx_artifact):
 def test_small_batches_are_padded_only_to_the_profile_minimum(onnx_artifact):
     seen = []
     with runtime.load(onnx_artifact) as model:
-        model.batch = {**model.batch, "min": 4}
+        model.batch = dataclasses.replace(model.batch, min=4)
         real = model.backend.infer
         model.backend.infer = lambda feeds: (seen.append(feeds["images"].shape[0]), real(feeds))[1]
         out = model.run(np.zeros((2, 3, 32, 32), np.float32))
@@ -88,6 +90,51 @@ def test_bad_inputs_are_named(onnx_artifact, tmp_path):
             model.embed([tmp_path / "nope.jpg"])
 
 
+_NAN = np.full((8, 8, 3), 0.5, np.float32)
+_NAN[2, 3, 1] = np.nan
+
+
+@pytest.mark.parametrize("image,msg", [
+    (np.zeros((0, 32, 3), np.uint8), "a 0x32 image has no pixels"),
+    (np.zeros((32, 0), np.uint8), "a 32x0 image has no pixels"),
+    (np.zeros((1, 1, 3), np.uint8), "a 1x1 image has no pixels"),
+    (np.zeros((1, 40), np.uint8), "a 1x40 image"),
+    (np.zeros((32, 32, 0), np.uint8), "channel count 0"),
+    (np.zeros((32, 32, 2), np.uint8), "channel count 2"),
+    (np.zeros((32,), np.uint8), r"image 0: expected an HxW or HxWxC image, got shape \(32,\)"),
+    (np.zeros((8, 8, 3, 1), np.uint8), r"HxW or HxWxC image, got shape \(8, 8, 3, 1\)"),
+    (_NAN, "1 non-finite pixel value"),
+    (np.full((8, 8), np.inf, np.float64), "64 non-finite pixel value"),
+    (np.zeros((8, 8, 3), np.int32), "unsupported image dtype int32"),
+])
+def test_degenerate_image_arrays_are_refused_by_name(onnx_artifact, image, msg):
+    with runtime.load(onnx_artifact) as model:
+        with pytest.raises(InputError, match=msg):
+            model.embed([image])
+
+
+def test_degenerate_batches_and_empty_decodes(onnx_artifact):
+    with runtime.load(onnx_artifact) as model:
+        with pytest.raises(InputError, match="no images given"):
+            model.embed(np.zeros((0, 8, 8, 3), np.uint8))
+        for shape in ((32,), (1, 2, 8, 8, 3)):
+            with pytest.raises(InputError, match=r"HxW, HxWxC or a batch NxHxWxC"):
+                model.embed(np.zeros(shape, np.uint8))
+        with pytest.raises(InputError, match=r"shape \[0, 3, 32, 32\] has an empty dimension"):
+            model.run(np.zeros((0, 3, 32, 32), np.float32))
+        bad = np.zeros((2, 3, 32, 32), np.float32)
+        bad[1, 1, 1, 1] = np.inf
+        with pytest.raises(InputError, match="1 non-finite value"):
+            model.run(bad)
+        # a 1x1 PNG decodes to one pixel: refused like the array
+        with pytest.raises(ImageDecodeError, match="image 0: a 1x1 image"):
+            model.embed([cv2.imencode(".png", np.zeros((1, 1, 3), np.uint8))[1].tobytes()])
+        with pytest.raises(ImageDecodeError, match="image 0: empty"):
+            model.embed([b""])
+        # the smallest accepted image still gives finite features
+        assert np.isfinite(model.embed([np.zeros((2, 2, 3), np.uint8)]).cls).all()
+
+
 def test_unknown_and_unavailable_backends(onnx_artifact):
     with pytest.raises(ValueError, match="unknown backend"):
         runtime.load(onnx_artifact, backend="magic")
@@ -97,8 +144,10 @@ def test_unknown_and_unavailable_backends(onnx_artifact):
     assert reasons["ort-cpu"] is None
 
 
-ENGINE_META = {"precision": "fp16", "model": {"checkpoint": "runs/qs"},
-               "engine": {"library": "tensorrt_rtx", "version": "1.7.1.116", "compute_capabilities": ["8.6", "8.9"]}}
+ENGINE_META = Sidecar(
+    kind="engine", inputs=[TensorSpec("images", "float32", [-1, 3, 32, 32])], outputs=[TensorSpec("cls", "float32", [-1, 64])],
+    preprocess={"size": [32, 32]}, batch=BatchRange(1, 1, 8), precision="fp16", model={"checkpoint": "runs/qs"},
+    engine={"library": "tensorrt_rtx", "version": "1.7.1.116", "compute_capabilities": ["8.6", "8.9"]})
 
 
 def test_engine_compat_names_both_sides():

@@ -1,9 +1,11 @@
 """A live `wherevit serve` process on loopback, driven by the real tritonclient.http client."""
 
 import concurrent.futures as cf
+import json
 import re
 import signal
 import time
+import urllib.error
 import urllib.request
 
 import cv2
@@ -77,6 +79,64 @@ def test_bad_requests_get_400_naming_the_problem(server, shape, dtype, name, msg
     inp.set_data_from_numpy(np.zeros(shape, np.float16 if dtype == "FP16" else np.float32))
     with pytest.raises(InferenceServerException, match=msg) as e:
         c.infer(MODEL, [inp])
+    assert e.value.status() == "400"
+
+
+def test_discovery_statistics_and_json_errors(server):
+    """Repository index, Triton statistics, a config Triton's own schema accepts, JSON on unknown routes."""
+    json_format = pytest.importorskip("google.protobuf.json_format")
+    model_config_pb2 = pytest.importorskip("tritonclient.grpc.model_config_pb2")
+    c = th.InferenceServerClient(server.url)
+    assert {(m["name"], m["version"], m["state"]) for m in c.get_model_repository_index()} == {
+        (MODEL, "1", "READY"), (MODEL + "_images", "1", "READY")}
+    cfg = c.get_model_config(MODEL)
+    parsed = json_format.ParseDict(cfg, model_config_pb2.ModelConfig())  # unknown or mistyped fields raise
+    assert parsed.input[0].data_type == model_config_pb2.TYPE_FP32 and parsed.max_batch_size == 8
+    pre = json.loads(cfg["parameters"]["preprocess"]["string_value"])  # JSON, not a Python repr
+    assert pre["size"] == [32, 32]
+    before = c.get_inference_statistics(MODEL)["model_stats"][0]
+    _infer(c, np.zeros((3, 3, 32, 32), np.float32))
+    with pytest.raises(InferenceServerException):
+        _infer(c, np.zeros((1, 3, 16, 16), np.float32))
+    st = c.get_inference_statistics(MODEL)["model_stats"][0]
+    assert st["name"] == MODEL and st["version"] == "1"
+    assert st["inference_count"] == before["inference_count"] + 3
+    for key, added in (("success", 1), ("fail", 1), ("queue", 1), ("compute_infer", 1)):
+        assert st["inference_stats"][key]["count"] == before["inference_stats"][key]["count"] + added, key
+    assert st["inference_stats"]["success"]["ns"] > before["inference_stats"]["success"]["ns"]
+    assert any(b["batch_size"] >= 3 and b["compute_infer"]["count"] >= 1 for b in st["batch_stats"])
+    everyone = c.get_inference_statistics()["model_stats"]
+    assert [m["name"] for m in everyone] == [MODEL, MODEL + "_images"]
+    for path, method in (("/v2/nothing/here", "GET"), (f"/v2/models/{MODEL}/infer", "GET"), ("/v2/models/nope/stats", "GET"),
+                         (f"/v2/models/{MODEL}/versions/3", "GET")):
+        req = urllib.request.Request(f"http://{server.url}{path}", method=method)
+        with pytest.raises(urllib.error.HTTPError) as e:
+            urllib.request.urlopen(req, timeout=10)
+        assert e.value.code in (404, 405) and e.value.headers["Content-Type"].startswith("application/json"), path
+        assert json.loads(e.value.read())["error"]
+
+
+@pytest.mark.parametrize("case", ["nan", "inf", "empty_hw", "too_many_images", "tiny_image", "empty_image"])
+def test_degenerate_inputs_get_400_naming_the_problem(server, case):
+    c = th.InferenceServerClient(server.url)
+    png = lambda a: cv2.imencode(".png", a)[1].tobytes()
+    if case in ("nan", "inf"):
+        x = np.zeros((2, 3, 32, 32), np.float32)
+        x[1, 2, 0, 0] = np.nan if case == "nan" else -np.inf
+        model, inp, msg = MODEL, th.InferInput("images", [2, 3, 32, 32], "FP32"), "non-finite"
+        inp.set_data_from_numpy(x)
+    elif case == "empty_hw":
+        model, inp, msg = MODEL, th.InferInput("images", [1, 3, 0, 32], "FP32"), r"shape \[1, 3, 0, 32\]"
+        inp.set_data_from_numpy(np.zeros((1, 3, 0, 32), np.float32))
+    else:
+        items = {"too_many_images": [png(np.zeros((8, 8, 3), np.uint8))] * 9, "tiny_image": [png(np.zeros((1, 1, 3), np.uint8))],
+                 "empty_image": [b""]}[case]
+        msg = {"too_many_images": "9 images in one request, more than max_batch_size 8", "tiny_image": r"image_bytes\[0\]: .*1x1",
+               "empty_image": r"image_bytes\[0\]: empty"}[case]
+        model, inp = MODEL + "_images", th.InferInput("image_bytes", [len(items)], "BYTES")
+        inp.set_data_from_numpy(np.array(items, dtype=object))
+    with pytest.raises(InferenceServerException, match=msg) as e:
+        c.infer(model, [inp])
     assert e.value.status() == "400"
 
 
@@ -166,5 +226,5 @@ def test_shutdown_with_queued_requests_answers_everyone(onnx_artifact):
         time.sleep(0.15)
         s.proc.send_signal(signal.SIGTERM)
         results = [f.result(timeout=40) for f in futs]  # none hangs
-    assert s.proc.wait(40) is not None
+    assert s.proc.wait(40) == 0  # a graceful stop, not a crash or a kill
     assert len(results) == 64 and "ok" in results

@@ -5,11 +5,37 @@ from click.testing import CliRunner
 from wherevit.app.cli import main
 
 
-def test_help_lists_the_workflow():
+def test_help_examples_name_real_commands_and_options():
+    """Each `wherevit ...` example in the top-level help parses against the real command tree."""
+    import shlex
+
+    import click
+
     res = CliRunner().invoke(main, ["--help"])
     assert res.exit_code == 0
-    for cmd in ("train", "eval", "presets"):
-        assert cmd in res.output
+    examples = [ln.split("#")[0].strip() for ln in res.output.splitlines() if ln.strip().startswith("wherevit ")]
+    assert len(examples) >= 4
+    for ex in examples:
+        words = shlex.split(ex)[1:]
+        cmd, ctx = main, click.Context(main)
+        while isinstance(cmd, click.Group):  # walk down to the leaf command
+            cmd = cmd.get_command(ctx, words.pop(0))
+            assert cmd is not None, f"help example names no command: {ex}"
+        known = {o for p in cmd.params for o in p.opts + p.secondary_opts}
+        unknown = [w.split("=")[0] for w in words if w.startswith("-") and w.split("=")[0] not in known]
+        assert not unknown, f"help example uses unknown option(s) {unknown}: {ex}"
+
+
+def test_a_bug_keeps_its_traceback(monkeypatch):
+    """Only user-actionable errors (WherevitError) become one-line messages; a bug is not disguised."""
+    import wherevit.train.config as tc
+
+    def boom(*a, **k):
+        raise KeyError("internal")
+
+    monkeypatch.setattr(tc, "load_train_config", boom)
+    res = CliRunner().invoke(main, ["train", "--out", "/tmp/never"])
+    assert res.exit_code != 0 and isinstance(res.exception, KeyError)
 
 
 def test_train_reports_config_errors_without_traceback(tmp_path):

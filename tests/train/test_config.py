@@ -17,6 +17,14 @@ def test_vit_s16_preset_has_sp_and_the_baseline_does_not():
     assert load_train_config("vit_s16_dino").plugins == {}
 
 
+def test_ibot_and_posfield_presets_change_only_their_sections():
+    base = load_train_config("vit_s16_dino").to_dict()
+    ibot = load_train_config("vit_s16_dino_ibot").to_dict()
+    pos = load_train_config("vit_s16_dino_posfield").to_dict()
+    assert ibot["ibot"]["enabled"] and {k for k in base if base[k] != ibot[k]} == {"ibot"}
+    assert {k for k in ibot if ibot[k] != pos[k]} == {"plugins"} and list(pos["plugins"]) == ["posfield"]
+
+
 def test_unknown_key_is_named_with_a_suggestion():
     with pytest.raises(ConfigError, match=r"unknown config key 'optim\.base_rl' \(did you mean 'base_lr'\?\)"):
         load_train_config("quickstart", ["optim.base_rl=0.1"])

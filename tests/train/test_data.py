@@ -101,7 +101,8 @@ def test_step_sampler_is_addressed_by_step_and_shards_ranks():
     late = iter(StepBatchSampler(10, 4, seed=1, start_step=5))
     assert next(late) == full.batch_for_step(5)
     # every image exactly once per epoch (first 10 positions)
-    first = [i for s in range(3) for i, _ in full.batch_for_step(s)][:10]
+    # keys are (image, seed, global position); the position feeds batch-stratified masks
+    first = [key[0] for s in range(3) for key in full.batch_for_step(s)][:10]
     assert sorted(first) == list(range(10))
     with pytest.raises(ValueError, match="not divisible"):
         StepBatchSampler(10, 5, seed=0, world=2)

@@ -51,3 +51,15 @@ def test_pairs_are_disentangled():
     rng = np.random.default_rng(0)
     ious = [box_iou(*sample_disentangled_pair(rng, (96, 96), cfg)) for _ in range(200)]
     assert max(ious) == 0.0
+
+
+def test_regions_map_into_views_with_flips():
+    from wherevit.train.data.geometry import image_to_view, intersection
+
+    view = np.array([0.5, 0.5, 0.5, 0.5])  # covers x, y in [0.25, 0.75]
+    other = np.array([0.75, 0.5, 0.5, 0.5])  # x in [0.5, 1.0]
+    region = intersection(view, other)
+    np.testing.assert_allclose(region, [0.5, 0.25, 0.75, 0.75])
+    np.testing.assert_allclose(image_to_view(region, view, False), [0.5, 0.0, 1.0, 1.0])
+    np.testing.assert_allclose(image_to_view(region, view, True), [0.0, 0.0, 0.5, 1.0])  # the right half, mirrored
+    assert intersection(np.array([0.1, 0.1, 0.1, 0.1]), np.array([0.9, 0.9, 0.1, 0.1])) is None

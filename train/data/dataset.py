@@ -3,12 +3,18 @@
 Randomness never comes from global state: every sample's augmentation is drawn from a generator
 seeded by ``(run seed, global sample position)``. A resumed run therefore sees exactly the views a
 straight run would, whatever the number of ranks or data-loader workers.
+
+Per-view fields beyond boxes and flips (iBOT masks, positional masks, rotations, transformation
+parameters, reconstruction targets) are added by *sample hooks*, run in the workers after the views
+are made. Each hook draws from its own generator, seeded by ``(sample seed, hook name)``, so turning
+one on does not change the views or the other hooks' draws.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Callable, Iterator, Mapping
+import zlib
+from typing import Callable, Iterator, Mapping, Protocol
 
 import numpy as np
 
@@ -16,12 +22,32 @@ from wherevit.base.image import ImageDecodeError
 from wherevit.train.data.sources import DataError, ImageSource
 from wherevit.train.data.views import ViewSpec, make_view
 
-__all__ = ["ViewGroup", "ViewSampler", "MultiCrop", "SSLDataset", "StepBatchSampler"]
+__all__ = ["ViewGroup", "ViewSampler", "SampleHook", "MultiCrop", "SSLDataset", "StepBatchSampler", "hook_rng"]
 
 log = logging.getLogger(__name__)
 
-ViewGroup = dict  # {"images": (V,3,S,S) uint8, "boxes": (V,4) float32, "flips": (V,) bool}
+# {"images": (V,3,S,S) uint8, "boxes": (V,4) float32, "flips": (V,) bool, + any per-view field (V, ...)}
+ViewGroup = dict
 ViewSampler = Callable[[np.ndarray, np.random.Generator], Mapping[str, ViewGroup]]
+
+
+class SampleHook(Protocol):
+    """Adds fields to one sample in a data worker; picklable (workers get a copy).
+
+    ``sample`` maps view-group names to ``ViewGroup`` dicts (``global``, ``local``, plug-in groups);
+    a hook may add per-view arrays to a group (leading dimension V, e.g. ``sample["global"]["masks"]``),
+    add a new top-level entry (a dict of arrays, e.g. ``sample["posfield"] = {"affine": ...}``), or
+    transform a group's images in place. ``img`` is the original HWC uint8 image. ``position`` is
+    the sample's global position (``StepBatchSampler``), for batch-level stratification; None when
+    the data set is indexed without one. Every sample must get the same keys and shapes (collation).
+    """
+
+    def __call__(self, sample: dict, img: np.ndarray, rng: np.random.Generator, position: int | None) -> None: ...
+
+
+def hook_rng(sample_seed: int, name: str) -> np.random.Generator:
+    """The generator hook ``name`` draws from for the sample seeded ``sample_seed``."""
+    return np.random.default_rng([sample_seed, zlib.crc32(name.encode())])
 
 
 def stack_views(views: list[tuple[np.ndarray, np.ndarray, bool]]) -> ViewGroup:
@@ -55,22 +81,26 @@ class MultiCrop:
 
 
 class SSLDataset:
-    """Map-style data set indexed by ``(image index, sample seed)`` pairs from ``StepBatchSampler``.
+    """Map-style data set indexed by ``(image index, sample seed, global position)`` keys from
+    ``StepBatchSampler`` (``(image index, sample seed)`` also works: hooks then get no position).
 
     An unreadable image is skipped (the next image is used instead) and reported in the sample's
-    ``skipped`` field, so a bad file costs one warning, not a crashed run.
+    ``skipped`` field, so a bad file costs one warning, not a crashed run. ``hooks`` run in order
+    after the views are made (see ``SampleHook``).
     """
 
     max_consecutive_failures = 50
 
-    def __init__(self, source: ImageSource, transform: MultiCrop):
+    def __init__(self, source: ImageSource, transform: MultiCrop, hooks: Mapping[str, SampleHook] | None = None):
         self.source, self.transform = source, transform
+        self.hooks = dict(hooks or {})
 
     def __len__(self) -> int:
         return len(self.source)
 
-    def __getitem__(self, key: tuple[int, int]) -> dict:
-        index, sample_seed = key
+    def __getitem__(self, key: tuple[int, ...]) -> dict:
+        index, sample_seed = key[0], key[1]
+        position = key[2] if len(key) > 2 else None
         skipped = []
         for attempt in range(self.max_consecutive_failures):
             i = (index + attempt) % len(self.source)
@@ -86,6 +116,8 @@ class SSLDataset:
             )
         rng = np.random.default_rng(sample_seed)
         sample = self.transform(img, rng)
+        for name, hook in self.hooks.items():
+            hook(sample, img, hook_rng(sample_seed, name), position)
         sample["skipped"] = "\n".join(skipped)
         return sample
 
@@ -95,8 +127,8 @@ class StepBatchSampler:
 
     Step ``s`` covers global sample positions ``s*B .. s*B+B-1``; position ``p`` maps to image
     ``perm_e[p % n]`` with ``perm_e`` a permutation seeded by ``(seed, epoch = p // n)``. Rank ``r``
-    of ``world`` takes a contiguous ``B / world`` slice. Each item carries a per-position seed for
-    the augmentations. Starting at ``start_step`` replays nothing and skips nothing.
+    of ``world`` takes a contiguous ``B / world`` slice. Each item is ``(image, seed, position)``: a
+    per-position seed for the augmentations and the global position itself. Starting at ``start_step`` replays nothing and skips nothing.
     """
 
     def __init__(self, n: int, global_batch: int, seed: int, rank: int = 0, world: int = 1, start_step: int = 0):
@@ -112,17 +144,17 @@ class StepBatchSampler:
             self._perm_epoch = epoch
         return self._perm
 
-    def batch_for_step(self, step: int) -> list[tuple[int, int]]:
+    def batch_for_step(self, step: int) -> list[tuple[int, int, int]]:
         per = self.B // self.world
         first = step * self.B + self.rank * per
         out = []
         for p in range(first, first + per):
             epoch, pos = divmod(p, self.n)
             seed = int(np.random.SeedSequence([self.seed, 7919, p]).generate_state(1)[0])
-            out.append((int(self._perm_for(epoch)[pos]), seed))
+            out.append((int(self._perm_for(epoch)[pos]), seed, p))
         return out
 
-    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+    def __iter__(self) -> Iterator[list[tuple[int, int, int]]]:
         step = self.start_step
         while True:
             yield self.batch_for_step(step)

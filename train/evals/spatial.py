@@ -22,11 +22,11 @@ import numpy as np
 import torch
 
 from wherevit.train.backbone import embed_images
+from wherevit.train.data.geometry import PairSpec, sample_disentangled_pair, sp_target
 from wherevit.train.data.synthetic import render_scene
 from wherevit.train.data.views import crop_view
 from wherevit.train.evals.folder import load_folder_images
 from wherevit.train.evals.linear import RidgeProbe, r2_score
-from wherevit.train.plugins.sp import SPConfig, sample_disentangled_pair, sp_target
 
 __all__ = ["SpatialEvalConfig", "evaluate_spatial", "embed_crops"]
 
@@ -58,7 +58,7 @@ def _pair_features(za: np.ndarray, zb: np.ndarray) -> np.ndarray:
 
 
 def _position_scale(model, cfg: SpatialEvalConfig, images: list[np.ndarray]) -> dict:
-    sp = SPConfig(scale=cfg.scale, max_iou=cfg.max_iou)
+    sp = PairSpec(scale=cfg.scale, max_iou=cfg.max_iou)
     rng = np.random.default_rng(cfg.seed + 1)
     crops, targets, owner = [], [], []
     for i, img in enumerate(images):

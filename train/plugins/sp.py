@@ -1,13 +1,14 @@
 """SP -- Spatial Prediction: regress the relative position and scale of two disentangled local views.
 
-From "Learning to Perceive Where" (abstract); the formulation is ours (METHODS.md, SP section).
+From "Learning to Perceive Where" (abstract); the formulation is ours (docs/METHODS.md, SP section).
 For boxes a, b in original-image coordinates, normalised (cx, cy, w, h):
 
     dx = (cx_b - cx_a) / w_a,  dy = (cy_b - cy_a) / h_a,  ds_w = log(w_b / w_a),  ds_h = log(h_b / h_a)
 
 ("crop" normalisation; "image" normalisation uses dx = cx_b - cx_a, dy = cy_b - cy_a). Each view
-is embedded on its own with the standard, crop-agnostic position embedding, so the target cannot
-be read off the input; flips are disabled for the pair because a mirrored crop would contradict
+is embedded on its own with the standard, crop-agnostic position embedding (with the positional
+field on, the field sampled over the full frame: the host's rule for plug-in groups), so the target
+cannot be read off the input; flips are disabled for the pair because a mirrored crop would contradict
 dx. An MLP over [z_a, z_b, z_a - z_b] predicts the 4 numbers; smooth-L1 (or MSE) loss.
 """
 
@@ -22,9 +23,10 @@ import torch.nn.functional as F
 
 from wherevit.train.backbone import BackboneFeatures
 from wherevit.train.data.dataset import stack_views
-from wherevit.train.data.views import ViewSpec, box_iou, make_view, sample_box
+from wherevit.train.data.geometry import sample_disentangled_pair, sp_inverse, sp_target
+from wherevit.train.data.views import ViewSpec, make_view
 from wherevit.train.heads import mlp
-from wherevit.train.plugins.base import Plugin, PluginConfig, register_plugin
+from wherevit.train.plugins.base import Plugin, PluginConfig, StepContext, register_plugin
 
 __all__ = ["SPConfig", "SpatialPrediction", "sp_target", "sp_inverse", "sample_disentangled_pair"]
 
@@ -52,45 +54,6 @@ class SPConfig(PluginConfig):
             raise ValueError(f"max_iou must be in [0, 1), got {self.max_iou}")
         if self.n_layers < 1 or self.n_pairs < 1:
             raise ValueError("n_layers and n_pairs must be >= 1")
-
-
-def sp_target(box_a: np.ndarray | torch.Tensor, box_b: np.ndarray | torch.Tensor, normalize: str = "crop"):
-    """The SP target for boxes (..., 4) as (cx, cy, w, h): returns (..., 4) = (dx, dy, ds_w, ds_h)."""
-    lib = torch if isinstance(box_a, torch.Tensor) else np
-    dx = box_b[..., 0] - box_a[..., 0]
-    dy = box_b[..., 1] - box_a[..., 1]
-    if normalize == "crop":
-        dx, dy = dx / box_a[..., 2], dy / box_a[..., 3]
-    elif normalize != "image":
-        raise ValueError(f"unknown SP normalisation {normalize!r}")
-    dsw = lib.log(box_b[..., 2] / box_a[..., 2])
-    dsh = lib.log(box_b[..., 3] / box_a[..., 3])
-    return lib.stack([dx, dy, dsw, dsh], -1)
-
-
-def sp_inverse(t, normalize: str = "crop"):
-    """The target of (b, a) given the target of (a, b): the inverse transform."""
-    lib = torch if isinstance(t, torch.Tensor) else np
-    dx, dy, dsw, dsh = t[..., 0], t[..., 1], t[..., 2], t[..., 3]
-    if normalize == "crop":  # (cx_a - cx_b) / w_b = -dx * w_a / w_b = -dx * exp(-ds_w)
-        return lib.stack([-dx * lib.exp(-dsw), -dy * lib.exp(-dsh), -dsw, -dsh], -1)
-    return lib.stack([-dx, -dy, -dsw, -dsh], -1)
-
-
-def sample_disentangled_pair(rng: np.random.Generator, img_hw: tuple[int, int], cfg: SPConfig) -> tuple[np.ndarray, np.ndarray]:
-    """Two boxes with IoU <= ``max_iou``. The first box is redrawn every few tries (a large central
-    box may leave no room); after ``max_tries`` the least-overlapping pair seen is kept."""
-    best, best_iou = None, 2.0
-    for attempt in range(cfg.max_tries):
-        if attempt % 5 == 0:
-            a = sample_box(rng, img_hw, cfg.scale, cfg.ratio)
-        b = sample_box(rng, img_hw, cfg.scale, cfg.ratio)
-        iou = box_iou(a, b)
-        if iou <= cfg.max_iou:
-            return a, b
-        if iou < best_iou:
-            best, best_iou = (a, b), iou
-    return best
 
 
 class SPViewSampler:
@@ -121,13 +84,17 @@ class SpatialPrediction(Plugin):
         self.head = mlp(3 * embed_dim, cfg.hidden_dim, 4, cfg.n_layers)
 
     def view_sampler(self) -> SPViewSampler:
-        return SPViewSampler(self.cfg)
+        # the configured colour augmentation (no geometry: the pair's boxes are the target)
+        c = self.host.crops if self.host is not None else None
+        if c is None:
+            return SPViewSampler(self.cfg)
+        return SPViewSampler(self.cfg, color_jitter_p=c.color_jitter_p, grayscale_p=c.grayscale_p)
 
     def predict(self, z_a: torch.Tensor, z_b: torch.Tensor) -> torch.Tensor:
         return self.head(torch.cat([z_a, z_b, z_a - z_b], dim=-1))
 
     def forward(self, student: Mapping[str, BackboneFeatures], teacher: Mapping[str, BackboneFeatures],
-                batch: Mapping[str, Any]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+                batch: Mapping[str, Any], ctx: StepContext | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         feats = student["sp"]  # view-major: (2 * n_pairs * B, ...) in order a0, b0, a1, b1, ...
         boxes = batch["sp"]["boxes"]  # (B, 2 * n_pairs, 4)
         B = boxes.shape[0]

@@ -21,6 +21,8 @@ __all__ = ["VariantSpec", "StudyConfig", "load_study_config", "resolve_train_con
 
 # the budget: a variant may not change these (they are the study's, the same for every trained row)
 _BUDGET_KEYS = ("seed", "total_steps", "model", "data", "optim")
+# host options a variant may set: the DINO host and its iBOT head (plug-ins go under ``plugins``)
+HOST_SECTIONS = ("dino", "ibot")
 
 
 class StudyError(ConfigError):
@@ -35,7 +37,7 @@ class VariantSpec:
     kind: Literal["trained", "random", "chance"] = "trained"
     # plug-in name -> settings over the study's plugin_settings and the preset's section ({}: those as they are)
     plugins: dict[str, dict[str, Any]] = field(default_factory=dict)
-    host: list[str] = field(default_factory=list)  # DINO host options, "dino.key=value"
+    host: list[str] = field(default_factory=list)  # host options, "dino.key=value" or "ibot.key=value"
     label: str = ""  # shown in the table and plot (default: name)
 
     def validate(self) -> None:
@@ -45,9 +47,9 @@ class VariantSpec:
             raise ValueError(f"variant {self.name!r} is {self.kind!r}: it trains nothing, so plugins/host must be empty")
         for item in self.host:
             key = item.split("=", 1)[0].strip()
-            if "=" not in item or not key.startswith("dino."):
-                raise ValueError(f"variant {self.name!r}: host option {item!r} must look like dino.key=value; steps, "
-                                 "batch, data and model are the study's budget (set them in 'budget')")
+            if "=" not in item or key.split(".", 1)[0] not in HOST_SECTIONS or "." not in key:
+                raise ValueError(f"variant {self.name!r}: host option {item!r} must look like dino.key=value or "
+                                 "ibot.key=value; steps, batch, data and model are the study's budget (set them in 'budget')")
 
 
 @dataclass

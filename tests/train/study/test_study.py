@@ -143,7 +143,8 @@ def test_an_unregistered_plugin_is_named(tmp_path):
 
 
 @pytest.mark.parametrize("variant, message", [
-    ({"name": "dino", "host": ["total_steps=10"]}, "must look like dino.key=value"),
+    ({"name": "dino", "host": ["total_steps=10"]}, "must look like dino.key=value or ibot.key=value"),
+    ({"name": "dino", "host": ["data.global_batch_size=8"]}, "budget"),
     ({"name": "dino", "kind": "random", "plugins": {"sp": {}}}, "trains nothing"),
 ])
 def test_a_variant_cannot_change_the_budget(tmp_path, variant, message):
@@ -204,7 +205,17 @@ def test_the_cli_finds_a_shipped_study_by_name_and_reports_what_is_missing(tmp_p
 def test_the_cli_names_an_unregistered_plugin_in_one_line(tmp_path):
     from wherevit.app.cli import main
 
-    path = write_study(tmp_path, [{"name": "dino"}, {"name": "dino_posfield", "plugins": {"posfield": {}}}])
+    path = write_study(tmp_path, [{"name": "dino"}, {"name": "dino_nope", "plugins": {"nope": {}}}])
     res = CliRunner().invoke(main, ["study", str(path)])
-    assert res.exit_code == 1 and "names plug-in 'posfield', which is not registered" in res.output
+    assert res.exit_code == 1 and "names plug-in 'nope', which is not registered" in res.output
     assert "Traceback" not in res.output
+
+
+def test_the_all_methods_study_reuses_the_quickstart_studys_runs():
+    base = {(r.variant, r.seed): r.key for r in plan_runs(load_study_config("configs/study_quickstart.yaml"))}
+    everything = plan_runs(load_study_config("configs/study_quickstart_all.yaml"))
+    shared = {(r.variant, r.seed): r.key for r in everything if (r.variant, r.seed) in base}
+    assert shared == base  # DINO, DINO + SP and random weights: the same runs, not new ones
+    ibot = next(r for r in everything if r.variant == "dino_ibot")
+    assert ibot.train_cfg.ibot.enabled and ibot.train_cfg.plugins == {}
+    assert len({r.variant for r in everything}) == 9

@@ -1,0 +1,260 @@
+"""Triton model repository: an exported ONNX graph or engine as ``REPO/<name>/config.pbtxt`` + ``REPO/<name>/<v>/``.
+
+Triton Inference Server (and KServe's Triton runtime) then serves the artifact with no wherevit code:
+
+    REPO/<name>/config.pbtxt          platform, max_batch_size, input/output dims (no batch axis),
+                                      dynamic_batching, instance_group, wherevit.* parameters
+    REPO/<name>/<v>/model.onnx        (or model.plan for an engine, platform tensorrt_plan)
+    REPO/<name>/<v>/model.onnx.json   the sidecar, kept beside the model (``wherevit serve`` reads it)
+
+Everything comes from the sidecar: dims, batch profile (``max_batch_size`` is the profile's max, the
+preferred batch sizes are its opt and max) and the preprocessing, recorded as JSON in
+``parameters`` because Triton receives already preprocessed tensors. An existing repository gains a
+new version directory; a version directory appears whole (built beside, then renamed) and the
+config is replaced atomically, so a polling Triton never sees half a model.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from wherevit.base.errors import WherevitError
+from wherevit.base.io import atomic_write_text, check_writable_dir
+from wherevit.base.sidecar import Sidecar, TensorSpec, read_sidecar, sidecar_path
+from wherevit.export.formats.base import ExportContext, ExportFormat, register_format
+
+__all__ = ["TritonOptions", "TritonModel", "TritonRepositoryError", "triton_config_text", "write_triton_model",
+           "TritonOnnxFormat", "TritonEngineFormat"]
+
+# sidecar dtype -> Triton model-config data type
+_TRITON_TYPES = {"float32": "TYPE_FP32", "float16": "TYPE_FP16", "bfloat16": "TYPE_BF16", "int64": "TYPE_INT64",
+                 "int32": "TYPE_INT32", "uint8": "TYPE_UINT8", "bool": "TYPE_BOOL"}
+_PLATFORMS = {"onnx": ("onnxruntime_onnx", "model.onnx"), "engine": ("tensorrt_plan", "model.plan")}
+_KINDS = {"auto": "KIND_AUTO", "gpu": "KIND_GPU", "cpu": "KIND_CPU", "model": "KIND_MODEL"}
+
+
+class TritonRepositoryError(WherevitError, ValueError):
+    """The artifact cannot become this Triton model (or clashes with what the repository holds)."""
+
+
+@dataclass(frozen=True)
+class TritonOptions:
+    name: str | None = None  # model directory; default: the timm model name, plus the task for head graphs
+    version: int | None = None  # default: one above the highest version present (1 in a new repository)
+    max_queue_delay_us: int = 100  # how long Triton's dynamic batcher waits for a fuller batch
+    preferred_batch_sizes: tuple[int, ...] | None = None  # default: the profile's opt and max
+    instance_kind: str = "default"  # default: gpu for engines, auto for ONNX; or auto, gpu, cpu, model
+    instance_count: int = 1
+    gpus: tuple[int, ...] = ()  # GPU ids for KIND_GPU instances (empty: every GPU)
+
+    def __post_init__(self) -> None:
+        if self.instance_kind != "default" and self.instance_kind not in _KINDS:
+            raise TritonRepositoryError(f"instance kind {self.instance_kind!r}: choose one of default, {', '.join(_KINDS)}")
+        if self.instance_count < 1 or self.max_queue_delay_us < 0 or (self.version is not None and self.version < 1):
+            raise TritonRepositoryError(f"invalid Triton options {self}: instance_count >= 1, max_queue_delay_us >= 0, version >= 1")
+        if self.name is not None and not re.fullmatch(r"[A-Za-z0-9_.-]+", self.name):
+            raise TritonRepositoryError(f"model name {self.name!r}: use letters, digits, '_', '.', '-' (it is a directory name)")
+
+
+@dataclass
+class TritonModel:
+    """What was written: the model directory, its config and the new version directory."""
+
+    model_dir: Path
+    config: Path
+    version: int
+    version_dir: Path
+    model_file: Path
+    notes: list[str] = field(default_factory=list)
+
+
+def _pbtxt_string(s: str) -> str:
+    return '"' + s.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
+
+
+def _dims(shape: list[int]) -> str:
+    return "[ " + ", ".join(str(int(d)) for d in shape[1:]) + " ]"  # Triton's dims leave out the batch axis
+
+
+def _tensor(spec: TensorSpec, is_input: bool) -> str:
+    dtype = _TRITON_TYPES.get(spec.dtype)
+    if dtype is None:
+        raise TritonRepositoryError(f"tensor {spec.name!r}: dtype {spec.dtype!r} has no Triton type")
+    if len(spec.shape) < 2:
+        raise TritonRepositoryError(f"tensor {spec.name!r}: shape {spec.shape} has no dimension after the batch axis")
+    fmt = " format: FORMAT_NCHW" if is_input and spec.layout == "NCHW" else ""
+    return f'  {{ name: {_pbtxt_string(spec.name)} data_type: {dtype}{fmt} dims: {_dims(spec.shape)} }}'
+
+
+def default_model_name(meta: Sidecar) -> str:
+    """The timm model name (a directory-safe form), plus the task for head graphs: ``vit_small_patch16_224_depth``."""
+    base = re.sub(r"[^A-Za-z0-9_.-]", "_", str(meta.model.get("model") or "wherevit"))
+    return base if meta.task == "features" else f"{base}_{meta.task}"
+
+
+def triton_config_text(meta: Sidecar, name: str, options: TritonOptions = TritonOptions()) -> str:
+    """``config.pbtxt`` for an artifact described by ``meta`` (its sidecar)."""
+    kind = meta.kind
+    if kind not in _PLATFORMS:
+        raise TritonRepositoryError(f"artifact kind {kind!r}: Triton export takes an ONNX graph or an engine")
+    platform = _PLATFORMS[kind][0]
+    lo, opt, hi = meta.batch.min, meta.batch.opt, meta.batch.max
+    if any(int(t.shape[0]) != -1 for t in meta.inputs):
+        raise TritonRepositoryError("the inputs have a fixed batch axis; Triton's max_batch_size needs it dynamic "
+                                    "(Triton: 'first dimension must be -1'); re-export with a batch range")
+    if kind == "engine" and lo > 1:
+        raise TritonRepositoryError(f"the engine's profile starts at batch {lo}; Triton's batcher sends batches from 1: "
+                                    "rebuild with --batch 1:OPT:MAX")
+    preferred = sorted(set(options.preferred_batch_sizes or (opt, hi)))
+    if not all(1 <= b <= hi for b in preferred):
+        raise TritonRepositoryError(f"preferred batch sizes {preferred} must lie in 1..{hi} (the profile's max)")
+    inst = options.instance_kind if options.instance_kind != "default" else ("gpu" if kind == "engine" else "auto")
+    gpus = f" gpus: [ {', '.join(map(str, options.gpus))} ]" if options.gpus and inst == "gpu" else ""
+    params = {
+        "wherevit.preprocess": json.dumps(meta.preprocess, sort_keys=True),
+        "wherevit.task": meta.task,
+        "wherevit.sidecar": _PLATFORMS[kind][1] + ".json",
+        "wherevit.precision": meta.precision,
+    }
+    lines = [
+        f"# Written by wherevit from {meta.artifact.file if meta.artifact else 'an artifact'}; the sidecar beside the model has the rest.",
+        f"name: {_pbtxt_string(name)}",
+        f"platform: {_pbtxt_string(platform)}",
+        f"max_batch_size: {hi}",
+        "input [\n" + ",\n".join(_tensor(t, True) for t in meta.inputs) + "\n]",
+        "output [\n" + ",\n".join(_tensor(t, False) for t in meta.outputs) + "\n]",
+        "dynamic_batching {\n"
+        f"  preferred_batch_size: [ {', '.join(map(str, preferred))} ]\n"
+        f"  max_queue_delay_microseconds: {options.max_queue_delay_us}\n"
+        "}",
+        f"instance_group [ {{ count: {options.instance_count} kind: {_KINDS[inst]}{gpus} }} ]",
+        *(f"parameters {{ key: {_pbtxt_string(k)} value: {{ string_value: {_pbtxt_string(v)} }} }}" for k, v in params.items()),
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _signature(meta: Sidecar) -> dict:
+    """What must not change between versions of one Triton model (the config is per model, not per version)."""
+    io = lambda ts: [(t.name, t.dtype, [int(d) for d in t.shape]) for t in ts]
+    return {"kind": meta.kind, "inputs": io(meta.inputs), "outputs": io(meta.outputs), "max_batch": meta.batch.max}
+
+
+def _versions(model_dir: Path) -> list[int]:
+    return sorted(int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit()) if model_dir.is_dir() else []
+
+
+def _check_compatible(model_dir: Path, versions: list[int], meta: Sidecar) -> None:
+    for v in reversed(versions):
+        previous = next((p for p in (model_dir / str(v)).glob("model.*.json")), None)
+        if previous is None:
+            continue
+        old = read_sidecar(previous.with_suffix(""), verify_hash=False)
+        if _signature(old) != _signature(meta):
+            raise TritonRepositoryError(
+                f"{model_dir} holds version {v} with another interface ({_signature(old)}) than this artifact "
+                f"({_signature(meta)}); Triton keeps one config per model: choose another --name or repository")
+        return
+
+
+def _place(src: Path, dst: Path, move: bool) -> None:
+    if move:
+        try:
+            os.replace(src, dst)
+            return
+        except OSError:  # another filesystem: copy, then remove the original below
+            pass
+    shutil.copyfile(src, dst)
+    if move:
+        src.unlink()
+
+
+def write_triton_model(artifact: str | os.PathLike, repo: str | os.PathLike, options: TritonOptions = TritonOptions(),
+                       move: bool = False) -> TritonModel:
+    """Add ``artifact`` (ONNX or engine, sidecar beside it) to the Triton repository ``repo`` as a new version.
+
+    ``move``: move the artifact and its sidecar into the repository instead of copying them (the
+    export chain does this, so the repository root holds no stray model file)."""
+    artifact = Path(artifact)
+    meta = read_sidecar(artifact)
+    kind = meta.kind
+    if kind not in _PLATFORMS:
+        raise TritonRepositoryError(f"{artifact}: kind {kind!r}; Triton export takes an ONNX graph or an engine")
+    name = options.name or default_model_name(meta)
+    config = triton_config_text(meta, name, options)  # every check before anything is written
+    model_dir = check_writable_dir(Path(repo) / name)
+    versions = _versions(model_dir)
+    _check_compatible(model_dir, versions, meta)
+    version = options.version or (versions[-1] + 1 if versions else 1)
+    version_dir = model_dir / str(version)
+    if version_dir.exists():
+        raise TritonRepositoryError(f"{version_dir} exists; versions are never overwritten (omit the version to add the next)")
+    filename = _PLATFORMS[kind][1]
+    staging = Path(tempfile.mkdtemp(prefix=f".{version}.", suffix=".tmp", dir=model_dir))
+    try:
+        shutil.copyfile(sidecar_path(artifact), sidecar_path(staging / filename))  # sidecar first: a failure moves nothing
+        _place(artifact, staging / filename, move)
+        os.chmod(staging, 0o755)  # mkdtemp makes 0700; Triton may run as another user
+        os.rename(staging, version_dir)  # the version appears whole, or not at all
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    try:
+        config_path = atomic_write_text(model_dir / "config.pbtxt", config)
+    except BaseException:
+        shutil.rmtree(version_dir, ignore_errors=True)
+        raise
+    if move:
+        sidecar_path(artifact).unlink(missing_ok=True)
+    notes = []
+    if kind == "engine":
+        eng = meta.engine or {}
+        if eng.get("library") == "tensorrt_rtx":
+            notes.append("this engine was built with TensorRT-RTX; Triton's tensorrt_plan backend loads engines of the full "
+                         "TensorRT it was built with: for Triton, build with --trt-lib tensorrt at the server's TensorRT version")
+        else:
+            notes.append(f"engines load only in the TensorRT version that built them ({eng.get('version')}); "
+                         "use the Triton release that ships it")
+    return TritonModel(model_dir, config_path, version, version_dir, version_dir / filename, notes)
+
+
+class _TritonFormat(ExportFormat):
+    """``--format triton``: the graph this call exported, placed in a Triton model repository at ``--out``.
+
+    Options come from ``ExportRequest.format_options["triton"]`` (a ``TritonOptions``)."""
+
+    source: str
+    suffixes = ()  # the output is a repository directory, not a file
+
+    def build(self, ctx: ExportContext) -> Path:
+        options = ctx.req.format_options.get("triton") or TritonOptions()
+        if not isinstance(options, TritonOptions):
+            raise TritonRepositoryError(f"format_options['triton'] must be a TritonOptions, got {type(options).__name__}")
+        src = ctx.produced[self.source]
+        res = write_triton_model(src, ctx.out_dir, options, move=True)
+        ctx.produced[self.source] = res.model_file  # it lives in the repository now
+        if ctx.result is not None:
+            ctx.result.artifacts[self.source] = res.model_file
+            ctx.result.sidecars = [sidecar_path(res.model_file) if p == sidecar_path(src) else p for p in ctx.result.sidecars]
+            ctx.result.notes += res.notes + [f"Triton model {res.model_dir.name!r} version {res.version}: {res.config}"]
+        ctx.produced[self.name] = res.model_file
+        return res.model_file
+
+
+@register_format
+class TritonOnnxFormat(_TritonFormat):
+    name = "triton"
+    needs = ("onnx",)
+    source = "onnx"
+
+
+@register_format
+class TritonEngineFormat(_TritonFormat):
+    name = "triton-engine"
+    needs = ("engine",)
+    source = "engine"

@@ -1,0 +1,119 @@
+"""The registries have one shape: a new backend or export format is one class and one registration,
+added by us or by another package's entry point; a duplicate name is refused everywhere."""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from wherevit.base.sidecar import read_sidecar, sidecar_path, write_sidecar
+from wherevit.export.api import ExportRequest, export_artifacts
+from wherevit.export.formats import ExportFormat, format_chain, register_format, registered_formats
+from wherevit.export.formats import base as formats_base
+from wherevit.runtime import load
+from wherevit.runtime.backends import Backend, auto_order, registered_backends
+from wherevit.runtime.backends import base as backends_base
+from wherevit.runtime.backends.base import register_backend
+
+
+@pytest.fixture
+def clean_registries():
+    """Registrations made by a test are undone after it."""
+    saved_b, saved_f = backends_base.BACKENDS.snapshot(), formats_base.FORMATS.snapshot()
+    yield
+    backends_base.BACKENDS.restore(saved_b)
+    formats_base.FORMATS.restore(saved_f)
+
+
+class NumpyOnnxCopy(ExportFormat):
+    """A toy format: the ONNX graph's bytes reversed, as its own artifact kind."""
+
+    name = "toy"
+    suffixes = (".toy",)
+    needs = ("onnx",)
+
+    def build(self, ctx):
+        src = ctx.produced["onnx"]
+        out = ctx.track(ctx.out_dir / f"{ctx.stem}.toy")
+        out.write_bytes(src.read_bytes()[::-1])
+        meta = dataclasses.replace(read_sidecar(src), kind="toy", artifact=None)
+        ctx.track(sidecar_path(out))
+        write_sidecar(out, meta)
+        ctx.produced[self.name] = out
+        return out
+
+
+class ToyBackend(Backend):
+    """Runs .toy artifacts by un-reversing them into ONNX Runtime: proves a backend is one class."""
+
+    name = "toy-ort"
+    kinds = ("toy",)
+    auto_priority = 5  # preferred over ort-cpu for toy artifacts
+
+    def _activate_impl(self):
+        import onnxruntime as ort
+
+        self.sess = ort.InferenceSession(self.artifact.read_bytes()[::-1], providers=["CPUExecutionProvider"])
+
+    def _infer_impl(self, feeds):
+        return dict(zip(self.output_names, self.sess.run(self.output_names, dict(feeds))))
+
+
+def test_toy_format_and_backend_plug_in_through_the_registries(trained_run, tmp_path, clean_registries):
+    register_format(NumpyOnnxCopy)
+    register_backend(ToyBackend)
+    assert [f.name for f in format_chain("toy")] == ["onnx", "toy"]
+    res = export_artifacts(ExportRequest(str(trained_run), tmp_path, format="toy", batch=(1, 2, 4)))
+    assert list(res.artifacts) == ["onnx", "toy"] and res.primary.suffix == ".toy"
+    assert auto_order()[0] == "toy-ort"
+    x = np.random.default_rng(0).standard_normal((2, 3, 32, 32)).astype(np.float32)
+    with load(res.primary) as toy, load(res.onnx, backend="ort-cpu") as ref:
+        assert toy.backend.name == "toy-ort"
+        np.testing.assert_array_equal(toy.run(x).cls, ref.run(x).cls)
+
+
+def test_duplicate_names_are_refused(clean_registries):
+    class Another(ToyBackend):
+        name = "ort-cpu"
+
+    with pytest.raises(ValueError, match="'ort-cpu' is already registered"):
+        register_backend(Another)
+
+    class OtherOnnx(NumpyOnnxCopy):
+        name = "onnx"
+
+    with pytest.raises(ValueError, match="'onnx' is already registered"):
+        register_format(OtherOnnx)
+
+
+def test_unknown_format_names_the_registered_ones(trained_run, tmp_path):
+    with pytest.raises(ValueError, match="--format must be one of .*engine.*onnx"):
+        export_artifacts(ExportRequest(str(trained_run), tmp_path, format="tflite"))
+
+
+def _fake_distribution(root: Path, group: str, name: str, target: str) -> None:
+    """An installed distribution as importlib.metadata sees it: a dist-info with entry_points.txt."""
+    dist_name = f"wherevit_toy_{root.name}"
+    dist = root / f"{dist_name}-0.1.dist-info"
+    dist.mkdir(parents=True)
+    (dist / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist_name}\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text(f"[{group}]\n{name} = {target}\n")
+
+
+def test_backends_and_formats_from_entry_points(tmp_path, monkeypatch, clean_registries):
+    mod = tmp_path / "wherevit_toy_plugin.py"
+    mod.write_text(f"from {__name__} import NumpyOnnxCopy, ToyBackend  # noqa\n")  # this (already imported) module
+    _fake_distribution(tmp_path / "b", backends_base.ENTRY_POINT_GROUP, "toy-ort", "wherevit_toy_plugin:ToyBackend")
+    _fake_distribution(tmp_path / "f", formats_base.ENTRY_POINT_GROUP, "toy", "wherevit_toy_plugin:NumpyOnnxCopy")
+    for p in (tmp_path, tmp_path / "b", tmp_path / "f"):
+        monkeypatch.syspath_prepend(str(p))
+    backends_base.BACKENDS.reload_entry_points()
+    formats_base.FORMATS.reload_entry_points()
+    assert "toy-ort" not in backends_base.BACKENDS.snapshot()[0]
+    assert registered_backends()["toy-ort"].__name__ == "ToyBackend"
+    assert registered_formats()["toy"].__name__ == "NumpyOnnxCopy"
+    sys.modules.pop("wherevit_toy_plugin", None)
