@@ -231,5 +231,8 @@ def write_report(out_dir: str | os.PathLike, study: Mapping[str, Any], records: 
     paths = {"results": atomic_write_text(out / "results.json", json.dumps(doc, indent=1, default=str)),
              "table": atomic_write_text(out / "table.md", f"# Study: {study['name']}\n\n" + table)}
     if plot and any(summary["cells"].values()):
-        paths["plot"] = plot_study(summary, metrics, out / "study.png", labels, title=study["name"])
+        try:
+            paths["plot"] = plot_study(summary, metrics, out / "study.png", labels, title=study["name"])
+        except ImportError:  # the plot is optional: results and table are written without matplotlib
+            pass
     return paths
