@@ -39,6 +39,7 @@ def main(verbose: bool) -> None:
     The train-then-export workflow (each command uses only files the ones before it wrote):
       wherevit train --config quickstart --out runs/qs      # DINO + SP on generated scenes (CPU ok)
       wherevit eval spatial runs/qs                          # position/scale probe on frozen features
+      wherevit study quickstart                              # the plug-in study: variants x seeds, intervals
       wherevit export runs/qs --out art/qs.onnx              # ONNX + sidecar, parity-checked
       wherevit export runs/qs --out art/qs.engine            # TensorRT(-RTX) engine (+ art/qs.onnx) + sidecars
       wherevit export runs/qs --out art/qs.pt2               # AOTInductor package for C++ (examples/cpp)
@@ -121,19 +122,24 @@ def eval_group() -> None:
 @click.option("--random-init", is_flag=True, help="Same architecture, random weights (the floor).")
 @click.option("--n-images", type=int, default=400, show_default=True, help="Held-out generated scenes.")
 @click.option("--crop-size", type=int, default=32, show_default=True, help="Patch size fed to the backbone.")
+@click.option("--folder", type=click.Path(path_type=Path), default=None,
+              help="Score on this folder of photographs (up to --n-images) instead of generated scenes.")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Also write the full result as JSON here.")
-def eval_spatial(checkpoint: str, which: str, random_init: bool, n_images: int, crop_size: int, json_out: Path | None) -> None:
+def eval_spatial(checkpoint: str, which: str, random_init: bool, n_images: int, crop_size: int, folder: Path | None,
+                 json_out: Path | None) -> None:
     """SP's position-and-scale prediction (MAE, R^2) and 8-way relative location on patch pairs.
 
     CHECKPOINT is a run directory, a checkpoint directory, a backbone.safetensors or a timm model name.
+    Both tasks are label-free: --folder scores a backbone on your own images.
     """
     from wherevit.base.io import atomic_write_text
     from wherevit.train.checkpoint import load_backbone
     from wherevit.train.evals.spatial import SpatialEvalConfig, evaluate_spatial
 
     model, info = _run(load_backbone, checkpoint, which=which, random_init=random_init)
-    res = _run(evaluate_spatial, model, SpatialEvalConfig(n_images=n_images, crop_size=crop_size))
+    res = _run(evaluate_spatial, model, SpatialEvalConfig(n_images=n_images, crop_size=crop_size,
+                                                          folder=str(folder) if folder else None))
     res["backbone"] = {k: info.get(k) for k in ("model", "source", "step", "file")}
     ps, rl = res["position_scale"], res["relative_location"]
     click.echo(f"backbone: {info['model']} ({info['source']}, step {info.get('step')})")
@@ -366,16 +372,22 @@ def train_head(task: str, checkpoint: str, data_spec: str, n_classes: int | None
 @click.argument("checkpoint")
 @click.option("--random-init", is_flag=True, help="Same architecture, random weights (the floor).")
 @click.option("--n-test", type=int, default=200, show_default=True)
-def eval_jigsaw(checkpoint: str, random_init: bool, n_test: int) -> None:
+@click.option("--folder", type=click.Path(path_type=Path), default=None,
+              help="Score tile placement on this folder of photographs instead of generated scenes (no recognition part).")
+def eval_jigsaw(checkpoint: str, random_init: bool, n_test: int, folder: Path | None) -> None:
     """SP's jigsaw understanding: 3x3 tile slot prediction and recognition of the reassembled image."""
     from wherevit.train.checkpoint import load_backbone
     from wherevit.train.evals.jigsaw import JigsawConfig, evaluate_jigsaw
 
     model, info = _run(load_backbone, checkpoint, random_init=random_init)
-    r = _run(evaluate_jigsaw, model, JigsawConfig(n_test=n_test, image_size=int(info["arch"]["img_size"][0])))
-    click.echo(f"jigsaw  per-tile {r['per_tile_acc']:.3f} (chance {r['chance_per_tile']:.3f})  full permutation "
-               f"{r['full_permutation_acc']:.3f}  recognition intact/shuffled/reassembled {r['recognition_intact']:.3f} / "
-               f"{r['recognition_shuffled']:.3f} / {r['recognition_reassembled']:.3f}")
+    r = _run(evaluate_jigsaw, model, JigsawConfig(n_test=n_test, image_size=int(info["arch"]["img_size"][0]),
+                                                  folder=str(folder) if folder else None))
+    line = (f"jigsaw  per-tile {r['per_tile_acc']:.3f} (chance {r['chance_per_tile']:.3f})  full permutation "
+            f"{r['full_permutation_acc']:.3f}")
+    if r["recognition_intact"] is not None:
+        line += (f"  recognition intact/shuffled/reassembled {r['recognition_intact']:.3f} / "
+                 f"{r['recognition_shuffled']:.3f} / {r['recognition_reassembled']:.3f}")
+    click.echo(line)
 
 
 @eval_group.command(name="probes")
@@ -390,6 +402,40 @@ def eval_probes(checkpoint: str, random_init: bool) -> None:
     r = _run(evaluate_probes, model, ProbeConfig(size=int(info["arch"]["img_size"][0])))
     click.echo(f"probes  k-NN {r['knn_acc']:.3f}  linear {r['linear_acc']:.3f}  (majority class {r['chance']:.3f}; "
                f"classes {', '.join(r['classes'])})")
+
+
+@main.command()
+@click.argument("config")
+@click.option("-s", "--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="Override a study-file value, e.g. --set seeds=[0,1,2,3] --set evaluation.folder=photos/ (repeatable).")
+@click.option("--runs", "runs_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Training runs and per-run results (the cache). Default: the study file's runs_dir.")
+@click.option("-o", "--out", "out", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Where results.json, table.md and study.png go. Default: the study file's out.")
+@click.option("--max-runs", type=int, default=None, help="Stop after this many new runs (run again to continue).")
+@click.option("--report-only", is_flag=True, help="Run nothing; write the report from the finished runs.")
+@click.option("--progress", is_flag=True, help="Show each training's progress bar.")
+def study(config: str, overrides: tuple[str, ...], runs_dir: Path | None, out: Path | None, max_runs: int | None,
+          report_only: bool, progress: bool) -> None:
+    """Run a plug-in study: variants x seeds, same budget, every evaluation; mean, 95% interval and paired
+    differences against the baseline.
+
+    CONFIG is a study file (configs/study_quickstart.yaml) or the name of a shipped one (quickstart).
+    Finished runs are cached and reused (also by other study files); an interrupted study continues
+    where it stopped, and a training cut off midway resumes from its checkpoint.
+    """
+    from wherevit.train.study import load_study_config, run_and_report
+
+    path = Path(config)
+    if not path.exists() and "/" not in config and not config.endswith((".yaml", ".yml")):
+        import importlib.resources
+
+        shipped = importlib.resources.files("wherevit.configs") / f"study_{config}.yaml"
+        path = Path(str(shipped)) if shipped.is_file() else path
+    cfg = _run(load_study_config, path, list(overrides))
+    command = "wherevit " + " ".join(sys.argv[1:]) if sys.argv and "study" in sys.argv else f"wherevit study {config}"
+    _run(run_and_report, cfg, runs_dir, out, command=command, progress=progress, echo=click.echo, max_runs=max_runs,
+         report_only=report_only)
 
 
 @main.group()

@@ -16,7 +16,7 @@ from wherevit.base.config import ConfigError, apply_overrides, from_dict, load_y
 
 __all__ = [
     "ModelConfig", "CropConfig", "DataConfig", "DinoConfig", "IBOTConfig", "OptimConfig", "TrainConfig",
-    "load_train_config", "preset_names",
+    "load_train_config", "preset_names", "config_path",
 ]
 
 
@@ -205,12 +205,13 @@ class TrainConfig:
 
 
 def preset_names() -> list[str]:
-    """Names of the YAML presets shipped in ``configs/``."""
+    """Names of the training presets shipped in ``configs/`` (``study_*.yaml`` are study files, not presets)."""
     root = importlib.resources.files("wherevit.configs")
-    return sorted(p.name[:-5] for p in root.iterdir() if p.name.endswith(".yaml"))
+    return sorted(p.name[:-5] for p in root.iterdir() if p.name.endswith(".yaml") and not p.name.startswith("study_"))
 
 
-def _resolve(config: str | Path) -> Path | None:
+def config_path(config: str | Path) -> Path | None:
+    """The YAML file behind a preset name (``quickstart``) or a path; None when there is none."""
     p = Path(config)
     if p.suffix in (".yaml", ".yml") or p.exists():
         return p
@@ -223,7 +224,7 @@ def load_train_config(config: str | Path | None, overrides: list[str] | None = N
     """Load a preset by name (``quickstart``) or a YAML path, apply ``key=value`` overrides, validate."""
     data: dict = {}
     if config is not None:
-        path = _resolve(config)
+        path = config_path(config)
         if path is None:
             raise ConfigError(f"no config file or preset named {config!r}; presets: {', '.join(preset_names())}")
         data = load_yaml(path)

@@ -8,12 +8,15 @@
    gaps) and one of its 8 neighbours; a least-squares classifier predicts which neighbour.
    Chance is 12.5%.
 
+Both tasks are label-free, so ``folder`` replaces the generated scenes by any folder of photographs.
+
 z is the concatenation of the CLS token and the mean patch token.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Optional
 
 import numpy as np
 import torch
@@ -22,6 +25,7 @@ from wherevit.train.backbone import embed_images
 from wherevit.train.data.geometry import PairSpec, sample_disentangled_pair, sp_target
 from wherevit.train.data.synthetic import render_scene
 from wherevit.train.data.views import crop_view
+from wherevit.train.evals.folder import load_folder_images
 from wherevit.train.evals.linear import RidgeProbe, r2_score
 
 __all__ = ["SpatialEvalConfig", "evaluate_spatial", "embed_crops"]
@@ -39,6 +43,7 @@ class SpatialEvalConfig:
     train_frac: float = 0.5
     batch_size: int = 256
     tile_gap: float = 0.1  # fraction of a tile left as jittered gap in the 8-way task
+    folder: Optional[str] = None  # photographs instead of generated scenes (up to n_images of them)
     extra: dict = field(default_factory=dict)
 
 
@@ -116,7 +121,12 @@ def evaluate_spatial(model: torch.nn.Module, cfg: SpatialEvalConfig | None = Non
     """Both spatial evaluations for a frozen backbone (must accept ``crop_size`` inputs)."""
     cfg = cfg or SpatialEvalConfig()
     model = model.eval()
-    images = [render_scene(cfg.seed * 1_000_003 + i, cfg.image_size) for i in range(cfg.n_images)]
+    if cfg.folder:
+        images = load_folder_images(cfg.folder, cfg.image_size, cfg.n_images, seed=cfg.seed)
+        data = {"data": f"folder {cfg.folder}", "n_skipped": len(images.skipped)}
+    else:
+        images = [render_scene(cfg.seed * 1_000_003 + i, cfg.image_size) for i in range(cfg.n_images)]
+        data = {"data": "generated scenes"}
     return {"position_scale": _position_scale(model, cfg, images), "relative_location": _relative_location(model, cfg, images),
-            "config": {"n_images": cfg.n_images, "image_size": cfg.image_size, "crop_size": cfg.crop_size,
-                       "pairs_per_image": cfg.pairs_per_image, "seed": cfg.seed}}
+            "config": {"n_images": len(images), "image_size": cfg.image_size, "crop_size": cfg.crop_size,
+                       "pairs_per_image": cfg.pairs_per_image, "seed": cfg.seed, **data}}

@@ -1,0 +1,238 @@
+"""A study's report: per-cell intervals, paired differences against the baseline, the results file,
+a Markdown table and a plot (torch-free; matplotlib only for the plot).
+
+Each cell is one metric of one variant over its seeds (mean, 95% Student-t interval). Each variant
+is compared with the baseline on the seeds both have: the interval of the mean paired difference
+either contains 0 ("noise": indistinguishable at this number of seeds) or not ("better"/"worse",
+by the metric's direction). The table bolds only differences outside the noise.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from wherevit.base.io import atomic_write_text, atomic_write_with
+from wherevit.train.study.stats import paired_difference, t_interval
+
+__all__ = ["summarise", "markdown_table", "plot_study", "machine_info", "package_versions", "write_report"]
+
+# the ISA features that decide CPU kernel speed (what /proc/cpuinfo calls them)
+_ISA = ("sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512_vnni", "avx512_bf16", "avx_vnni",
+        "amx_tile", "amx_bf16", "amx_int8", "neon", "asimd", "sve")
+
+
+def _values_by_variant(variants: Sequence[Mapping[str, Any]], baseline: str, records: Sequence[Mapping[str, Any]]
+                       ) -> dict[str, dict[str, dict[int, float]]]:
+    """variant -> metric -> seed -> value; chance rows read each seed's trivial baselines off a scored run."""
+    out: dict[str, dict[str, dict[int, float]]] = {v["name"]: {} for v in variants}
+    chance_src: dict[int, Mapping[str, float]] = {}
+    for r in records:
+        for metric, value in r["scores"].items():
+            out.setdefault(r["variant"], {}).setdefault(metric, {})[int(r["seed"])] = float(value)
+        if r["variant"] == baseline or int(r["seed"]) not in chance_src:
+            chance_src[int(r["seed"])] = r.get("chance", {})
+    for v in variants:
+        if v.get("kind") == "chance":
+            for seed, chance in chance_src.items():
+                for metric, value in chance.items():
+                    out[v["name"]].setdefault(metric, {})[seed] = float(value)
+    return out
+
+
+def summarise(variants: Sequence[Mapping[str, Any]], baseline: str, records: Sequence[Mapping[str, Any]],
+              metrics: Mapping[str, tuple[str, str, bool]], level: float = 0.95) -> dict[str, Any]:
+    """Intervals and paired differences for every (variant, metric) that has values.
+
+    ``variants``: dicts with ``name`` and ``kind``; ``metrics``: name -> (task, title, higher is better).
+    """
+    values = _values_by_variant(variants, baseline, records)
+    base = values.get(baseline, {})
+    cells: dict[str, dict[str, Any]] = {}
+    for v in variants:
+        name = v["name"]
+        cells[name] = {}
+        for metric, (_task, _title, higher) in metrics.items():
+            vals = values.get(name, {}).get(metric)
+            if not vals:
+                continue
+            cell: dict[str, Any] = {"values": {str(s): x for s, x in sorted(vals.items())},
+                                    "interval": t_interval(list(vals.values()), level).to_dict()}
+            if name == baseline:
+                cell["verdict"] = "baseline"
+            else:
+                diff = paired_difference(vals, base.get(metric, {}), level)
+                cell["diff"] = diff.to_dict() if diff else None
+                if diff is None or diff.half_width is None:
+                    cell["verdict"] = "n/a"  # fewer than two shared seeds: no interval, no claim
+                elif diff.contains(0.0):
+                    cell["verdict"] = "noise"
+                else:
+                    cell["verdict"] = "better" if (diff.mean > 0) == higher else "worse"
+            cells[name][metric] = cell
+    return {"level": level, "baseline": baseline, "kinds": {v["name"]: v.get("kind", "trained") for v in variants},
+            "cells": cells}
+
+
+def _fmt(x: float | None, digits: int) -> str:
+    return "n/a" if x is None else f"{x:.{digits}f}"
+
+
+def _digits(values: Sequence[float]) -> int:
+    big = max((abs(v) for v in values), default=0.0)
+    return 2 if big >= 10 else 3
+
+
+def markdown_table(summary: Mapping[str, Any], metrics: Mapping[str, tuple[str, str, bool]],
+                   labels: Mapping[str, str] | None = None) -> str:
+    """Metrics as rows, variants as columns: ``mean ± half-width`` and, beside it, the paired
+    difference to the baseline; bold only where that difference's interval excludes 0."""
+    cells, baseline = summary["cells"], summary["baseline"]
+    names = [n for n in cells if cells[n]]
+    labels = labels or {}
+    pct = int(round(summary["level"] * 100))
+    head = "| evaluation | " + " | ".join(labels.get(n, n) for n in names) + " |"
+    lines = [head, "|" + " --- |" * (len(names) + 1)]
+    for metric, (_task, title, higher) in metrics.items():
+        present = [cells[n][metric] for n in names if metric in cells[n]]
+        if not present:
+            continue
+        d = _digits([c["interval"]["mean"] for c in present])
+        row = [f"{title} {'↑' if higher else '↓'}"]
+        for n in names:
+            c = cells[n].get(metric)
+            if c is None:
+                row.append("")
+                continue
+            iv = c["interval"]
+            text = f"{_fmt(iv['mean'], d)} ± {_fmt(iv['half_width'], d)}"
+            diff = c.get("diff")
+            if diff and c["verdict"] in ("better", "worse"):
+                text += f" (**{diff['mean']:+.{d}f} ± {diff['half_width']:.{d}f}** {c['verdict']})"
+            elif diff and c["verdict"] == "noise":
+                text += f" ({diff['mean']:+.{d}f} ± {diff['half_width']:.{d}f}, noise)"
+            row.append(text)
+        lines.append("| " + " | ".join(row) + " |")
+    seeds = max((iv["interval"]["n"] for n in names for iv in cells[n].values()), default=0)
+    lines.append("")
+    lines.append(f"Mean ± half-width of the {pct}% Student-t interval over {seeds} seeds; in brackets the mean paired "
+                 f"difference to {labels.get(baseline, baseline)} on the same seeds with its {pct}% interval: "
+                 "**bold** where the interval excludes 0 (better/worse by the arrow's direction), \"noise\" where it "
+                 "contains 0. Chance rows are each evaluation's trivial baseline on the same split.")
+    return "\n".join(lines) + "\n"
+
+
+def plot_study(summary: Mapping[str, Any], metrics: Mapping[str, tuple[str, str, bool]], path: str | os.PathLike,
+               labels: Mapping[str, str] | None = None, title: str = "") -> Path:
+    """One panel per evaluation, variants side by side with their intervals; ``*`` marks a paired
+    difference to the baseline outside the noise; chance is a dashed line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cells, baseline = summary["cells"], summary["baseline"]
+    kinds = summary.get("kinds", {})
+    chance = [n for n in cells if cells[n] and kinds.get(n) == "chance"]
+    names = [n for n in cells if cells[n] and n not in chance]
+    labels = labels or {}
+    shown = [m for m in metrics if any(m in cells[n] for n in names)]
+    cols = min(4, max(1, len(shown)))
+    rows = -(-len(shown) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.4 * cols, 2.9 * rows), squeeze=False)
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for ax, metric in zip(axes.flat, shown):
+        _task, mtitle, higher = metrics[metric]
+        for i, n in enumerate(names):
+            c = cells[n].get(metric)
+            if c is None:
+                continue
+            iv = c["interval"]
+            err = iv["half_width"] or 0.0
+            ax.errorbar([i], [iv["mean"]], yerr=[err], fmt="o", capsize=4, color=colours[i % len(colours)],
+                        markerfacecolor="white" if n != baseline else None)
+            if c.get("verdict") in ("better", "worse"):
+                ax.annotate("*", (i, iv["mean"] + err), ha="center", va="bottom", fontsize=13)
+        for n in chance:
+            if metric in cells[n]:
+                ax.axhline(cells[n][metric]["interval"]["mean"], ls="--", lw=1, color="grey", label=labels.get(n, n))
+        ax.set_title(f"{mtitle} ({'higher' if higher else 'lower'} is better)", fontsize=8)
+        ax.set_xticks(range(len(names)), [labels.get(n, n) for n in names], rotation=30, ha="right", fontsize=7)
+        ax.tick_params(axis="y", labelsize=7)
+        ax.grid(axis="y", alpha=0.3)
+        ax.set_xlim(-0.5, len(names) - 0.5)
+        ax.margins(y=0.15)
+    if chance:
+        axes.flat[0].legend(fontsize=7, loc="best")
+    for ax in list(axes.flat)[len(shown):]:
+        ax.axis("off")
+    pct = int(round(summary["level"] * 100))
+    fig.suptitle(f"{title} (mean and {pct}% interval over seeds; * = paired difference to {labels.get(baseline, baseline)} "
+                 "outside the noise)", fontsize=9)
+    fig.tight_layout()
+    out = atomic_write_with(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
+    plt.close(fig)
+    return out
+
+
+def machine_info() -> dict[str, Any]:
+    """CPU model, cores and ISA flags, OS and Python: what the numbers were measured on."""
+    model, flags = platform.processor() or platform.machine(), set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name" and model in ("", platform.machine(), platform.processor()):
+                model = value.strip()
+            elif key.strip() in ("flags", "Features") and not flags:
+                flags = set(value.split())
+    except OSError:
+        pass
+    info = {"cpu": model, "cpu_count": os.cpu_count(), "isa": [f for f in _ISA if f in flags],
+            "platform": platform.platform(), "python": sys.version.split()[0]}
+    try:
+        info["sched_affinity"] = len(os.sched_getaffinity(0))
+    except AttributeError:
+        pass
+    return info
+
+
+def package_versions(names: Sequence[str] = ("wherevit", "torch", "timm", "numpy", "opencv-python-headless",
+                                              "safetensors", "matplotlib")) -> dict[str, str | None]:
+    out: dict[str, str | None] = {}
+    for n in names:
+        try:
+            out[n] = metadata.version(n)
+        except metadata.PackageNotFoundError:
+            out[n] = None
+    return out
+
+
+def write_report(out_dir: str | os.PathLike, study: Mapping[str, Any], records: Sequence[Mapping[str, Any]],
+                 missing: Sequence[str], metrics: Mapping[str, tuple[str, str, bool]], command: str,
+                 labels: Mapping[str, str] | None = None, plot: bool = True) -> dict[str, Path]:
+    """``results.json`` (every run's numbers, summary, machine, command, versions), ``table.md`` and
+    ``study.png`` in ``out_dir``; returns their paths."""
+    out = Path(out_dir)
+    variants = study["variants"]
+    summary = summarise(variants, study["baseline"], records, metrics)
+    table = markdown_table(summary, metrics, labels)
+    slim = [{k: r[k] for k in ("variant", "kind", "seed", "key", "train_key", "scores", "chance", "eval_seconds",
+                               "train", "finished") if k in r} | {"results": r.get("results")} for r in records]
+    doc = {"format": "wherevit.study/1", "name": study["name"], "command": command,
+           "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "machine": machine_info(),
+           "versions": package_versions(), "study": study, "complete": not missing, "missing": list(missing),
+           "summary": summary, "table_md": table, "runs": slim}
+    paths = {"results": atomic_write_text(out / "results.json", json.dumps(doc, indent=1, default=str)),
+             "table": atomic_write_text(out / "table.md", f"# Study: {study['name']}\n\n" + table)}
+    if plot and any(summary["cells"].values()):
+        try:
+            paths["plot"] = plot_study(summary, metrics, out / "study.png", labels, title=study["name"])
+        except ImportError:  # the plot is optional: results and table are written without matplotlib
+            pass
+    return paths
