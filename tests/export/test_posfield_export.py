@@ -18,6 +18,7 @@ from wherevit.train.plugins.posfield import PosFieldConfig, PositionalField
 
 
 def test_exported_graph_with_the_baked_field_matches_the_field_forward(tmp_path):
+    """(The engine build at the end runs where tensorrt_rtx is installed, as in CI.)"""
     over = {"total_steps": 2, "ckpt_every": 2, "ibot": {"enabled": True},
             "plugins": {"posfield": {"field_size": 8, "export_scale": "mean"}}}
     cfg = from_dict(TrainConfig, tiny_train_dict(**over))
@@ -51,3 +52,13 @@ def test_exported_graph_with_the_baked_field_matches_the_field_forward(tmp_path)
     with torch.no_grad():
         unbaked = forward_tokens(bb, x)
     assert np.abs(unbaked.patch.numpy() - patch).max() > 1e-3
+    # an engine builds from the baked graph like from any backbone (TensorRT-RTX builds on a CPU)
+    import importlib.util
+
+    if importlib.util.find_spec("tensorrt_rtx") is None:
+        return
+    eng = export_artifacts(ExportRequest(str(tmp_path / "run"), tmp_path / "eng", format="engine", batch=(1, 2, 2),
+                                         trt_lib="tensorrt_rtx", compute_capabilities=("SM86",)))
+    meta = read_sidecar(eng.engine)
+    assert eng.engine.stat().st_size > 10_000 and meta.engine["library"] == "tensorrt_rtx"
+    assert meta.model["positional"]["baked_into"] == "pos_embed"
