@@ -76,14 +76,14 @@ class CpuIsa:
 
 
 def parse_cpu_flags(cpuinfo: str) -> tuple[str, set[str]]:
-    """(model name, flags of the first processor) from /proc/cpuinfo text."""
+    """(model name, flags of the first processor) from /proc/cpuinfo text (x86 ``flags``, Arm ``Features``)."""
     model, flags = "", set()
     for line in cpuinfo.splitlines():
         key, _, value = line.partition(":")
         key = key.strip()
         if key == "model name" and not model:
             model = value.strip()
-        elif key == "flags" and not flags:
+        elif key in ("flags", "Features") and not flags:
             flags = set(value.split())
     return model, flags
 

@@ -54,3 +54,9 @@ def test_parse_keeps_the_first_processor():
     model, flags = parse_cpu_flags(SAPPHIRE_RAPIDS)
     assert "amx_tile" in flags and model.startswith("Intel")
     assert CpuIsa(model="m", arch="x86_64").summary == "no AVX2"
+
+
+def test_parse_reads_arm_features():
+    arm = "processor\t: 0\nBogoMIPS\t: 50.00\nFeatures\t: fp asimd evtstrm aes sve\n"
+    model, flags = parse_cpu_flags(arm)
+    assert model == "" and {"asimd", "sve"} <= flags

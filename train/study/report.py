@@ -18,6 +18,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from wherevit.base.cpu import parse_cpu_flags
 from wherevit.base.io import atomic_write_text, atomic_write_with
 from wherevit.train.study.stats import paired_difference, t_interval
 
@@ -183,18 +184,12 @@ def plot_study(summary: Mapping[str, Any], metrics: Mapping[str, tuple[str, str,
 
 def machine_info() -> dict[str, Any]:
     """CPU model, cores and ISA flags, OS and Python: what the numbers were measured on."""
-    model, flags = platform.processor() or platform.machine(), set()
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() == "model name" and model in ("", platform.machine(), platform.processor()):
-                model = value.strip()
-            elif key.strip() in ("flags", "Features") and not flags:
-                flags = set(value.split())
+        model, flags = parse_cpu_flags(Path("/proc/cpuinfo").read_text())
     except OSError:
-        pass
-    info = {"cpu": model, "cpu_count": os.cpu_count(), "isa": [f for f in _ISA if f in flags],
-            "platform": platform.platform(), "python": sys.version.split()[0]}
+        model, flags = "", set()
+    info = {"cpu": model or platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
+            "isa": [f for f in _ISA if f in flags], "platform": platform.platform(), "python": sys.version.split()[0]}
     try:
         info["sched_affinity"] = len(os.sched_getaffinity(0))
     except AttributeError:
