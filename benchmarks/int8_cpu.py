@@ -184,7 +184,7 @@ def main() -> None:
         "command": "python " + " ".join(sys.argv),
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "model": a.model, "input": [3, *pre.size], "batch": 1, "model_gflops_per_image": gflops,
-        "threads": {"onnxruntime_intra_op": len(os.sched_getaffinity(0)), "torch": torch.get_num_threads()},
+        "threads": {"onnxruntime_intra_op": a.threads, "torch": torch.get_num_threads()},
         "contention": {"loadavg_at_start": load_start, "loadavg_at_end": os.getloadavg(), "cores": os.cpu_count(),
                        "note": "the machine is shared with other sessions; latencies are each variant's best round"},
         "machine": machine, "torch_sgemm_2048_gflops": torch_peak, "rows": rows, "verdict": verdict,
