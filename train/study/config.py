@@ -63,6 +63,8 @@ class StudyConfig:
     plugin_settings: dict[str, dict[str, Any]] = field(default_factory=dict)  # per plug-in, over the preset's section
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     baseline: str = "dino"  # paired differences are taken against this variant
+    # variant -> its own reference variant, compared too (a plug-in on the iBOT host against DINO + iBOT)
+    contrasts: dict[str, str] = field(default_factory=dict)
     evaluation: SuiteConfig = field(default_factory=SuiteConfig)
     runs_dir: str = "runs/study"  # training runs and one results file per run (the cache)
     out: str = "benchmarks/results/study"  # results.json, table.md, study.png
@@ -74,9 +76,16 @@ class StudyConfig:
         dup = sorted({n for n in names if names.count(n) > 1})
         if dup:
             raise ValueError(f"variant names must be unique; repeated: {', '.join(dup)}")
-        base = {v.name: v for v in self.variants}.get(self.baseline)
+        by_name = {v.name: v for v in self.variants}
+        base = by_name.get(self.baseline)
         if base is None or base.kind != "trained":
             raise ValueError(f"baseline {self.baseline!r} must name a trained variant; variants: {', '.join(names)}")
+        for variant, ref in self.contrasts.items():
+            for n in (variant, ref):
+                if n not in by_name:
+                    raise ValueError(f"contrasts: {n!r} is not a variant; variants: {', '.join(names)}")
+            if variant == ref:
+                raise ValueError(f"contrasts: {variant!r} is compared with itself")
         for item in self.budget:
             if "=" not in item:
                 raise ValueError(f"budget override {item!r} must look like key.path=value")

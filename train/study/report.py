@@ -48,10 +48,13 @@ def _values_by_variant(variants: Sequence[Mapping[str, Any]], baseline: str, rec
 
 
 def summarise(variants: Sequence[Mapping[str, Any]], baseline: str, records: Sequence[Mapping[str, Any]],
-              metrics: Mapping[str, tuple[str, str, bool]], level: float = 0.95) -> dict[str, Any]:
+              metrics: Mapping[str, tuple[str, str, bool]], level: float = 0.95,
+              contrasts_of: Mapping[str, str] | None = None) -> dict[str, Any]:
     """Intervals and paired differences for every (variant, metric) that has values.
 
-    ``variants``: dicts with ``name`` and ``kind``; ``metrics``: name -> (task, title, higher is better).
+    ``variants``: dicts with ``name`` and ``kind``; ``metrics``: name -> (task, title, higher is better);
+    ``contrasts_of``: variant -> its own reference variant (e.g. a plug-in on the iBOT host against
+    DINO + iBOT), whose paired differences go to ``contrasts`` beside the baseline's.
     """
     values = _values_by_variant(variants, baseline, records)
     base = values.get(baseline, {})
@@ -68,17 +71,31 @@ def summarise(variants: Sequence[Mapping[str, Any]], baseline: str, records: Seq
             if name == baseline:
                 cell["verdict"] = "baseline"
             else:
-                diff = paired_difference(vals, base.get(metric, {}), level)
-                cell["diff"] = diff.to_dict() if diff else None
-                if diff is None or diff.half_width is None:
-                    cell["verdict"] = "n/a"  # fewer than two shared seeds: no interval, no claim
-                elif diff.contains(0.0):
-                    cell["verdict"] = "noise"
-                else:
-                    cell["verdict"] = "better" if (diff.mean > 0) == higher else "worse"
+                cell |= _compare(vals, base.get(metric, {}), higher, level)
             cells[name][metric] = cell
+    contrasts = []
+    for name, ref in (contrasts_of or {}).items():
+        rows = {}
+        for metric, (_task, _title, higher) in metrics.items():
+            vals, ref_vals = values.get(name, {}).get(metric), values.get(ref, {}).get(metric)
+            if vals and ref_vals:
+                rows[metric] = _compare(vals, ref_vals, higher, level)
+        contrasts.append({"variant": name, "reference": ref, "cells": rows})
     return {"level": level, "baseline": baseline, "kinds": {v["name"]: v.get("kind", "trained") for v in variants},
-            "cells": cells}
+            "cells": cells, "contrasts": contrasts}
+
+
+def _compare(vals: Mapping[int, float], ref: Mapping[int, float], higher: bool, level: float) -> dict[str, Any]:
+    """Paired difference ``vals - ref`` over their shared seeds and its verdict: better/worse by the
+    metric's direction when the interval excludes 0, noise when it contains it, n/a below two seeds."""
+    diff = paired_difference(vals, ref, level)
+    if diff is None or diff.half_width is None:
+        verdict = "n/a"  # fewer than two shared seeds: no interval, no claim
+    elif diff.contains(0.0):
+        verdict = "noise"
+    else:
+        verdict = "better" if (diff.mean > 0) == higher else "worse"
+    return {"diff": diff.to_dict() if diff else None, "verdict": verdict}
 
 
 def _fmt(x: float | None, digits: int) -> str:
@@ -112,13 +129,8 @@ def markdown_table(summary: Mapping[str, Any], metrics: Mapping[str, tuple[str, 
                 row.append("")
                 continue
             iv = c["interval"]
-            text = f"{_fmt(iv['mean'], d)} ± {_fmt(iv['half_width'], d)}"
-            diff = c.get("diff")
-            if diff and c["verdict"] in ("better", "worse"):
-                text += f" (**{diff['mean']:+.{d}f} ± {diff['half_width']:.{d}f}** {c['verdict']})"
-            elif diff and c["verdict"] == "noise":
-                text += f" ({diff['mean']:+.{d}f} ± {diff['half_width']:.{d}f}, noise)"
-            row.append(text)
+            diff = _fmt_diff(c, d)
+            row.append(f"{_fmt(iv['mean'], d)} ± {_fmt(iv['half_width'], d)}" + (f" ({diff})" if diff else ""))
         lines.append("| " + " | ".join(row) + " |")
     seeds = max((iv["interval"]["n"] for n in names for iv in cells[n].values()), default=0)
     lines.append("")
@@ -126,7 +138,29 @@ def markdown_table(summary: Mapping[str, Any], metrics: Mapping[str, tuple[str, 
                  f"difference to {labels.get(baseline, baseline)} on the same seeds with its {pct}% interval: "
                  "**bold** where the interval excludes 0 (better/worse by the arrow's direction), \"noise\" where it "
                  "contains 0. Chance rows are each evaluation's trivial baseline on the same split.")
+    contrasts = [c for c in summary.get("contrasts", []) if c["cells"]]
+    if contrasts:
+        lines += ["", "Paired differences against each variant's own reference (same seeds, same marks):", "",
+                  "| evaluation | " + " | ".join(f"{labels.get(c['variant'], c['variant'])} vs "
+                                                 f"{labels.get(c['reference'], c['reference'])}" for c in contrasts) + " |",
+                  "|" + " --- |" * (len(contrasts) + 1)]
+        for metric, (_task, title, higher) in metrics.items():
+            if not any(metric in c["cells"] for c in contrasts):
+                continue
+            d = _digits([cells[n][metric]["interval"]["mean"] for n in names if metric in cells[n]])
+            lines.append(f"| {title} {'↑' if higher else '↓'} | "
+                         + " | ".join(_fmt_diff(c["cells"][metric], d) if metric in c["cells"] else "" for c in contrasts)
+                         + " |")
     return "\n".join(lines) + "\n"
+
+
+def _fmt_diff(cell: Mapping[str, Any], digits: int) -> str:
+    """``-0.100 ± 0.025`` with the verdict: bold when outside the noise, empty without an interval."""
+    diff, verdict = cell.get("diff"), cell.get("verdict")
+    if not diff or verdict not in ("better", "worse", "noise"):
+        return ""
+    text = f"{diff['mean']:+.{digits}f} ± {diff['half_width']:.{digits}f}"
+    return f"**{text}** {verdict}" if verdict != "noise" else f"{text}, noise"
 
 
 def plot_study(summary: Mapping[str, Any], metrics: Mapping[str, tuple[str, str, bool]], path: str | os.PathLike,
@@ -215,7 +249,7 @@ def write_report(out_dir: str | os.PathLike, study: Mapping[str, Any], records: 
     ``study.png`` in ``out_dir``; returns their paths."""
     out = Path(out_dir)
     variants = study["variants"]
-    summary = summarise(variants, study["baseline"], records, metrics)
+    summary = summarise(variants, study["baseline"], records, metrics, contrasts_of=study.get("contrasts"))
     table = markdown_table(summary, metrics, labels)
     slim = [{k: r[k] for k in ("variant", "kind", "seed", "key", "train_key", "scores", "chance", "eval_seconds",
                                "train", "finished") if k in r} | {"results": r.get("results")} for r in records]

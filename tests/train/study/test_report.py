@@ -49,6 +49,27 @@ def test_the_table_bolds_only_differences_outside_the_noise():
     assert "2.650 ± 0.124" in rows["| depth RMSE (m) ↓"]  # dino: mean 2.65, sd 0.05 -> 4.302653 * 0.05 / sqrt(3)
 
 
+def test_contrasts_compare_a_variant_with_its_own_reference():
+    recs = records() + [{"variant": "ibot", "seed": seed, "scores": {"depth_rmse": r, "rel_loc_8way": 0.5}, "chance": {}}
+                        for seed, r in ((0, 2.55), (1, 2.66), (2, 2.57))]
+    variants = VARIANTS + [{"name": "ibot", "kind": "trained"}]
+    s = summarise(variants, "dino", recs, METRICS, contrasts_of={"sp": "ibot"})
+    (c,) = s["contrasts"]
+    # sp - ibot rmse: -0.05, -0.05, -0.03: mean -0.04333, sd 0.011547 -> half-width 4.302653 * 0.011547 / sqrt(3)
+    assert c["variant"] == "sp" and c["reference"] == "ibot"
+    assert c["cells"]["depth_rmse"]["diff"]["mean"] == pytest.approx(-0.13 / 3)
+    assert c["cells"]["depth_rmse"]["diff"]["half_width"] == pytest.approx(0.028684, abs=1e-5)
+    assert c["cells"]["depth_rmse"]["verdict"] == "better"
+    # 8-way: +0.06, +0.08, +0.03 over ibot's 0.5: mean 0.0567, sd 0.025166 -> half-width 0.0625 contains 0
+    assert c["cells"]["rel_loc_8way"]["verdict"] == "noise"
+    table = markdown_table(s, METRICS, {"sp": "DINO + SP", "ibot": "DINO + iBOT"})
+    assert "| evaluation | DINO + SP vs DINO + iBOT |" in table
+    assert "| depth RMSE (m) ↓ | **-0.043 ± 0.029** better |" in table
+    assert "| 8-way rel. loc. ↑ | +0.057 ± 0.063, noise |" in table
+    # the main table is unchanged: differences there are still against the baseline
+    assert summarise(variants, "dino", recs, METRICS)["cells"] == s["cells"]
+
+
 def test_the_results_file_records_machine_command_and_versions(tmp_path):
     study = {"name": "fixed", "baseline": "dino", "variants": VARIANTS}
     paths = write_report(tmp_path, study, records(), ["sp seed 3"], METRICS, "wherevit study fixed.yaml")

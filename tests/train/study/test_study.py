@@ -152,6 +152,15 @@ def test_a_variant_cannot_change_the_budget(tmp_path, variant, message):
         load_study_config(write_study(tmp_path, [variant]))
 
 
+@pytest.mark.parametrize("contrasts, message", [
+    ({"dino_sp": "dino_ibot"}, "contrasts: 'dino_ibot' is not a variant"),
+    ({"dino_sp": "dino_sp"}, "contrasts: 'dino_sp' is compared with itself"),
+])
+def test_contrasts_name_existing_distinct_variants(tmp_path, contrasts, message):
+    with pytest.raises(ConfigError, match=message):
+        load_study_config(write_study(tmp_path, TWO, contrasts=contrasts))
+
+
 def test_the_baseline_must_be_a_trained_variant(tmp_path):
     with pytest.raises(ConfigError, match="baseline 'dino' must name a trained variant"):
         load_study_config(write_study(tmp_path, [{"name": "random", "kind": "random"}]))
