@@ -7,7 +7,9 @@ times each with the runtime's ONNX Runtime CPU backend and PyTorch eager fp32 in
 with ``--threads 1`` the CPU time of the calling thread is measured too -- ONNX Runtime and PyTorch
 compute on it then -- which load from other processes does not inflate),
 measures per-sample cosine similarity to PyTorch fp32 on generated scenes disjoint from calibration,
-and compares the fp32 path with its roofline (model FLOPs over the measured fp32 GEMM peak).
+and compares the fp32 path with its roofline (model FLOPs over the measured fp32 GEMM peak). On a CPU
+with BF16 instructions (AVX-512 BF16, AMX) PyTorch eager under bf16 autocast is timed too, as the other
+low-precision path such a CPU offers.
 
     python benchmarks/int8_cpu.py --model vit_small_patch16_224 --out benchmarks/results/int8_cpu_vits16.json
 
@@ -39,6 +41,15 @@ from wherevit.export.api import ExportRequest, export_artifacts
 from wherevit.export.quantize import PARITY_SEED, QuantOptions, calibration_set, generated_images, quantize_onnx
 from wherevit.runtime.backends.onnxruntime import OrtCpu
 from wherevit.runtime.compare import compare
+
+
+BF16 = "torch eager bf16 (autocast)"
+
+
+def _bf16(ref: torch.nn.Module, x: np.ndarray):
+    """The fp32 reference under CPU bf16 autocast (matmuls in bf16, reductions in fp32)."""
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        return ref(torch.from_numpy(x))
 
 
 def _load(path: Path, threads: int):
@@ -103,6 +114,8 @@ def main() -> None:
     parity_x = {"images": pre(generated_images(pre.size, a.parity_images, PARITY_SEED + 6000))}
 
     runners = {"torch eager fp32": (lambda x: ref(torch.from_numpy(x)))}
+    if cpu_isa().bf16:  # the other low-precision path on AVX-512 BF16 / AMX CPUs; emulated (slow) elsewhere
+        runners[BF16] = lambda x: _bf16(ref, x)
     backends = {}
     for name, p in paths.items():
         backends[name], _ = _load(p, a.threads)
@@ -132,6 +145,11 @@ def main() -> None:
         cmp = compare({k: reference[k] for k in ("cls", "patch_tokens")}, got, min_cosine=0.99)
         cos[name] = {o.name: {"cos_mean": o.cos_mean, "cos_min": o.cos_min, "rel_l2": o.rel_l2} for o in cmp.outputs}
 
+    if BF16 in runners:
+        got = dict(zip(ref.output_names, (t.float().numpy() for t in _bf16(ref, parity_x["images"]))))
+        cmp = compare({k: reference[k] for k in ("cls", "patch_tokens")}, got, min_cosine=0.99)
+        cos[BF16] = {o.name: {"cos_mean": o.cos_mean, "cos_min": o.cos_min, "rel_l2": o.rel_l2} for o in cmp.outputs}
+
     machine = machine_info(peaks=False)
     clock = time.thread_time if a.threads == 1 else time.perf_counter
     from wherevit.app.machine import _best_seconds, measure_peaks, ort_gemm_peak
@@ -148,19 +166,20 @@ def main() -> None:
     gflops = model_gflops(ref, (1, 3, *pre.size))
     fp32_peak = max(machine["peaks"]["fp32"]["gflops"] or 0, torch_peak)
     int8_peak = machine["peaks"]["int8"]["gflops"]
+    bf16_peak = machine["peaks"]["bf16"]["gflops"]  # measured where BF16 rows run
     floor_ms = gflops / fp32_peak * 1e3
     eager = basis["torch eager fp32"]
     rows = []
     for name in runners:
         short = name.removeprefix("ort-cpu ")
-        is_int8 = "int8" in name
+        is_int8, is_bf16 = "int8" in name, name == BF16
         rows.append({"variant": name, "p50_ms_best_round": best[name], "p50_ms_rounds": rounds[name],
                      "cpu_ms_best_round": min(cpu_rounds[name]) if cpu_rounds[name] else None, "cpu_ms_rounds": cpu_rounds[name],
                      "latency_basis": "thread CPU time" if a.threads == 1 else "wall-clock p50",
                      "speedup_vs_torch_eager_fp32": eager / basis[name],
                      "model_gflops_per_s": gflops / (basis[name] / 1e3),
-                     "fraction_of_peak": gflops / (basis[name] / 1e3) / (int8_peak if is_int8 else fp32_peak),
-                     "peak_used": "int8 MatMulInteger" if is_int8 else "fp32 (best of ORT MatMul 1024^3, torch.mm 2048^3)",
+                     "fraction_of_peak": gflops / (basis[name] / 1e3) / (int8_peak if is_int8 else bf16_peak if is_bf16 else fp32_peak),
+                     "peak_used": "int8 MatMulInteger" if is_int8 else "bf16 torch.mm" if is_bf16 else "fp32 (best of ORT MatMul 1024^3, torch.mm 2048^3)",
                      "cosine_vs_torch_fp32": cos.get(short)})
     int8_rows = [r for r in rows if "int8" in r["variant"] and r["cosine_vs_torch_fp32"]
                  and min(v["cos_min"] for v in r["cosine_vs_torch_fp32"].values()) >= 0.99]
@@ -175,6 +194,7 @@ def main() -> None:
         "best_int8_speedup": best_int8 and best_int8["speedup_vs_torch_eager_fp32"],
         "best_int8_min_cosine": best_int8 and min(v["cos_min"] for v in best_int8["cosine_vs_torch_fp32"].values()),
         "int8_target_met": bool(best_int8 and best_int8["speedup_vs_torch_eager_fp32"] >= target),
+        "bf16_speedup": next((r["speedup_vs_torch_eager_fp32"] for r in rows if r["variant"] == BF16), None),
         "fp32_floor_ms_at_peak": floor_ms,
         "fp32_ort_ms": fp32_ort,
         "fp32_ort_over_floor": fp32_ort / floor_ms,
