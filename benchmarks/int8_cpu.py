@@ -52,6 +52,12 @@ def _bf16(ref: torch.nn.Module, x: np.ndarray):
         return ref(torch.from_numpy(x))
 
 
+def _cosines(reference: dict[str, np.ndarray], got: dict[str, np.ndarray]) -> dict[str, dict[str, float]]:
+    """Per-output cosine (mean, min over samples) and relative L2 of CLS and patch tokens against fp32."""
+    cmp = compare({k: reference[k] for k in ("cls", "patch_tokens")}, got, min_cosine=0.99)
+    return {o.name: {"cos_mean": o.cos_mean, "cos_min": o.cos_min, "rel_l2": o.rel_l2} for o in cmp.outputs}
+
+
 def _load(path: Path, threads: int):
     meta = read_sidecar(path)
     return OrtCpu(path, meta, threads=threads).activate(), meta
@@ -141,14 +147,9 @@ def main() -> None:
             part = b.infer({"images": parity_x["images"][i:i + 8]})
             for k, v in part.items():
                 got.setdefault(k, []).append(v)
-        got = {k: np.concatenate(v) for k, v in got.items()}
-        cmp = compare({k: reference[k] for k in ("cls", "patch_tokens")}, got, min_cosine=0.99)
-        cos[name] = {o.name: {"cos_mean": o.cos_mean, "cos_min": o.cos_min, "rel_l2": o.rel_l2} for o in cmp.outputs}
-
+        cos[name] = _cosines(reference, {k: np.concatenate(v) for k, v in got.items()})
     if BF16 in runners:
-        got = dict(zip(ref.output_names, (t.float().numpy() for t in _bf16(ref, parity_x["images"]))))
-        cmp = compare({k: reference[k] for k in ("cls", "patch_tokens")}, got, min_cosine=0.99)
-        cos[BF16] = {o.name: {"cos_mean": o.cos_mean, "cos_min": o.cos_min, "rel_l2": o.rel_l2} for o in cmp.outputs}
+        cos[BF16] = _cosines(reference, {k: t.float().numpy() for k, t in zip(ref.output_names, _bf16(ref, parity_x["images"]))})
 
     machine = machine_info(peaks=False)
     clock = time.thread_time if a.threads == 1 else time.perf_counter
