@@ -132,7 +132,8 @@ def markdown_table(summary: Mapping[str, Any], metrics: Mapping[str, tuple[str, 
             diff = _fmt_diff(c, d)
             row.append(f"{_fmt(iv['mean'], d)} ± {_fmt(iv['half_width'], d)}" + (f" ({diff})" if diff else ""))
         lines.append("| " + " | ".join(row) + " |")
-    seeds = max((iv["interval"]["n"] for n in names for iv in cells[n].values()), default=0)
+    ns = sorted({iv["interval"]["n"] for n in names for iv in cells[n].values()}) or [0]
+    seeds = f"{ns[0]}" if len(ns) == 1 else f"{ns[0]}-{ns[-1]}"  # a partial study: say so, not the most
     lines.append("")
     lines.append(f"Mean ± half-width of the {pct}% Student-t interval over {seeds} seeds; in brackets the mean paired "
                  f"difference to {labels.get(baseline, baseline)} on the same seeds with its {pct}% interval: "

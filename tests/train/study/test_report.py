@@ -47,6 +47,9 @@ def test_the_table_bolds_only_differences_outside_the_noise():
     assert "(**-0.100 ± 0.025** better)" in rows["| depth RMSE (m) ↓"]
     assert "(+0.007 ± 0.063, noise)" in rows["| 8-way rel. loc. ↑"] and "**" not in rows["| 8-way rel. loc. ↑"].split("|")[3]
     assert "2.650 ± 0.124" in rows["| depth RMSE (m) ↓"]  # dino: mean 2.65, sd 0.05 -> 4.302653 * 0.05 / sqrt(3)
+    assert "interval over 3 seeds" in table
+    partial = [r for r in records() if not (r["variant"] == "sp" and r["seed"] == 2)]
+    assert "interval over 2-3 seeds" in markdown_table(summarise(VARIANTS, "dino", partial, METRICS), METRICS)
 
 
 def test_contrasts_compare_a_variant_with_its_own_reference():
