@@ -96,7 +96,7 @@ class Model:
                 raise InvalidRequest(f"unknown backend {name!r}; known: {', '.join(backends)}")
             return backends[name](self.artifact, self.meta, **opts).activate()
         reasons = []
-        for cand in auto_order():
+        for cand in auto_order(self.meta):
             reason = backends[cand].unavailable_reason(self.meta)
             if reason is None:
                 return backends[cand](self.artifact, self.meta, **opts).activate()
