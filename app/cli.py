@@ -161,8 +161,9 @@ def eval_spatial(checkpoint: str, which: str, random_init: bool, n_images: int, 
               help="int8: also an INT8 ONNX quantised from the fp32 one (ONNX Runtime), cosine-parity checked.")
 @click.option("-b", "--batch", default="1:8:64", show_default=True,
               help="min:opt:max batch for the dynamic batch axis and the TensorRT profile (opt = typical batch).")
-@click.option("--quant", "quant_mode", type=click.Choice(["static", "dynamic"]), default="static", show_default=True,
-              help="int8: static Q/DQ (calibrated, batch-independent) or dynamic (scales per call over the batch; served one image at a time).")
+@click.option("--quant", "quant_mode", type=click.Choice(["static", "dynamic", "nncf"]), default="static", show_default=True,
+              help="int8: static Q/DQ (calibrated, batch-independent) or dynamic (scales per call over the batch; served one image at a time), "
+                   "or nncf (NNCF's transformer preset, calibrated like static: the faster graph on OpenVINO; needs wherevit[nncf]).")
 @click.option("--calib", default=None, type=click.Path(file_okay=False),
               help="int8: folder of calibration images (default: generated scenes).")
 @click.option("--calib-count", type=int, default=64, show_default=True, help="int8: calibration images used.")
@@ -197,10 +198,12 @@ def eval_spatial(checkpoint: str, which: str, random_init: bool, n_images: int, 
 @click.option("--triton-instance-kind", type=click.Choice(["default", "auto", "gpu", "cpu", "model"]), default="default",
               show_default=True, help="Triton instance_group kind (default: gpu for engines, auto for ONNX).")
 @click.option("--triton-instances", type=int, default=1, show_default=True, help="Triton instance_group count.")
+@click.option("--triton-backend", type=click.Choice(["default", "openvino"]), default="default", show_default=True,
+              help="openvino: Triton's OpenVINO backend on CPU instances (ONNX) instead of the kind's platform.")
 def export(checkpoint: str, fmt: str | None, precision: str, batch: str, imgsz: int | None, out: Path, which: str,
            dynamic_hw: bool, no_pooled: bool, trt_lib: str, ccs: str | None, strongly_typed: bool | None,
            workspace_mb: int, rtol: float | None, expect_model: str | None, head: str | None, device: str,
-           triton_name: str | None, triton_queue_delay_us: int, triton_instance_kind: str, triton_instances: int,
+           triton_name: str | None, triton_queue_delay_us: int, triton_instance_kind: str, triton_instances: int, triton_backend: str,
            quant_mode: str, calib: str | None, calib_count: int, calib_method: str, min_cosine: float,
            reduce_range: bool | None) -> None:
     """Export a backbone to ONNX, a TensorRT engine, an AOTInductor package or a Triton model repository,
@@ -216,7 +219,7 @@ def export(checkpoint: str, fmt: str | None, precision: str, batch: str, imgsz: 
 
     out_dir, fmt, out_file = _run(resolve_output, out, fmt)
     triton = _run(TritonOptions, name=triton_name, max_queue_delay_us=triton_queue_delay_us, instance_kind=triton_instance_kind,
-                  instance_count=triton_instances)
+                  instance_count=triton_instances, backend=triton_backend)
     req = ExportRequest(
         checkpoint=checkpoint, out_dir=out_dir, out_file=out_file, format=fmt, precision=precision, batch=_run(parse_batch, batch),
         imgsz=imgsz, which=which, dynamic_hw=dynamic_hw, pooled=not no_pooled, trt_lib=trt_lib,
@@ -249,7 +252,7 @@ def export(checkpoint: str, fmt: str | None, precision: str, batch: str, imgsz: 
 @click.option("--grpc-port", type=int, default=None,
               help="Also serve the KServe v2 / Triton gRPC API on this port (same batcher; needs grpcio and tritonclient[grpc]).")
 @click.option("--name", default=None, help="Model name in URLs (default: the artifact's timm model name).")
-@click.option("--backend", default="auto", show_default=True, help="ort-cpu, ort-cuda, ort-trt, tensorrt, or auto.")
+@click.option("--backend", default="auto", show_default=True, help="ort-cpu, openvino, ort-cuda, ort-trt, tensorrt, or auto.")
 @click.option("--max-batch", type=int, default=None, help="Images per executed batch (default: the artifact's max).")
 @click.option("--max-wait-ms", type=float, default=2.0, show_default=True, help="How long a batch waits to fill.")
 @click.option("--max-queue", type=int, default=256, show_default=True, help="Queued requests; more get 503.")
@@ -277,10 +280,11 @@ def serve(artifact: str, host: str, port: int, grpc_port: int | None, name: str 
 @main.command()
 @click.argument("target")
 @click.option("--backends", default="all", show_default=True,
-              help="Comma list of registered backends (ort-cpu, ort-cuda, ort-trt, tensorrt, torch-eager, torch-compile, "
+              help="Comma list of registered backends (ort-cpu, openvino, ort-cuda, ort-trt, tensorrt, torch-eager, torch-compile, "
                    "torch-compile-cudagraphs, and any a plug-in package adds), or all.")
 @click.option("--batch", "batches", default="1,8", show_default=True, help="Comma list of batch sizes.")
-@click.option("--precision", "precisions", default="fp32", show_default=True, help="Comma list of fp32, fp16, bf16.")
+@click.option("--precision", "precisions", default="fp32", show_default=True,
+              help="Comma list of fp32, fp16, bf16, int8, int8-dynamic, int8-nncf.")
 @click.option("--reference", default=None, help="Checkpoint for the PyTorch rows and parity (default: the sidecar's).")
 @click.option("--no-copies", is_flag=True, help="Time device work only (inputs already on the GPU) where the backend allows.")
 @click.option("--min-seconds", type=float, default=1.0, show_default=True, help="Minimum timed duration per row.")

@@ -40,7 +40,7 @@ __all__ = [
 
 log = logging.getLogger("wherevit.export")
 
-QUANT_MODES = ("static", "dynamic")
+QUANT_MODES = ("static", "dynamic", "nncf")  # nncf: export/nncf_quant.py (NNCF's transformer preset, for OpenVINO)
 CALIB_METHODS = ("minmax", "entropy", "percentile")
 MIN_CALIB_IMAGES = 8  # fewer than this gives ranges set by a handful of images
 STATIC_OPS = ("MatMul", "Gemm", "Conv")
@@ -73,12 +73,17 @@ class QuantOptions:
             raise ValueError(f"quantisation mode must be one of {', '.join(QUANT_MODES)}, got {self.mode!r}")
         if self.method not in CALIB_METHODS:
             raise ValueError(f"calibration method must be one of {', '.join(CALIB_METHODS)}, got {self.method!r}")
-        if self.mode == "static" and self.calib_count < MIN_CALIB_IMAGES:
+        if self.calibrated and self.calib_count < MIN_CALIB_IMAGES:
             raise CalibrationError(f"--calib-count {self.calib_count} is too few to calibrate; use at least {MIN_CALIB_IMAGES}")
         if not 0.0 < self.min_cosine <= 1.0:
             raise ValueError(f"minimum cosine similarity must be in (0, 1], got {self.min_cosine}")
         if self.parity_count < 2 or self.calib_batch < 1:
             raise ValueError(f"parity_count must be >= 2 and calib_batch >= 1, got {self.parity_count}, {self.calib_batch}")
+
+    @property
+    def calibrated(self) -> bool:
+        """Activation scales fixed by calibration images (static and nncf), not computed per call (dynamic)."""
+        return self.mode != "dynamic"
 
 
 def reduce_range_decision(opts: QuantOptions, isa: CpuIsa | None = None) -> tuple[bool, str]:
@@ -139,7 +144,7 @@ def read_images(paths: Sequence[Path]) -> list[np.ndarray]:
 
 def check_calibration_folder(opts: QuantOptions) -> None:
     """Fail fast (before any export step) on a folder that cannot calibrate: missing, empty, too few or unreadable images."""
-    if opts.mode != "static" or opts.calib is None:
+    if not opts.calibrated or opts.calib is None:
         return
     files = _folder_images(Path(opts.calib))
     if len(files) < opts.calib_count:
@@ -216,6 +221,10 @@ def quantize_onnx(fp32_onnx: Path, out: Path, opts: QuantOptions, calib: Calibra
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_dynamic, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
+    if opts.mode == "nncf":
+        from wherevit.export.nncf_quant import quantize_nncf
+
+        return quantize_nncf(fp32_onnx, out, opts, calib, isa)
     if opts.mode == "static" and calib is None:
         raise CalibrationError("static quantisation needs calibration images")
     t0 = time.perf_counter()

@@ -1,4 +1,4 @@
-"""``int8``: the fp32 ONNX this call wrote -> an INT8 ONNX (ONNX Runtime static Q/DQ or dynamic) + cosine parity + sidecar.
+"""``int8``: the fp32 ONNX this call wrote -> an INT8 ONNX (ONNX Runtime static Q/DQ or dynamic, or NNCF) + cosine parity + sidecar.
 
 Options: ``ExportRequest.format_options["int8"]``, a ``QuantOptions``. Quantisation itself is ``export/quantize.py``; parity (per-sample cosine against PyTorch fp32 on
 calibration-disjoint images, and a head's own metric) is ``export/quant_parity.py``. With
@@ -37,6 +37,10 @@ class Int8Format(ExportFormat):
         quant = req.format_options.get(self.name) or QuantOptions()  # `wherevit export --quant/--calib...`
         if not isinstance(quant, QuantOptions):
             raise InvalidRequest(f"format_options['int8'] must be a QuantOptions, got {type(quant).__name__}")
+        if quant.mode == "nncf":
+            from wherevit.export.nncf_quant import check_nncf
+
+            check_nncf(req.format)
         if req.format == "engine":  # a missing TensorRT library fails here, before the slow steps
             self.plan = plan_build(detect_flavour(req.trt_lib), "int8", tuple(req.compute_capabilities), req.strongly_typed)
             # TensorRT's explicit quantisation takes int8 activations with zero point 0 and 8-bit DQ inputs only.
@@ -51,8 +55,8 @@ class Int8Format(ExportFormat):
         assert self.quant is not None, "check() runs first"
         quant, src = self.quant, ctx.produced["onnx"]
         src_meta = read_sidecar(src, verify_hash=False)
-        calib = calibration_set(ctx.preprocess, ctx.input_names, quant) if quant.mode == "static" else None
-        suffix = "_dynamic" if quant.mode == "dynamic" else ""  # static and dynamic artifacts can sit side by side
+        calib = calibration_set(ctx.preprocess, ctx.input_names, quant) if quant.calibrated else None
+        suffix = "" if quant.mode == "static" else f"_{quant.mode}"  # static, dynamic and nncf artifacts can sit side by side
         stem = ctx.req.out_file.stem if ctx.req.out_file is not None else ctx.stem  # `-o art/qs.onnx` -> art/qs_int8.onnx
         out = ctx.track(ctx.out_dir / f"{stem}_int8{suffix}.onnx")
         facts = quantize_onnx(src, out, quant, calib)
