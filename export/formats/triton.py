@@ -52,10 +52,13 @@ class TritonOptions:
     instance_kind: str = "default"  # default: gpu for engines, auto for ONNX; or auto, gpu, cpu, model
     instance_count: int = 1
     gpus: tuple[int, ...] = ()  # GPU ids for KIND_GPU instances (empty: every GPU)
+    backend: str = "default"  # default: the platform of the artifact's kind; "openvino": Triton's OpenVINO backend (ONNX, CPU)
 
     def __post_init__(self) -> None:
         if self.instance_kind != "default" and self.instance_kind not in _KINDS:
             raise TritonRepositoryError(f"instance kind {self.instance_kind!r}: choose one of default, {', '.join(_KINDS)}")
+        if self.backend not in ("default", "openvino"):
+            raise TritonRepositoryError(f"Triton backend {self.backend!r}: choose default or openvino")
         if self.instance_count < 1 or self.max_queue_delay_us < 0 or (self.version is not None and self.version < 1):
             raise TritonRepositoryError(f"invalid Triton options {self}: instance_count >= 1, max_queue_delay_us >= 0, version >= 1")
         if self.name is not None and not re.fullmatch(r"[A-Za-z0-9_.-]+", self.name):
@@ -115,6 +118,11 @@ def triton_config_text(meta: Sidecar, name: str, options: TritonOptions = Triton
     if not all(1 <= b <= hi for b in preferred):
         raise TritonRepositoryError(f"preferred batch sizes {preferred} must lie in 1..{hi} (the profile's max)")
     inst = options.instance_kind if options.instance_kind != "default" else ("gpu" if kind == "engine" else "auto")
+    openvino = options.backend == "openvino"
+    if openvino and (kind != "onnx" or inst == "gpu"):
+        raise TritonRepositoryError(f"Triton's OpenVINO backend runs ONNX graphs on CPU instances (this is a {kind} "
+                                    f"artifact, instance kind {inst}); use --triton-backend default")
+    inst = "cpu" if openvino and inst == "auto" else inst
     gpus = f" gpus: [ {', '.join(map(str, options.gpus))} ]" if options.gpus and inst == "gpu" else ""
     params = {
         "wherevit.preprocess": json.dumps(meta.preprocess, sort_keys=True),
@@ -122,10 +130,13 @@ def triton_config_text(meta: Sidecar, name: str, options: TritonOptions = Triton
         "wherevit.sidecar": _PLATFORMS[kind][1] + ".json",
         "wherevit.precision": meta.precision,
     }
+    if openvino:  # the parameters the OpenVINO backend reads; the wherevit.* ones it ignores
+        params.update({"NUM_STREAMS": "1", "PERFORMANCE_HINT": "LATENCY"})
     lines = [
         f"# Written by wherevit from {meta.artifact.file if meta.artifact else 'an artifact'}; the sidecar beside the model has the rest.",
         f"name: {_pbtxt_string(name)}",
-        f"platform: {_pbtxt_string(platform)}",
+        *(['backend: "openvino"', f"default_model_filename: {_pbtxt_string(_PLATFORMS[kind][1])}"] if openvino else
+          [f"platform: {_pbtxt_string(platform)}"]),
         f"max_batch_size: {hi}",
         "input [\n" + ",\n".join(_tensor(t, True) for t in meta.inputs) + "\n]",
         "output [\n" + ",\n".join(_tensor(t, False) for t in meta.outputs) + "\n]",
@@ -212,6 +223,9 @@ def write_triton_model(artifact: str | os.PathLike, repo: str | os.PathLike, opt
     if move:
         sidecar_path(artifact).unlink(missing_ok=True)
     notes = []
+    if options.backend == "openvino":
+        notes.append("Triton's OpenVINO backend uses OpenVINO's default inference precision: bf16 on CPUs with BF16 units "
+                     "(AMX, AVX-512 BF16), and it has no parameter to force f32; wherevit's own openvino backend keeps f32")
     if kind == "engine":
         eng = meta.engine or {}
         if eng.get("library") == "tensorrt_rtx":
