@@ -9,7 +9,10 @@ error for fp32/fp16 rows, per-sample cosine similarity for int8 and bf16 rows. T
 names the CPU's ISA and its measured GEMM peaks per dtype (``app/machine.py``); each CPU row carries
 its fraction of the peak of its dtype.
 
-Precisions: fp32, fp16, bf16, int8 (static Q/DQ) and int8-dynamic (dynamic quantisation).
+Precisions: fp32, fp16, bf16, int8 (static Q/DQ), int8-dynamic (dynamic quantisation) and int8-nncf (NNCF's
+graph for OpenVINO). A backend that lowers precision itself (OpenVINO's bf16 inference precision)
+runs its bf16 row from the fp32 artifact where no bf16 one was exported; the row's ``extra`` records
+what it computed in and why, and the table's note shows it.
 """
 
 from __future__ import annotations
@@ -37,7 +40,7 @@ from wherevit.runtime.compare import DEFAULT_MIN_COSINE, DEFAULT_RTOL, compare
 __all__ = ["BenchRow", "BenchRequest", "TimingConfig", "time_callable", "machine_info", "write_results", "format_table",
            "run_bench", "bench_precision", "COSINE_ROWS"]
 
-COSINE_ROWS = ("int8", "int8-dynamic", "bf16")  # parity by per-sample cosine rather than relative L2
+COSINE_ROWS = ("int8", "int8-dynamic", "int8-nncf", "bf16")  # parity by per-sample cosine rather than relative L2
 
 
 @dataclass
@@ -155,6 +158,9 @@ def format_table(rows: list[BenchRow]) -> str:
     f = lambda v, fmt: format(v, fmt) if v is not None else "-".rjust(int(fmt.split(".")[0]))
     for r in rows:
         note = r.reason if r.status != "ok" else ("PARITY FAIL" if r.parity_ok is False else "")
+        compute = (r.extra.get("backend") or {}).get("inference_precision")
+        if r.status == "ok" and compute:
+            note = f"computes {compute} ({r.extra['backend'].get('isa')}) {note}".rstrip()
         if r.precision in COSINE_ROWS and r.cos_min is not None:
             parity = f"cos {r.cos_min:.4f}".rjust(16)
         else:
@@ -261,7 +267,7 @@ def _artifacts_for(req: BenchRequest, notes: list[str]) -> Artifacts:
     for p in req.precisions:
         fmt = "engine" if want_engine else "onnx"
         prec = "int8" if p.startswith("int8") else p
-        quant = QuantOptions(mode="dynamic" if p == "int8-dynamic" else "static")
+        quant = QuantOptions(mode={"int8-dynamic": "dynamic", "int8-nncf": "nncf"}.get(p, "static"))
         try:
             res = export_artifacts(ExportRequest(req.target, req.out_dir / "artifacts", format=fmt, precision=prec, batch=batch,
                                                  imgsz=req.imgsz, format_options={"int8": quant}))
@@ -280,8 +286,8 @@ def _artifacts_for(req: BenchRequest, notes: list[str]) -> Artifacts:
 
 def bench_precision(meta: Sidecar) -> str:
     """A row's precision label: the sidecar's, with dynamic INT8 told apart from static Q/DQ."""
-    q = meta.quantization or {}
-    return "int8-dynamic" if meta.precision == "int8" and q.get("mode") == "dynamic" else meta.precision
+    mode = (meta.quantization or {}).get("mode")
+    return f"int8-{mode}" if meta.precision == "int8" and mode in ("dynamic", "nncf") else meta.precision
 
 
 def _with_reference(arts: Artifacts, reference: str | None) -> Artifacts:
@@ -312,9 +318,13 @@ def _register_torch_backends() -> str | None:
 def _pick(arts: Artifacts, cls: type[Backend], precision: str) -> tuple[Path, Sidecar] | None:
     """The artifact a backend runs at ``precision``: one of its kinds, or (PyTorch backends, which
     rebuild the source model) any artifact, re-labelled with that precision."""
+    # a backend that lowers precision itself runs that row from a wider graph (OpenVINO: bf16 from fp32 on a BF16 CPU)
+    sources = cls.precision_sources(precision) if hasattr(cls, "precision_sources") else (precision,)
     for kind in cls.kinds:
-        if (kind, precision) in arts:
-            return arts[(kind, precision)]
+        for src in sources:
+            if (kind, src) in arts:
+                path, meta = arts[(kind, src)]
+                return path, meta if src == precision else dataclasses.replace(meta, precision=precision)
     if not cls.kinds and arts:
         path, meta = next(iter(arts.values()))
         return path, dataclasses.replace(meta, precision=precision)
@@ -424,7 +434,7 @@ def _bench_one(cls: type[Backend], prec: str, arts: Artifacts, buffers, ref_out:
     picked = _pick(arts, cls, prec)
     if picked is None:
         kinds = "/".join(cls.kinds)
-        how = f"--precision int8{' --quant dynamic' if prec == 'int8-dynamic' else ''}" if prec.startswith("int8") else f"--precision {prec}"
+        how = f"--precision int8{' --quant ' + prec[5:] if prec.startswith('int8-') else ''}" if prec.startswith("int8") else f"--precision {prec}"
         return skip(f"no {prec} {kinds} artifact (export one with --format {cls.kinds[0]} {how})")
     art, meta = picked
     reason = cls.unavailable_reason(meta)
@@ -465,6 +475,8 @@ def _bench_backend(backend: Backend, prec: str, b: int, bufs: list[dict], ref, r
         return BenchRow(name, prec, b, "failed", f"{type(e).__name__}: {str(e)[:300]}")
     row = BenchRow(name, prec, b, "ok", **t, throughput_ips=b * 1000 / t["mean_ms"], artifact=str(art),
                    artifact_bytes=art.stat().st_size if art.is_file() else None, extra=extra, **parity_fields(ref, out, rtol, min_cos))
+    if getattr(backend, "info", None):  # what the backend computed in, and why (OpenVINO's inference precision)
+        row.extra["backend"] = backend.info
     split = getattr(backend, "last_timings", None)
     if split:
         row.h2d_ms, row.compute_ms, row.d2h_ms = split.get("h2d_ms"), split.get("compute_ms"), split.get("d2h_ms")

@@ -145,3 +145,45 @@ def test_serving_on_openvino_batches_across_requests(onnx_artifact):
         assert max(sizes) > 1 and sum(sizes) == len(xs)  # requests shared executed batches
         for x, o in zip(xs, outs):
             assert _rel_l2(o["cls"], ref.run(x).cls) < 1e-5
+
+
+@needs_ov
+def test_bench_rows_side_by_side_with_compute_precision_and_isa(onnx_artifact, tmp_path):
+    import json
+
+    from click.testing import CliRunner
+
+    from wherevit.app.cli import main
+
+    res = CliRunner().invoke(main, ["bench", str(onnx_artifact), "--batch", "2", "--backends", "ort-cpu,openvino",
+                                    "--precision", "fp32,bf16", "--min-seconds", "0.05", "--min-iters", "3", "--warmup", "1",
+                                    "-o", str(tmp_path / "b")])
+    assert res.exit_code == 0, res.output
+    by = {(r["backend"], r["precision"]): r for r in json.loads((tmp_path / "b" / "bench.json").read_text())["rows"]}
+    fp32 = by[("openvino", "fp32")]
+    assert fp32["status"] == "ok" and fp32["parity_ok"] is True and fp32["rel_l2"] < 1e-4 and fp32["fraction_of_peak"] > 0
+    assert fp32["extra"]["backend"]["inference_precision"] == "f32" and fp32["extra"]["backend"]["isa"] == cpu_isa().summary
+    assert by[("ort-cpu", "fp32")]["status"] == "ok" and "no bf16" in by[("ort-cpu", "bf16")]["reason"]
+    bf16 = by[("openvino", "bf16")]
+    if cpu_isa().bf16:  # the fp32 graph, lowered to bf16 by OpenVINO, judged by cosine
+        assert bf16["status"] == "ok" and bf16["artifact"].endswith("model_fp32.onnx") and bf16["cos_min"] >= 0.99
+        assert bf16["rel_l2"] > 1e-4 and bf16["extra"]["backend"]["inference_precision"] == "bf16"
+        assert f"computes bf16 ({cpu_isa().summary})" in res.output
+    else:
+        assert bf16["status"] == "skipped" and "no bf16 onnx artifact" in bf16["reason"]
+    assert f"computes f32 ({cpu_isa().summary})" in res.output
+
+
+@needs_ov
+def test_openvino_gemm_peaks_join_the_machine_section():
+    from wherevit.app.machine import measure_peaks, openvino_gemm_peak
+
+    for dtype in ("fp32", "int8"):
+        p = openvino_gemm_peak(dtype, n=256, repeats=2, threads=1)
+        assert p.kernel.startswith("openvino") and 0.1 < p.gflops < 1e5 and p.threads == 1
+    assert (openvino_gemm_peak("bf16", n=256, repeats=1, isa=AVX2).skipped or "").startswith("this CPU")
+    peaks = measure_peaks(n=256, repeats=1)["peaks"]
+    for dtype, p in peaks.items():  # each dtype's peak is its best kernel; the others are kept beside it
+        kernels = [p] + p["alternatives"]
+        assert any(k["kernel"].startswith("openvino") for k in kernels)
+        assert p["gflops"] is None or p["gflops"] == max(k["gflops"] or 0 for k in kernels)
