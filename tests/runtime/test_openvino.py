@@ -183,7 +183,7 @@ def test_openvino_gemm_peaks_join_the_machine_section():
         assert p.kernel.startswith("openvino") and 0.1 < p.gflops < 1e5 and p.threads == 1
     assert (openvino_gemm_peak("bf16", n=256, repeats=1, isa=AVX2).skipped or "").startswith("this CPU")
     peaks = measure_peaks(n=256, repeats=1)["peaks"]
-    for dtype, p in peaks.items():  # each dtype's peak is its best kernel; the others are kept beside it
+    for p in peaks.values():  # each dtype's peak is its best kernel; the others are kept beside it
         kernels = [p] + p["alternatives"]
         assert any(k["kernel"].startswith("openvino") for k in kernels)
         assert p["gflops"] is None or p["gflops"] == max(k["gflops"] or 0 for k in kernels)
