@@ -32,10 +32,11 @@ from wherevit.base.cpu import CpuIsa, cpu_isa
 from wherevit.base.sidecar import Sidecar
 from wherevit.runtime.backends.base import Backend, BackendUnavailable, register_backend
 
-__all__ = ["OpenVino", "choose_inference_precision", "auto_rule", "openvino_version", "INFERENCE_PRECISIONS"]
+__all__ = ["OpenVino", "choose_inference_precision", "auto_rule", "estimated_gflops", "openvino_version", "INFERENCE_PRECISIONS"]
 
 INFERENCE_PRECISIONS = ("auto", "fp32", "bf16")
 RANK_AHEAD, RANK_BEHIND = 35, 45  # around ort-cpu's auto_priority (40); GPU backends rank 10-30
+SMALL_GFLOPS = 0.25  # per image; below it ONNX Runtime's per-call overhead is the smaller (auto_rule)
 
 
 def openvino_version() -> str | None:
@@ -70,13 +71,27 @@ def choose_inference_precision(artifact_precision: str, requested: str, isa: Cpu
     return "f32", f"{artifact_precision} graph: f32, the artifact's parity record holds (bf16 is opt-in)"
 
 
+def estimated_gflops(meta: Sidecar) -> float | None:
+    """GFLOPs per image of a ViT artifact, 2 x parameters x tokens, from the sidecar's model record (None without one)."""
+    arch = (meta.model or {}).get("arch") or {}
+    params, patch = arch.get("params"), arch.get("patch_size")
+    if not params or not patch:
+        return None
+    h, w = meta.input_preprocess().size
+    tokens = (h // patch[0]) * (w // patch[1]) + int(arch.get("num_prefix_tokens") or 0)
+    return 2.0 * params * tokens / 1e9
+
+
 def auto_rule(meta: Sidecar, isa: CpuIsa | None = None) -> tuple[bool, str]:
     """(OpenVINO before ONNX Runtime's CPU provider for this artifact here?, why) -- from measurements.
 
-    ViT-S/16, batch 1 (benchmarks/cpu_backends.py, README "OpenVINO beside ONNX Runtime"): on AVX-512
-    CPUs OpenVINO is faster for fp32 and static INT8 graphs; ONNX Runtime is 3x faster for its own
-    dynamic-INT8 graph (OpenVINO has no fused kernel for DynamicQuantizeLinear + MatMulInteger). On
-    CPUs without AVX-512 nothing was measured, so ONNX Runtime, the measured baseline, stays first.
+    Batch 1 (benchmarks/cpu_backends.py, benchmarks/README.md): on an AVX-512 CPU OpenVINO is faster
+    for fp32 and static INT8 graphs of ViT-S/16 (0.87x and 0.76x ONNX Runtime's time, one thread);
+    ONNX Runtime is 3x faster for its own dynamic-INT8 graph (OpenVINO has no fused kernel for
+    DynamicQuantizeLinear + MatMulInteger). OpenVINO's per-call overhead is larger, so below about
+    0.25 GFLOP per image ONNX Runtime wins (ViT-Ti/16 at 32-224 px: 1.11x, 1.00x, 0.97x, 0.93x ONNX
+    Runtime's time at 0.055, 0.19, 0.55 and 2.2 GFLOP). On CPUs without AVX-512 nothing was
+    measured, so ONNX Runtime, the measured baseline, stays first.
     """
     isa = isa or cpu_isa()
     if meta.precision in ("bf16", "fp16"):
@@ -86,6 +101,10 @@ def auto_rule(meta: Sidecar, isa: CpuIsa | None = None) -> tuple[bool, str]:
                        "(ViT-S/16, batch 1, AVX-512 VNNI)")
     if not isa.avx512f:
         return False, f"no AVX-512 ({isa.summary}): not measured on this ISA, ONNX Runtime stays first"
+    gflops = estimated_gflops(meta)
+    if gflops is not None and gflops < SMALL_GFLOPS:
+        return False, (f"about {gflops:.2g} GFLOP per image, below {SMALL_GFLOPS:g}: ONNX Runtime's smaller per-call "
+                       "overhead wins at this size (measured on an AVX-512 CPU)")
     what = "static INT8 (Q/DQ) graph" if meta.precision == "int8" else f"{meta.precision} graph"
     return True, f"{what} on an AVX-512 CPU ({isa.summary}): OpenVINO measured faster than ONNX Runtime"
 

@@ -87,7 +87,12 @@ def test_inference_precision_choice_per_artifact_and_cpu():
 def test_auto_rule_follows_the_cpu_and_the_artifact(onnx_artifact, monkeypatch):
     from wherevit.base.sidecar import read_sidecar
 
-    meta = read_sidecar(onnx_artifact)
+    tiny = read_sidecar(onnx_artifact)
+    # the tiny test model is 0.004 GFLOP per image; as ViT-S/16 at 224 (21.7 M parameters, 197 tokens) it is 8.5
+    meta = dataclasses.replace(tiny, model={**tiny.model, "arch": {**tiny.model["arch"], "params": 21_665_664, "patch_size": [16, 16]}},
+                               preprocess={**tiny.preprocess, "size": [224, 224]})
+    assert ov_backend.estimated_gflops(tiny) == pytest.approx(2 * tiny.model["arch"]["params"] * (16 + 1) / 1e9)
+    assert ov_backend.estimated_gflops(meta) == pytest.approx(8.536, abs=1e-3)
     static = dataclasses.replace(meta, precision="int8", quantization={"mode": "static"})
     nncf = dataclasses.replace(meta, precision="int8", quantization={"mode": "nncf"})
     dynamic = dataclasses.replace(meta, precision="int8", quantization={"mode": "dynamic"})
@@ -95,11 +100,14 @@ def test_auto_rule_follows_the_cpu_and_the_artifact(onnx_artifact, monkeypatch):
     assert [auto_rule(m, ZEN4)[0] for m in (meta, static, nncf, dynamic, bf16)] == [True, True, True, False, True]
     assert [auto_rule(m, AVX2)[0] for m in (meta, static, nncf, dynamic, bf16)] == [False, False, False, False, True]
     assert "dynamic INT8" in auto_rule(dynamic, SPR)[1] and "not measured" in auto_rule(meta, AVX2)[1]
+    small, why = auto_rule(tiny, ZEN4)
+    assert small is False and f"about {ov_backend.estimated_gflops(tiny):.2g} GFLOP per image, below 0.25" in why
     order = lambda m: [n for n in auto_order(m) if n in ("openvino", "ort-cpu")]
     monkeypatch.setattr(ov_backend, "cpu_isa", lambda: ZEN4)
     assert order(meta) == ["openvino", "ort-cpu"] and order(dynamic) == ["ort-cpu", "openvino"]
     assert auto_order().index("ort-cpu") < auto_order().index("openvino")  # without an artifact: the static priority
     assert auto_order(meta)[:3] == ["tensorrt", "ort-trt", "ort-cuda"]  # GPUs stay first
+    assert order(tiny) == ["ort-cpu", "openvino"]
     monkeypatch.setattr(ov_backend, "cpu_isa", lambda: AVX2)
     assert order(meta) == ["ort-cpu", "openvino"] and order(bf16) == ["openvino", "ort-cpu"]
 
@@ -107,6 +115,9 @@ def test_auto_rule_follows_the_cpu_and_the_artifact(onnx_artifact, monkeypatch):
 @needs_ov
 def test_auto_load_picks_by_the_rule(onnx_artifact, monkeypatch):
     monkeypatch.setattr(ov_backend, "cpu_isa", lambda: ZEN4)
+    with runtime.load(onnx_artifact) as m:  # 0.004 GFLOP per image: ONNX Runtime's lower overhead wins
+        assert m.backend.name == "ort-cpu"
+    monkeypatch.setattr(ov_backend, "SMALL_GFLOPS", 0.001)  # as if it were a large model
     with runtime.load(onnx_artifact) as m:
         assert m.backend.name == "openvino"
     monkeypatch.setattr(ov_backend, "cpu_isa", lambda: AVX2)
