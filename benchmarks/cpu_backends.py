@@ -125,17 +125,26 @@ def _profile(path: Path, threads: int, inference_precision: str, x: np.ndarray, 
     c = core.compile_model(model, "CPU", {hints.inference_precision: ov.Type.bf16 if inference_precision == "bf16" else ov.Type.f32,
                                           props.inference_num_threads: threads, props.num_streams: 1, props.enable_profiling: True})
     r = c.create_infer_request()
+    # what each executed node fused: a Subgraph holding a Softmax is an attention block, others are elementwise chains
+    fused = {op.get_friendly_name(): op.get_rt_info()["originalLayersNames"].astype(str).lower()
+             for op in c.get_runtime_model().get_ordered_ops()}
     by_type: dict[tuple[str, str], float] = collections.defaultdict(float)
+    group = collections.defaultdict(float)
     for i in range(n + 3):
         r.infer({0: x})
         if i >= 3:
             for p in r.profiling_info:
-                by_type[(p.node_type, p.exec_type)] += p.real_time.total_seconds() * 1e3 / n
+                ms = p.real_time.total_seconds() * 1e3 / n
+                node = p.node_type
+                if node == "Subgraph" and "softmax" in fused.get(p.node_name, ""):
+                    node = "Subgraph (attention)"
+                by_type[(node, p.exec_type)] += ms
+                group["GEMMs (FullyConnected, MatMul, Convolution)" if node in _GEMM else
+                      "attention subgraphs (Q.K^T, softmax, A.V)" if node == "Subgraph (attention)" else
+                      "elementwise subgraphs (quantize, add, GELU, SmoothQuant scales)" if node == "Subgraph" else
+                      "LayerNorm (MVN)" if node == "MVN" else
+                      "Transpose / Reshape / Reorder" if node in ("Transpose", "Reshape", "Reorder") else "everything else"] += ms
     total = sum(by_type.values())
-    group = collections.defaultdict(float)
-    for (node, _), ms in by_type.items():
-        group["GEMMs (FullyConnected, MatMul, Convolution)" if node in _GEMM else
-              "fused subgraphs (attention: Q.K^T, softmax, A.V)" if node == "Subgraph" else "everything else"] += ms
     return {"total_ms": total, "groups_fraction": {k: v / total for k, v in group.items()},
             "top_nodes": [{"node": k[0], "kernel": k[1], "ms": v, "fraction": v / total}
                           for k, v in sorted(by_type.items(), key=lambda kv: -kv[1])[:10]],
