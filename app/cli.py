@@ -245,23 +245,32 @@ def export(checkpoint: str, fmt: str | None, precision: str, batch: str, imgsz: 
 @main.command()
 @click.argument("artifact", type=click.Path(exists=True, dir_okay=False))
 @click.option("--host", default="127.0.0.1", show_default=True, help="Bind address (0.0.0.0 exposes it to the network).")
-@click.option("--port", type=int, default=8000, show_default=True)
-@click.option("--grpc-port", type=int, default=None,
+@click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True)
+@click.option("--grpc-port", type=click.IntRange(0, 65535), default=None,
               help="Also serve the KServe v2 / Triton gRPC API on this port (same batcher; needs grpcio and tritonclient[grpc]).")
 @click.option("--name", default=None, help="Model name in URLs (default: the artifact's timm model name).")
 @click.option("--backend", default="auto", show_default=True, help="ort-cpu, ort-cuda, ort-trt, tensorrt, or auto.")
-@click.option("--max-batch", type=int, default=None, help="Images per executed batch (default: the artifact's max).")
-@click.option("--max-wait-ms", type=float, default=2.0, show_default=True, help="How long a batch waits to fill.")
-@click.option("--max-queue", type=int, default=256, show_default=True, help="Queued requests; more get 503.")
-@click.option("--timeout-ms", type=float, default=30000, show_default=True, help="Default request deadline.")
-@click.option("--max-request-mb", type=float, default=64, show_default=True)
+@click.option("--max-batch", type=click.IntRange(min=1), default=None, help="Images per executed batch (default: the artifact's max).")
+@click.option("--max-wait-ms", type=click.FloatRange(0, 60_000), default=2.0, show_default=True, help="How long a batch waits to fill.")
+@click.option("--max-queue", type=click.IntRange(min=1), default=256, show_default=True, help="Queued requests; more get 503.")
+@click.option("--timeout-ms", type=click.FloatRange(0, 3_600_000, min_open=True), default=30000, show_default=True,
+              help="Default request deadline.")
+@click.option("--max-request-mb", type=click.FloatRange(0, 2047, min_open=True), default=64, show_default=True,
+              help="Largest request body (HTTP) or message (gRPC; its limit is 2 GiB).")
+@click.option("--max-image-pixels", type=click.IntRange(min=1), default=None,
+              help="Most pixels an encoded image may declare in its header; larger ones get 400 before decoding "
+                   "(default 67108864 = 8192 x 8192).")
+@click.option("--decode-workers", type=click.IntRange(1, 64), default=2, show_default=True,
+              help="Threads decoding encoded images; decoded memory stays below this many images at the pixel cap.")
 def serve(artifact: str, host: str, port: int, grpc_port: int | None, name: str | None, backend: str, max_batch: int | None,
-          max_wait_ms: float, max_queue: int, timeout_ms: float, max_request_mb: float) -> None:
+          max_wait_ms: float, max_queue: int, timeout_ms: float, max_request_mb: float, max_image_pixels: int | None,
+          decode_workers: int) -> None:
     """Serve ARTIFACT (ONNX or engine, sidecar beside it) over KServe v2 HTTP with dynamic batching.
 
     Works with Triton clients (tritonclient.http and, with --grpc-port, tritonclient.grpc; perf_analyzer).
     Metrics at /metrics; Triton statistics at /v2/models/<m>/stats.
     """
+    from wherevit.base.image import DEFAULT_MAX_IMAGE_PIXELS
     from wherevit.base.sidecar import read_sidecar
     from wherevit.runtime.batching import BatchingConfig
     from wherevit.runtime.server import ServeConfig
@@ -270,7 +279,8 @@ def serve(artifact: str, host: str, port: int, grpc_port: int | None, name: str 
     meta = _run(read_sidecar, artifact)
     mb = max_batch or int(meta.batch.max)
     batching = _run(BatchingConfig, mb, max_wait_ms, max_queue, timeout_ms)
-    cfg = ServeConfig(host=host, port=port, grpc_port=grpc_port, name=name, batching=batching, max_request_mb=max_request_mb)
+    cfg = ServeConfig(host=host, port=port, grpc_port=grpc_port, name=name, batching=batching, max_request_mb=max_request_mb,
+                      max_image_pixels=max_image_pixels or DEFAULT_MAX_IMAGE_PIXELS, decode_workers=decode_workers)
     _run(serve_fn, artifact, cfg, backend)
 
 

@@ -88,8 +88,10 @@ def _unsupported(data: bytes | memoryview) -> UnsupportedImageFormat:
         named = "PNM/PFM"
     if named is None and head[4:8] == b"ftyp":
         named = "AVIF/HEIF"
-    what = f"{named} images are not accepted" if named else "not a JPEG, PNG, WebP or BMP image"
-    return UnsupportedImageFormat(f"{what} (accepted: {', '.join(ACCEPTED_FORMATS)}; the decoded size of others is not bounded)")
+    if named is None:
+        return UnsupportedImageFormat(f"not a decodable image (no {', '.join(ACCEPTED_FORMATS)} signature)")
+    return UnsupportedImageFormat(f"{named} images are not accepted (accepted: {', '.join(ACCEPTED_FORMATS)}; "
+                                  "the decoded size of others is not bounded)")
 
 
 def _png(d: memoryview) -> tuple[int, int]:

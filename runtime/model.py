@@ -18,7 +18,7 @@ from typing import Iterable, Sequence, Union
 import numpy as np
 
 from wherevit.base.errors import InvalidRequest
-from wherevit.base.image import ImageDecodeError, decode_image, read_image, to_rgb_uint8
+from wherevit.base.image import DEFAULT_MAX_IMAGE_PIXELS, ImageDecodeError, decode_image, read_image, to_rgb_uint8
 from wherevit.base.sidecar import Sidecar, read_sidecar
 from wherevit.runtime.backends import (
     Backend,
@@ -74,9 +74,16 @@ def available_backends(meta: Sidecar) -> dict[str, str | None]:
 
 
 class Model:
-    """An artifact opened on one backend. Use ``embed`` for images, ``run`` for preprocessed batches."""
+    """An artifact opened on one backend. Use ``embed`` for images, ``run`` for preprocessed batches.
 
-    def __init__(self, artifact: str | os.PathLike, backend: str = "auto", **backend_opts):
+    ``max_image_pixels`` caps the size an encoded image (path or bytes) may declare in its header; larger
+    ones are refused before decoding (``ImageTooLarge``). None lifts the cap (trusted input only)."""
+
+    def __init__(self, artifact: str | os.PathLike, backend: str = "auto", *, max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
+                 **backend_opts):
+        if max_image_pixels is not None and (not isinstance(max_image_pixels, int) or max_image_pixels < 1):
+            raise InvalidRequest(f"max_image_pixels must be a positive integer or None, got {max_image_pixels!r}")
+        self.max_image_pixels = max_image_pixels
         self.artifact = Path(artifact)
         self.meta = read_sidecar(self.artifact)
         self.preprocess = self.meta.input_preprocess()
@@ -121,14 +128,15 @@ class Model:
         """Paths, encoded bytes or HWC arrays (uint8/uint16/float in [0, 1]) -> HWC uint8 RGB.
 
         ``color_order`` applies to arrays only ("RGB", or "BGR" for OpenCV-loaded arrays);
-        files and bytes are decoded to RGB.
+        files and bytes are decoded to RGB, after their header passed the ``max_image_pixels`` cap.
+        A float array outside [0, 1] (e.g. 0-255 data after ``astype(np.float32)``) is an error.
         """
         out = []
         for i, im in enumerate(images):
             if isinstance(im, (str, os.PathLike)):
-                out.append(read_image(im))
+                out.append(read_image(im, max_pixels=self.max_image_pixels))
             elif isinstance(im, (bytes, bytearray, memoryview)):
-                out.append(decode_image(im, what=f"image {i}"))
+                out.append(decode_image(im, what=f"image {i}", max_pixels=self.max_image_pixels))
             elif isinstance(im, np.ndarray):
                 if im.ndim == 3 and im.shape[0] in (1, 3, 4) and im.shape[-1] not in (1, 3, 4):
                     raise InputError(f"image {i}: shape {im.shape} looks CHW; pass HWC arrays")
@@ -206,6 +214,9 @@ def non_finite_count(x: np.ndarray) -> int:
     return int(np.size(x) - np.count_nonzero(np.isfinite(x)))
 
 
-def load(artifact: str | os.PathLike, backend: str = "auto", **backend_opts) -> Model:
-    """Open an exported artifact (its sidecar beside it) on ``backend`` ("auto" picks the fastest available)."""
-    return Model(artifact, backend, **backend_opts)
+def load(artifact: str | os.PathLike, backend: str = "auto", *, max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
+         **backend_opts) -> Model:
+    """Open an exported artifact (its sidecar beside it) on ``backend`` ("auto" picks the fastest available).
+
+    ``max_image_pixels``: the most pixels an encoded image given to ``embed``/``predict`` may declare."""
+    return Model(artifact, backend, max_image_pixels=max_image_pixels, **backend_opts)

@@ -157,7 +157,8 @@ def test_the_header_size_is_the_decoded_size_wherever_opencv_decodes(data):
     if img is not None:
         assert hdr is not None, "OpenCV decoded an image whose header we refused"
         assert (img.shape[1], img.shape[0]) == (hdr.width, hdr.height)
-        assert decode_image(data).shape == (hdr.height, hdr.width, 3)
+        if min(img.shape[:2]) >= 2:  # (a 1-pixel side is refused as no image)
+            assert decode_image(data).shape == (hdr.height, hdr.width, 3)
 
 
 def test_float_images_outside_0_1_are_an_error_that_says_what_to_do():
