@@ -31,6 +31,8 @@ __all__ = ["ProtocolError", "OutputNotJson", "InferRequest", "RequestedOutput", 
 
 # More dimensions than any image model needs, fewer than numpy's 64 (a reshape beyond that raises).
 MAX_RANK = 16
+# Elements a shape may span counting a 0 dimension as 1: numpy refuses to even describe [0, 2**62, 2**62].
+MAX_SPAN = 1 << 40
 
 DATATYPES: dict[str, Any] = {
     "BOOL": np.bool_, "UINT8": np.uint8, "UINT16": np.uint16, "UINT32": np.uint32, "UINT64": np.uint64,
@@ -124,6 +126,8 @@ def check_shape(name: str, shape: Any) -> list[int]:
         raise ProtocolError(f"input {name!r}: 'shape' must be a list of non-negative integers")
     if len(shape) > MAX_RANK:
         raise ProtocolError(f"input {name!r}: shape has {len(shape)} dimensions, more than {MAX_RANK}")
+    if math.prod(max(d, 1) for d in shape) > MAX_SPAN:
+        raise ProtocolError(f"input {name!r}: shape {list(shape)} is larger than any request can carry")
     return list(shape)
 
 
