@@ -7,7 +7,7 @@ as 4-byte little-endian lengths + contents, or in JSON as base64 strings (our co
 image bytes are not valid JSON strings).
 
 Hostile input is a 400 (``ProtocolError``), never a 500: JSON goes through orjson, whose parser
-refuses nesting deeper than 1024 levels (a request needs fewer than 70: tensors have at most
+refuses nesting deeper than 1024 levels (a request needs about 20: tensors have at most
 ``MAX_RANK`` dimensions) instead of overflowing the stack; every field's type is checked before
 use; a shape's element count is exact (no wrap-around) and must match the data before anything is
 allocated. The body itself is bounded by the server (``--max-request-mb``).

@@ -81,7 +81,8 @@ class Model:
 
     def __init__(self, artifact: str | os.PathLike, backend: str = "auto", *, max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
                  **backend_opts):
-        if max_image_pixels is not None and (not isinstance(max_image_pixels, int) or max_image_pixels < 1):
+        if max_image_pixels is not None and (not isinstance(max_image_pixels, int) or isinstance(max_image_pixels, bool)
+                                             or max_image_pixels < 1):
             raise InvalidRequest(f"max_image_pixels must be a positive integer or None, got {max_image_pixels!r}")
         self.max_image_pixels = max_image_pixels
         self.artifact = Path(artifact)

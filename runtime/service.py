@@ -216,6 +216,9 @@ class InferenceService:
             self.decoder.check(req.inputs[wire], wire)
 
     def _decoded_batch(self, wire: str, req: InferRequest) -> np.ndarray:
+        if req.datatypes[wire] != "BYTES":  # (checked by _check_images too; cheap enough to keep _feeds self-contained)
+            raise ProtocolError(f"input {wire!r} must be a BYTES tensor of encoded images, got {req.datatypes[wire]}")
+        self._check_rows(wire, len(req.inputs[wire]))
         return self.decoder.decode(req.inputs[wire], wire)
 
     def _tensor(self, wire: str, req: InferRequest) -> np.ndarray:
