@@ -11,7 +11,6 @@ exactly TensorRT's and CUDA's entry points.
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -32,20 +31,24 @@ def _missing() -> str | None:
 
 
 @pytest.mark.skipif(_missing() is not None, reason=str(_missing()))
-@pytest.mark.parametrize("version", ["10.16", "11.1"])
-def test_wherevit_trt_compiles_against_tensorrt_headers(version, tmp_path):
+@pytest.mark.parametrize("version,opencv", [("10.16", True), ("11.1", True), ("11.1", False)],
+                         ids=["trt10.16", "trt11.1", "trt11.1-no-opencv"])
+def test_wherevit_trt_compiles_against_tensorrt_headers(version, opencv, tmp_path):
     include = HEADERS / version / "include"
     assert (include / "NvInfer.h").is_file() and (HEADERS / version / "LICENSE").is_file()
     build = tmp_path / "build"
     generator = ["-G", "Ninja"] if shutil.which("ninja") else []
     configure = ["cmake", "-S", str(REPO / "examples" / "cpp"), "-B", str(build), *generator,
-                 f"-DTensorRT_INCLUDE_DIR={include}", f"-DCUDAToolkit_ROOT={CUDA_INCLUDE.parent}"]
+                 f"-DTensorRT_INCLUDE_DIR={include}", f"-DCUDAToolkit_ROOT={CUDA_INCLUDE.parent}",
+                 *([] if opencv else ["-DCMAKE_DISABLE_FIND_PACKAGE_OpenCV=ON"])]  # the --input-npy-only build
     res = subprocess.run(configure, capture_output=True, text=True)
     log = res.stdout + res.stderr
-    if res.returncode != 0 and re.search(r"nlohmann_json|OpenCV", log):
-        pytest.skip("OpenCV and nlohmann-json development files are needed (apt-get install libopencv-dev "
-                    "nlohmann-json3-dev; .ci/run installs them)")
+    if res.returncode != 0 and "nlohmann_json" in log:
+        pytest.skip("nlohmann-json's CMake files are needed (apt-get install nlohmann-json3-dev; .ci/run installs it)")
     assert res.returncode == 0, log
+    if opencv and "OpenCV (C++) not found" in log:
+        pytest.skip("OpenCV C++ development files are needed for the image-decoding build (apt-get install libopencv-dev)")
+    assert ("OpenCV (C++) not found" in log) == (not opencv)
     major, minor = version.split(".")
     assert f"compiling wherevit_trt_objects against TensorRT {major}.{minor}.0 headers" in log, log
     link_line = next(ln for ln in log.splitlines() if "SKIP wherevit_trt (objects only)" in ln)
@@ -56,7 +59,8 @@ def test_wherevit_trt_compiles_against_tensorrt_headers(version, tmp_path):
     out = res.stdout + res.stderr
     assert res.returncode == 0, out
     compile_line = next(ln for ln in out.splitlines() if "trt_features.cpp" in ln and " -c " in ln)
-    print(f"\nTensorRT {version}: {compile_line.strip()}")
+    print(f"\nTensorRT {version}{'' if opencv else ' (no OpenCV)'}: {compile_line.strip()}")
+    assert ("-DWHEREVIT_NO_OPENCV" in compile_line) == (not opencv)
     ours = [ln for ln in out.splitlines() if "warning:" in ln and "examples/cpp" in ln]
     assert not ours, "warnings in our C++:\n" + "\n".join(ours)  # the headers' own are silenced as SYSTEM
     objects = list(build.rglob("trt_features.cpp.o"))
