@@ -37,7 +37,7 @@ from helpers import free_port  # noqa: E402
 from tritonclient.utils import InferenceServerException  # noqa: E402
 
 from wherevit import runtime  # noqa: E402
-from wherevit.base.image import Preprocess, read_image  # noqa: E402
+from wherevit.base.image import read_image  # noqa: E402
 from wherevit.runtime.compare import DEFAULT_RTOL, compare  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
