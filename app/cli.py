@@ -197,10 +197,16 @@ def eval_spatial(checkpoint: str, which: str, random_init: bool, n_images: int, 
 @click.option("--triton-instance-kind", type=click.Choice(["default", "auto", "gpu", "cpu", "model"]), default="default",
               show_default=True, help="Triton instance_group kind (default: gpu for engines, auto for ONNX).")
 @click.option("--triton-instances", type=int, default=1, show_default=True, help="Triton instance_group count.")
+@click.option("--triton-images", is_flag=True,
+              help="Also <name>_images: an ensemble taking encoded image files (BYTES) through a Python-backend "
+                   "preprocessing model (needs numpy and opencv-python-headless in Triton's Python).")
+@click.option("--triton-images-instances", type=int, default=2, show_default=True,
+              help="Preprocessing model instances (processes) for --triton-images.")
 def export(checkpoint: str, fmt: str | None, precision: str, batch: str, imgsz: int | None, out: Path, which: str,
            dynamic_hw: bool, no_pooled: bool, trt_lib: str, ccs: str | None, strongly_typed: bool | None,
            workspace_mb: int, rtol: float | None, expect_model: str | None, head: str | None, device: str,
            triton_name: str | None, triton_queue_delay_us: int, triton_instance_kind: str, triton_instances: int,
+           triton_images: bool, triton_images_instances: int,
            quant_mode: str, calib: str | None, calib_count: int, calib_method: str, min_cosine: float,
            reduce_range: bool | None) -> None:
     """Export a backbone to ONNX, a TensorRT engine, an AOTInductor package or a Triton model repository,
@@ -211,12 +217,14 @@ def export(checkpoint: str, fmt: str | None, precision: str, batch: str, imgsz: 
     """
     from wherevit.export.api import ExportRequest, export_artifacts, parse_batch, resolve_output
     from wherevit.export.formats.triton import TritonOptions
+    from wherevit.export.formats.triton_images import ImagesOptions
     from wherevit.export.quantize import QuantOptions
     from wherevit.export.trt_builder import parse_compute_capabilities
 
     out_dir, fmt, out_file = _run(resolve_output, out, fmt)
     triton = _run(TritonOptions, name=triton_name, max_queue_delay_us=triton_queue_delay_us, instance_kind=triton_instance_kind,
-                  instance_count=triton_instances)
+                  instance_count=triton_instances,
+                  images=_run(ImagesOptions, instance_count=triton_images_instances) if triton_images else None)
     req = ExportRequest(
         checkpoint=checkpoint, out_dir=out_dir, out_file=out_file, format=fmt, precision=precision, batch=_run(parse_batch, batch),
         imgsz=imgsz, which=which, dynamic_hw=dynamic_hw, pooled=not no_pooled, trt_lib=trt_lib,

@@ -12,6 +12,9 @@ preferred batch sizes are its opt and max) and the preprocessing, recorded as JS
 ``parameters`` because Triton receives already preprocessed tensors. An existing repository gains a
 new version directory; a version directory appears whole (built beside, then renamed) and the
 config is replaced atomically, so a polling Triton never sees half a model.
+
+``TritonOptions(images=ImagesOptions())`` (``--triton-images``) also writes ``<name>_images``, an
+ensemble that takes encoded image files (``triton_images.py``).
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from wherevit.base.errors import WherevitError
 from wherevit.base.io import atomic_write_text, check_writable_dir
 from wherevit.base.sidecar import Sidecar, TensorSpec, read_sidecar, sidecar_path
 from wherevit.export.formats.base import ExportContext, ExportFormat, register_format
+from wherevit.export.formats.triton_images import ImagesOptions, TritonImageModels, check_images_models, write_images_models
 
 __all__ = ["TritonOptions", "TritonModel", "TritonRepositoryError", "triton_config_text", "write_triton_model",
            "TritonOnnxFormat", "TritonEngineFormat"]
@@ -52,6 +56,7 @@ class TritonOptions:
     instance_kind: str = "default"  # default: gpu for engines, auto for ONNX; or auto, gpu, cpu, model
     instance_count: int = 1
     gpus: tuple[int, ...] = ()  # GPU ids for KIND_GPU instances (empty: every GPU)
+    images: ImagesOptions | None = None  # also <name>_images: encoded images in (triton_images.py); None: the graph only
 
     def __post_init__(self) -> None:
         if self.instance_kind != "default" and self.instance_kind not in _KINDS:
@@ -72,6 +77,7 @@ class TritonModel:
     version_dir: Path
     model_file: Path
     notes: list[str] = field(default_factory=list)
+    images: TritonImageModels | None = None  # the encoded-image models, when asked for
 
 
 def _pbtxt_string(s: str) -> str:
@@ -190,6 +196,8 @@ def write_triton_model(artifact: str | os.PathLike, repo: str | os.PathLike, opt
     model_dir = check_writable_dir(Path(repo) / name)
     versions = _versions(model_dir)
     _check_compatible(model_dir, versions, meta)
+    if options.images is not None:
+        check_images_models(repo, name, meta)
     version = options.version or (versions[-1] + 1 if versions else 1)
     version_dir = model_dir / str(version)
     if version_dir.exists():
@@ -204,14 +212,22 @@ def write_triton_model(artifact: str | os.PathLike, repo: str | os.PathLike, opt
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+    images = None
     try:
+        if options.images is not None:
+            images = write_images_models(repo, name, version, meta, options.images)
         config_path = atomic_write_text(model_dir / "config.pbtxt", config)
     except BaseException:
         shutil.rmtree(version_dir, ignore_errors=True)
+        if images is not None:
+            shutil.rmtree(images.preprocess_version_dir, ignore_errors=True)
         raise
     if move:
         sidecar_path(artifact).unlink(missing_ok=True)
     notes = []
+    if images is not None:
+        notes.append(f"Triton model {images.ensemble_name!r} takes encoded images (BYTES image_bytes, shape [B, 1]); "
+                     "its Python backend needs numpy and opencv-python-headless")
     if kind == "engine":
         eng = meta.engine or {}
         if eng.get("library") == "tensorrt_rtx":
@@ -220,7 +236,7 @@ def write_triton_model(artifact: str | os.PathLike, repo: str | os.PathLike, opt
         else:
             notes.append(f"engines load only in the TensorRT version that built them ({eng.get('version')}); "
                          "use the Triton release that ships it")
-    return TritonModel(model_dir, config_path, version, version_dir, version_dir / filename, notes)
+    return TritonModel(model_dir, config_path, version, version_dir, version_dir / filename, notes, images)
 
 
 class _TritonFormat(ExportFormat):

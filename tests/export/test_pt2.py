@@ -209,6 +209,30 @@ def test_cpp_aoti_app_matches_python_runtime(cpp_build, pt2_artifact, onnx_artif
     _check_against_python(tmp_path / "out", onnx_artifact, images, "ort-cpu")  # and the ONNX artifact
 
 
+def test_cpp_aoti_app_takes_preprocessed_npy_batches(cpp_build, pt2_artifact, images, tmp_path):
+    """--input-npy (what a build without OpenCV takes): the batch Python preprocessed, the same outputs."""
+    exe = cpp_build[0] / "wherevit_aoti"
+    with runtime.load(pt2_artifact, backend="pt2") as m:
+        x = m.preprocess(m.load_images(images[:5]))
+        want = m.run(x).outputs
+    np.save(tmp_path / "x.npy", x)
+    res = subprocess.run([str(exe), str(pt2_artifact), "--out", str(tmp_path / "out"), "--input-npy", str(tmp_path / "x.npy")],
+                         capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert res.returncode == 0, res.stderr
+    cmp = compare(want, {k: np.load(tmp_path / "out" / f"{k}.npy") for k in want}, DEFAULT_RTOL["fp32"])
+    assert cmp, cmp.summary()
+    bad = tmp_path / "bad.npy"
+    np.save(bad, x[:, :, :16])  # wrong height
+    res = subprocess.run([str(exe), str(pt2_artifact), "--input-npy", str(bad)], capture_output=True, text=True)
+    assert res.returncode == 1 and "expected a [N, 3, 32, 32] batch for input images" in res.stderr
+    np.save(bad, x.astype(np.float64))
+    res = subprocess.run([str(exe), str(pt2_artifact), "--input-npy", str(bad)], capture_output=True, text=True)
+    assert res.returncode == 1 and "expected float32" in res.stderr
+    res = subprocess.run([str(exe), str(pt2_artifact), "--input-npy", str(tmp_path / "x.npy"), str(images[0])],
+                         capture_output=True, text=True)
+    assert res.returncode == 1 and "not both" in res.stderr
+
+
 def test_cpp_aoti_app_follows_the_sidecar_resize_mode(cpp_build, pt2_artifact, images, tmp_path):
     """A sidecar that says shorter_center (and BGR input order) is followed by C++ exactly as by Python."""
     art = tmp_path / pt2_artifact.name
