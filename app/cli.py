@@ -261,6 +261,8 @@ def export(checkpoint: str, fmt: str | None, precision: str, batch: str, imgsz: 
         click.echo(f"{name + ':':<8}{path}")
     for sc in res.sidecars:
         click.echo(f"sidecar: {sc}")
+    if res.sidecars:
+        _echo_weights(json.loads(res.sidecars[-1].read_text()).get("model", {}))
 
 
 @main.command()
