@@ -22,7 +22,7 @@ from wherevit.base.config import ConfigError
 from wherevit.base.io import atomic_write_text
 from wherevit.train.backbone import timm_kwargs
 from wherevit.train.config import TrainConfig
-from wherevit.train.weights import WeightsMismatch, backbone_from_weights, read_weights
+from wherevit.train.weights import WeightsError, WeightsMismatch, backbone_from_weights, read_weights
 
 __all__ = ["start_from_weights", "initialised_from", "WEIGHTS_RECORD"]
 
@@ -35,7 +35,10 @@ def start_from_weights(meta: torch.nn.Module, cfg: TrainConfig, run_dir: str | P
     ``run_dir`` (the main process's) receives ``weights.json``. Raises ``WeightsMismatch`` naming the
     keys when the file does not fit ``cfg.model``.
     """
-    weights = read_weights(cfg.model.weights, cfg.model.weights_network)
+    try:
+        weights = read_weights(cfg.model.weights, cfg.model.weights_network)
+    except WeightsError as e:
+        raise WeightsError(f"model.weights: {e} (set it with --set model.weights=PATH)") from e
     kw = timm_kwargs(cfg.model)
     try:
         plain, info = backbone_from_weights(cfg.model.name, weights, img_size=cfg.model.img_size, timm_kwargs=kw)
