@@ -451,7 +451,7 @@ def _mismatch(model, model_name: str | None, weights: Weights, have: dict, expec
     lines = [f"{weights.path.name} ({weights.layout} layout) does not fit {name}" + (f": {why}" if why else ""),
              f"  the file: {_describe(_signature(_shapes(weights.state)))}",
              f"  {name}: {_describe(_signature(_shapes(expected)))}"]
-    show = lambda ks: ", ".join(ks[:12]) + (f", ... ({len(ks)} in all)" if len(ks) > 12 else "")  # noqa: E731
+    show = lambda ks: ", ".join(ks[:4]) + (f", ... ({len(ks)} in all)" if len(ks) > 4 else "")  # noqa: E731
     if missing:
         lines.append(f"  missing keys (the model has them, the file does not): {_show_keys(missing)}")
     if unexpected:
