@@ -134,7 +134,7 @@ def _load_container(path: Path) -> tuple[Any, dict[str, str]]:
             unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(str(path))
         except Exception:  # noqa: BLE001 -- a legacy (non-zip) file cannot be scanned; the error says enough
             unsafe = []
-        named = f" ({', '.join(unsafe)})" if unsafe else ""
+        named = f" ({', '.join(sorted(set(unsafe)))})" if unsafe else ""
         raise WeightsError(
             f"{path} holds Python objects other than tensors{named}; wherevit reads only tensors from a weights file "
             "(torch.load(weights_only=True): a pickle can run code). Where you trust the file, save its state dict "
@@ -201,7 +201,15 @@ def _pick_network(obj: Mapping, network: str, path: Path) -> dict[str, torch.Ten
     return _only_tensors(obj[network], path, f"[{network!r}]")
 
 
-def _unwrap(obj: Any, meta: dict[str, str], path: Path, network: str) -> tuple[dict[str, torch.Tensor], str, str | None, dict]:
+def _mae_encoder(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, int]] | None:
+    """An MAE state dict without its decoder (``decoder_*`` and the decoder's ``mask_token``), or None."""
+    if not any(k.startswith("decoder") for k in state):
+        return None
+    drop = [k for k in state if k.startswith("decoder") or k == "mask_token"]
+    return {k: v for k, v in state.items() if k not in drop}, _count_prefixes(drop)
+
+
+def _unwrap(obj: Any, path: Path, network: str) -> tuple[dict[str, torch.Tensor], str, str | None, dict]:
     """(backbone tensors in timm names, layout, network, dropped prefixes) of a loaded file."""
     if not isinstance(obj, Mapping):
         raise WeightsError(f"{path}: expected a dict of tensors (a state dict or a checkpoint), got {type(obj).__name__}")
@@ -221,11 +229,8 @@ def _unwrap(obj: Any, meta: dict[str, str], path: Path, network: str) -> tuple[d
             if not state:
                 raise WeightsError(f"{path}: no {network}.backbone.* tensors in this DINOv2 checkpoint")
             return _unchunk(state), "dinov2-train", network, dropped
-        if any(k.startswith("decoder") for k in state):
-            dropped = _count_prefixes(k for k in state if k.startswith("decoder") or k == "mask_token")
-            state = {k: v for k, v in state.items() if not k.startswith("decoder") and k != "mask_token"}
-            return state, "mae", None, dropped
-        return state, "model", None, dropped
+        mae = _mae_encoder(state)
+        return (*mae[:1], "mae", None, mae[1]) if mae else (state, "model", None, dropped)
     if "state_dict" in obj or "state_dict_ema" in obj:  # timm training checkpoints, iBOT's released teacher
         ema = obj.get("state_dict_ema")
         if ema is not None and network == "teacher":
@@ -233,7 +238,7 @@ def _unwrap(obj: Any, meta: dict[str, str], path: Path, network: str) -> tuple[d
         if "state_dict" not in obj:
             raise WeightsError(f"{path}: only an EMA ('state_dict_ema') in this checkpoint; use the teacher network")
         state = _clean(_only_tensors(obj["state_dict"], path, "['state_dict']"))
-        layout = "timm-train" if "state_dict_ema" in obj or "epoch" in obj and "optimizer" in obj else "state_dict"
+        layout = "timm-train" if "state_dict_ema" in obj or ("epoch" in obj and "optimizer" in obj) else "state_dict"
         if any(k.startswith("backbone.") for k in state):
             state, dropped = _strip(state, "backbone.")
         return state, layout, ("student" if layout == "timm-train" else None), dropped
@@ -243,6 +248,9 @@ def _unwrap(obj: Any, meta: dict[str, str], path: Path, network: str) -> tuple[d
     state = _clean(dict(obj))
     if all(k.startswith("backbone.") for k in state):  # a DINO teacher saved with its wrapper
         state, dropped = _strip(state, "backbone.")
+    mae = _mae_encoder(state)
+    if mae:
+        return mae[0], "mae", None, mae[1]
     layout = "dinov2" if "mask_token" in state or "register_tokens" in state else "timm"
     return _unchunk(state), layout, None, dropped
 
@@ -288,7 +296,7 @@ def read_weights(path: str | Path, network: str = "teacher") -> Weights:
         state, layout, net, recorded = _read_wherevit(obj, meta, path, network)
         dropped = {}
     else:
-        state, layout, net, dropped = _unwrap(obj, meta, path, network)
+        state, layout, net, dropped = _unwrap(obj, path, network)
     extras = {_EXTRAS[k]: state.pop(k).reshape(-1) for k in list(state) if k in _EXTRAS}
     if layout.startswith("dinov2") and "mask_token" in state:
         extras["mask_token"] = state["mask_token"].reshape(-1)  # timm's filter drops it from the backbone
