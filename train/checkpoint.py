@@ -26,7 +26,7 @@ from safetensors.torch import load_file, safe_open, save_file
 from wherevit import __version__
 from wherevit.base.errors import InvalidRequest, WherevitError
 from wherevit.base.image import Preprocess
-from wherevit.base.io import atomic_write_text, atomic_write_with, check_writable_dir
+from wherevit.base.io import atomic_write_text, atomic_write_with, check_writable_dir, sha256_file
 from wherevit.train.backbone import create_backbone, describe_backbone
 from wherevit.train.plugins import plain_backbone_state
 from wherevit.train.weights import WeightsError, backbone_from_weights, fitting_models, read_weights
@@ -209,7 +209,8 @@ def load_backbone(spec: str | Path, which: str = "teacher", dynamic_img_size: bo
     """
     if weights is not None or pretrained:
         model, info = _named_backbone(str(spec), weights, which, dynamic_img_size, expect_model, random_init, pretrained, img_size)
-        info["weights"]["loaded_by"] = "pretrained" if pretrained else "weights"  # how to load them again (named_source)
+        if not random_init:
+            info["weights"]["loaded_by"] = "pretrained" if pretrained else "weights"  # how to load them again (named_source)
         return model, info
     path = Path(spec)
     if not path.exists() and "/" not in str(spec) and not str(spec).endswith(".safetensors"):
@@ -261,6 +262,27 @@ def named_source(model_record: dict) -> dict:
     return {}
 
 
+def _pretrained_record(cfg: dict) -> dict:
+    """Where timm's pretrained weights came from: its config's source, and the local file with its
+    SHA-256 where one can be found (a ``file`` entry, or the Hugging Face cache timm downloaded to)."""
+    record = {k: cfg.get(k) for k in ("tag", "hf_hub_id", "url", "file") if cfg.get(k)}
+    local = cfg.get("file")
+    if not local and cfg.get("hf_hub_id"):
+        try:
+            from huggingface_hub import try_to_load_from_cache
+
+            for name in ("model.safetensors", "pytorch_model.bin", "open_clip_pytorch_model.bin"):
+                hit = try_to_load_from_cache(cfg["hf_hub_id"], name)
+                if isinstance(hit, str):
+                    local = hit
+                    break
+        except ImportError:  # timm without huggingface_hub downloads by URL; the record keeps the URL
+            pass
+    if local and Path(local).is_file():
+        record.update(path=str(local), bytes=Path(local).stat().st_size, sha256=sha256_file(local))
+    return {"layout": "timm-pretrained", **record}
+
+
 def _named_backbone(name: str, weights: str | Path | None, which: str, dynamic_img_size: bool, expect_model: str | None,
                     random_init: bool, pretrained: bool, img_size: int | None) -> tuple[torch.nn.Module, dict]:
     """A timm model by name with a weights file (``weights``) or timm's own pretrained weights."""
@@ -275,10 +297,7 @@ def _named_backbone(name: str, weights: str | Path | None, which: str, dynamic_i
         kw = {"img_size": img_size} if img_size else {}
         model = (_seeded_backbone(name, dynamic_img_size, **kw) if random_init
                  else create_backbone(name, pretrained=True, dynamic_img_size=dynamic_img_size, **kw)).eval()
-        cfg = getattr(model, "pretrained_cfg", {}) or {}
-        record = {"layout": "timm-pretrained", "tag": cfg.get("tag"), "hf_hub_id": cfg.get("hf_hub_id"), "url": cfg.get("url"),
-                  "file": cfg.get("file")}
-        record = {k: v for k, v in record.items() if v}
+        record = _pretrained_record(getattr(model, "pretrained_cfg", {}) or {})
         info = {"format": BACKBONE_FORMAT, "model": name, "timm_kwargs": kw, "source": "timm-pretrained", "step": None,
                 "arch": describe_backbone(model), "preprocess": Preprocess(size=tuple(model.patch_embed.img_size)).to_dict(),
                 "weights": record if not random_init else {"layout": "random-init"}}

@@ -118,6 +118,7 @@ def test_pretrained_goes_through_timms_own_loader(tmp_path):
         _assert_same(model, ref, torch.randn(1, 3, 56, 56))
         assert info["weights"]["layout"] == "timm-pretrained" and info["weights"]["loaded_by"] == "pretrained"
         assert info["weights"]["file"] == str(PRETRAINED_FILE)
+        assert info["weights"]["sha256"] == hashlib.sha256(PRETRAINED_FILE.read_bytes()).hexdigest()
     finally:
         PRETRAINED_FILE.unlink()
 

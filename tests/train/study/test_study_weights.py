@@ -7,7 +7,7 @@ import json
 import shutil
 
 import pytest
-from test_study import TINY_EVAL, counters, write_study  # noqa: F401  (counters is a fixture)
+from test_study import counters, write_study  # noqa: F401  (counters is a fixture)
 from weight_layouts import PLAIN, tiny_model, write_layout
 
 from wherevit.train.study import StudyError, load_study_config, plan_runs
