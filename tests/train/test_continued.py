@@ -213,3 +213,36 @@ def test_the_all_plugins_preset_trains_on_a_loaded_dinov2_backbone(tmp_path):
     d["plugins"]["equivariance"] = {"crop_size": 56, "d_equi": 8, "decoder_dim": 16}
     with pytest.raises(PluginError, match="patch size 14 is not a power of two"):
         SSLMetaArch(from_dict(TrainConfig, d))
+
+
+@pytest.mark.slow
+def test_two_processes_start_from_the_same_weights(tmp_path):
+    """Under torchrun every rank loads the file; the 2-process run equals the 1-process one. (The
+    subprocesses do not see the test's registered tiny names: timm's own DINOv2 model with the
+    tiny shape as config overrides.)"""
+    import os
+    import subprocess
+    import sys
+
+    import numpy as np
+    import yaml
+    from helpers import free_port
+
+    file = write_layout("dinov2-train", tiny_model(DINOV2_REG), tmp_path / "dinov2_train.pth")
+    d = tiny_train_dict(total_steps=2, log_every=1, ckpt_every=2, plugins={}, **{"optim.layer_decay": 0.8})
+    d["model"] = {"name": "vit_small_patch14_reg4_dinov2", "embed_dim": 64, "depth": 2, "num_heads": 2, "img_size": 28,
+                  "drop_path_rate": 0.0, "weights": str(file)}
+    d["data"]["crops"].update(global_size=28, local_size=14)
+    (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(d))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    base = ["-m", "wherevit.app.cli", "train", "--config", str(tmp_path / "cfg.yaml"), "--no-progress"]
+    subprocess.run([sys.executable, *base, "--out", str(tmp_path / "one")], check=True, env=env, timeout=300)
+    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", "2", "--master_addr",
+                    "127.0.0.1", "--master_port", str(free_port()), *base, "--out", str(tmp_path / "two")], check=True, env=env,
+                   timeout=300)
+    rows = {n: [json.loads(r) for r in (tmp_path / n / "metrics.jsonl").read_text().splitlines()] for n in ("one", "two")}
+    assert rows["one"][0] == rows["two"][0] and rows["two"][0]["layout"] == "dinov2-train"  # one record, from rank 0
+    np.testing.assert_allclose(rows["one"][1]["loss"], rows["two"][1]["loss"], rtol=1e-4)
+    a, b = load_file(str(tmp_path / "one" / "backbone.safetensors")), load_file(str(tmp_path / "two" / "backbone.safetensors"))
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-3, atol=1e-4, msg=k)
