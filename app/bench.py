@@ -231,6 +231,8 @@ class BenchRequest:
     timing: TimingConfig = field(default_factory=TimingConfig)
     imgsz: int | None = None
     progress: bool = True
+    weights: str | None = None  # a weights file for the timm model named by ``target`` (exported first)
+    pretrained: bool = False  # or timm's own download of it
 
 
 Artifacts = dict[tuple[str, str], tuple[Path, Sidecar]]  # (kind, precision) -> (file, its verified sidecar)
@@ -264,12 +266,13 @@ def _artifacts_for(req: BenchRequest, notes: list[str]) -> Artifacts:
         quant = QuantOptions(mode="dynamic" if p == "int8-dynamic" else "static")
         try:
             res = export_artifacts(ExportRequest(req.target, req.out_dir / "artifacts", format=fmt, precision=prec, batch=batch,
-                                                 imgsz=req.imgsz, format_options={"int8": quant}))
+                                                 imgsz=req.imgsz, format_options={"int8": quant},
+                                                 weights=req.weights, pretrained=req.pretrained))
         except WherevitError as e:
             if fmt != "engine":
                 raise
             res = export_artifacts(ExportRequest(req.target, req.out_dir / "artifacts", precision=prec, batch=batch, imgsz=req.imgsz,
-                                                 format_options={"int8": quant}))
+                                                 format_options={"int8": quant}, weights=req.weights, pretrained=req.pretrained))
             notes.append(f"{p} engine build failed: {e}")
         notes += res.notes
         for path in res.artifacts.values():

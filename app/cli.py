@@ -29,6 +29,23 @@ def _run(fn, *args, **kwargs):
         raise click.ClickException(f"{type(e).__name__}: {e}") from e
 
 
+def _weights_options(fn):
+    """``--weights FILE`` / ``--pretrained``: CHECKPOINT then names a timm model and these give its weights."""
+    fn = click.option("--pretrained", is_flag=True,
+                      help="CHECKPOINT is a timm model name: use timm's own pretrained weights (downloaded once; needs a network).")(fn)
+    return click.option("--weights", type=click.Path(exists=True, dir_okay=False), default=None,
+                        help="CHECKPOINT is a timm model name (e.g. vit_small_patch14_dinov2): load it from this .safetensors/"
+                             ".pth/.pt file in timm, DINO, DINOv2, iBOT, MAE or wherevit layout (README: From the weights you have).")(fn)
+
+
+def _echo_weights(info: dict) -> None:
+    """One line saying which weights file was loaded (and in which layout), when one was."""
+    w = info.get("weights") or {}
+    if w.get("sha256"):
+        click.echo(f"weights: {w['file']} ({w['layout']} layout{', ' + w['network'] if w.get('network') else ''}; "
+                   f"sha256 {w['sha256'][:16]}...)", err=True)
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="wherevit")
 @click.option("-v", "--verbose", is_flag=True, help="Log debug messages.")
@@ -126,8 +143,9 @@ def eval_group() -> None:
               help="Score on this folder of photographs (up to --n-images) instead of generated scenes.")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Also write the full result as JSON here.")
+@_weights_options
 def eval_spatial(checkpoint: str, which: str, random_init: bool, n_images: int, crop_size: int, folder: Path | None,
-                 json_out: Path | None) -> None:
+                 json_out: Path | None, weights: str | None, pretrained: bool) -> None:
     """SP's position-and-scale prediction (MAE, R^2) and 8-way relative location on patch pairs.
 
     CHECKPOINT is a run directory, a checkpoint directory, a backbone.safetensors or a timm model name.
@@ -137,10 +155,11 @@ def eval_spatial(checkpoint: str, which: str, random_init: bool, n_images: int, 
     from wherevit.train.checkpoint import load_backbone
     from wherevit.train.evals.spatial import SpatialEvalConfig, evaluate_spatial
 
-    model, info = _run(load_backbone, checkpoint, which=which, random_init=random_init)
+    model, info = _run(load_backbone, checkpoint, which=which, random_init=random_init, weights=weights, pretrained=pretrained)
+    _echo_weights(info)
     res = _run(evaluate_spatial, model, SpatialEvalConfig(n_images=n_images, crop_size=crop_size,
                                                           folder=str(folder) if folder else None))
-    res["backbone"] = {k: info.get(k) for k in ("model", "source", "step", "file")}
+    res["backbone"] = {k: info.get(k) for k in ("model", "source", "step", "file", "weights")}
     ps, rl = res["position_scale"], res["relative_location"]
     click.echo(f"backbone: {info['model']} ({info['source']}, step {info.get('step')})")
     click.echo(f"position/scale  MAE dx {ps['mae_dx']:.4f}  dy {ps['mae_dy']:.4f}  log-scale {ps['mae_logscale']:.4f}  "
@@ -202,13 +221,14 @@ def eval_spatial(checkpoint: str, which: str, random_init: bool, n_images: int, 
                    "preprocessing model (needs numpy and opencv-python-headless in Triton's Python).")
 @click.option("--triton-images-instances", type=int, default=2, show_default=True,
               help="Preprocessing model instances (processes) for --triton-images.")
+@_weights_options
 def export(checkpoint: str, fmt: str | None, precision: str, batch: str, imgsz: int | None, out: Path, which: str,
            dynamic_hw: bool, no_pooled: bool, trt_lib: str, ccs: str | None, strongly_typed: bool | None,
            workspace_mb: int, rtol: float | None, expect_model: str | None, head: str | None, device: str,
            triton_name: str | None, triton_queue_delay_us: int, triton_instance_kind: str, triton_instances: int,
            triton_images: bool, triton_images_instances: int,
            quant_mode: str, calib: str | None, calib_count: int, calib_method: str, min_cosine: float,
-           reduce_range: bool | None) -> None:
+           reduce_range: bool | None, weights: str | None, pretrained: bool) -> None:
     """Export a backbone to ONNX, a TensorRT engine, an AOTInductor package or a Triton model repository,
     parity-checked, each with a sidecar JSON (``--precision int8``: also a quantised ONNX).
 
@@ -233,6 +253,7 @@ def export(checkpoint: str, fmt: str | None, precision: str, batch: str, imgsz: 
         format_options={"triton": triton,
                         "int8": _run(QuantOptions, mode=quant_mode, method=calib_method, calib=calib, calib_count=calib_count,
                                      reduce_range=reduce_range, min_cosine=min_cosine)},
+        weights=weights, pretrained=pretrained,
     )
     if dynamic_hw and fmt in ("engine", "triton-engine"):
         raise click.UsageError("--dynamic-hw is for ONNX only; engines are built for one input size (use --imgsz)")
@@ -248,6 +269,8 @@ def export(checkpoint: str, fmt: str | None, precision: str, batch: str, imgsz: 
         click.echo(f"{name + ':':<8}{path}")
     for sc in res.sidecars:
         click.echo(f"sidecar: {sc}")
+    if res.sidecars:
+        _echo_weights(json.loads(res.sidecars[-1].read_text()).get("model", {}))
 
 
 @main.command()
@@ -306,8 +329,10 @@ def serve(artifact: str, host: str, port: int, grpc_port: int | None, name: str 
 @click.option("--warmup", type=int, default=3, show_default=True)
 @click.option("--imgsz", type=int, default=None, help="Input size when TARGET is a checkpoint.")
 @click.option("-o", "--out", "out", type=click.Path(file_okay=False, path_type=Path), default=Path("bench"), show_default=True)
+@_weights_options
 def bench(target: str, backends: str, batches: str, precisions: str, reference: str | None, no_copies: bool,
-          min_seconds: float, min_iters: int, warmup: int, imgsz: int | None, out: Path) -> None:
+          min_seconds: float, min_iters: int, warmup: int, imgsz: int | None, out: Path, weights: str | None,
+          pretrained: bool) -> None:
     """Latency / throughput table across backends for an artifact or a checkpoint.
 
     TARGET is an exported artifact (its siblings in the same folder join in) or a checkpoint /
@@ -320,13 +345,16 @@ def bench(target: str, backends: str, batches: str, precisions: str, reference: 
         run_bench,
     )
 
+    if (weights or pretrained) and Path(target).is_file():
+        raise click.UsageError("--weights/--pretrained go with a timm model name as TARGET (exported first), not an artifact")
     names = None if backends == "all" else tuple(b.strip() for b in backends.split(",") if b.strip())
     try:
         bs = tuple(int(b) for b in batches.split(","))
     except ValueError:
         raise click.BadParameter(f"{batches!r} is not a comma list of integers", param_hint="--batch") from None
     req = BenchRequest(target, out, names, bs, tuple(p.strip() for p in precisions.split(",")), reference, not no_copies,
-                       TimingConfig(warmup=warmup, min_iters=min_iters, min_seconds=min_seconds), imgsz)
+                       TimingConfig(warmup=warmup, min_iters=min_iters, min_seconds=min_seconds), imgsz,
+                       weights=weights, pretrained=pretrained)
     rows, paths = _run(run_bench, req)
     from wherevit.app.machine import format_machine
 
@@ -353,8 +381,9 @@ def bench(target: str, backends: str, batches: str, precisions: str, reference: 
 @click.option("-o", "--out", "out", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Where head_<task>.safetensors and head_<task>.json go (default: heads/ beside the checkpoint).")
 @click.option("--no-progress", is_flag=True)
+@_weights_options
 def train_head(task: str, checkpoint: str, data_spec: str, n_classes: int | None, reduce_zero_label: bool, which: str, random_init: bool, n_train: int, n_test: int,
-               size: int | None, epochs: int, out: Path | None, no_progress: bool) -> None:
+               size: int | None, epochs: int, out: Path | None, no_progress: bool, weights: str | None, pretrained: bool) -> None:
     """Train a depth, segmentation or relative-pose head on frozen features, and measure it.
 
     Metrics on held-out data, next to a chance-level baseline: depth RMSE / AbsRel / delta<1.25,
@@ -364,7 +393,10 @@ def train_head(task: str, checkpoint: str, data_spec: str, n_classes: int | None
     from wherevit.train.data.scenes3d import CLASSES
     from wherevit.train.downstream.fit import HeadTrainConfig, fit_head, load_task_data
 
-    model, info = _run(load_backbone, checkpoint, which=which, random_init=random_init)
+    named = weights is not None or pretrained  # built at --size: timm resamples the grid once, as export will
+    model, info = _run(load_backbone, checkpoint, which=which, random_init=random_init, weights=weights, pretrained=pretrained,
+                       img_size=size if named else None)
+    _echo_weights(info)
     size = size or int(info["arch"]["img_size"][0])
     if task == "seg" and data_spec != "synthetic" and n_classes is None:
         raise click.UsageError("--n-classes is required for a segmentation folder")
@@ -392,12 +424,14 @@ def train_head(task: str, checkpoint: str, data_spec: str, n_classes: int | None
 @click.option("--n-test", type=int, default=200, show_default=True)
 @click.option("--folder", type=click.Path(path_type=Path), default=None,
               help="Score tile placement on this folder of photographs instead of generated scenes (no recognition part).")
-def eval_jigsaw(checkpoint: str, random_init: bool, n_test: int, folder: Path | None) -> None:
+@_weights_options
+def eval_jigsaw(checkpoint: str, random_init: bool, n_test: int, folder: Path | None, weights: str | None, pretrained: bool) -> None:
     """SP's jigsaw understanding: 3x3 tile slot prediction and recognition of the reassembled image."""
     from wherevit.train.checkpoint import load_backbone
     from wherevit.train.evals.jigsaw import JigsawConfig, evaluate_jigsaw
 
-    model, info = _run(load_backbone, checkpoint, random_init=random_init)
+    model, info = _run(load_backbone, checkpoint, random_init=random_init, weights=weights, pretrained=pretrained)
+    _echo_weights(info)
     r = _run(evaluate_jigsaw, model, JigsawConfig(n_test=n_test, image_size=int(info["arch"]["img_size"][0]),
                                                   folder=str(folder) if folder else None))
     line = (f"jigsaw  per-tile {r['per_tile_acc']:.3f} (chance {r['chance_per_tile']:.3f})  full permutation "
@@ -411,12 +445,14 @@ def eval_jigsaw(checkpoint: str, random_init: bool, n_test: int, folder: Path | 
 @eval_group.command(name="probes")
 @click.argument("checkpoint")
 @click.option("--random-init", is_flag=True, help="Same architecture, random weights (the floor).")
-def eval_probes(checkpoint: str, random_init: bool) -> None:
+@_weights_options
+def eval_probes(checkpoint: str, random_init: bool, weights: str | None, pretrained: bool) -> None:
     """k-NN (cosine, k=20, T=0.07) and linear probe on CLS features of generated scenes."""
     from wherevit.train.checkpoint import load_backbone
     from wherevit.train.evals.probes import ProbeConfig, evaluate_probes
 
-    model, info = _run(load_backbone, checkpoint, random_init=random_init)
+    model, info = _run(load_backbone, checkpoint, random_init=random_init, weights=weights, pretrained=pretrained)
+    _echo_weights(info)
     r = _run(evaluate_probes, model, ProbeConfig(size=int(info["arch"]["img_size"][0])))
     click.echo(f"probes  k-NN {r['knn_acc']:.3f}  linear {r['linear_acc']:.3f}  (majority class {r['chance']:.3f}; "
                f"classes {', '.join(r['classes'])})")

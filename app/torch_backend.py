@@ -19,7 +19,7 @@ from wherevit.base.sidecar import Sidecar
 from wherevit.export.head_models import HeadModel, load_head
 from wherevit.export.onnx_export import DTYPES, FeatureModel
 from wherevit.runtime.backends.base import Backend, register_backend
-from wherevit.train.checkpoint import load_backbone
+from wherevit.train.checkpoint import load_backbone, named_source
 
 __all__ = ["TorchEager", "TorchCompile", "TorchCompileCudaGraphs", "torch_device", "reference_model"]
 
@@ -33,9 +33,13 @@ def reference_model(meta: Sidecar, precision: str = "fp32") -> torch.nn.Module:
     ckpt = meta.model.get("checkpoint")
     which = meta.model.get("source") if meta.model.get("source") in ("teacher", "student") else "teacher"
     size = tuple(int(s) for s in meta.input_preprocess().size)
-    model, _ = load_backbone(ckpt, which=which)
-    if tuple(model.patch_embed.img_size) != size or meta.dynamic_hw:  # exported at another size: resample pos embed
-        model, _ = load_backbone(ckpt, which=which, dynamic_img_size=True)
+    named = named_source(meta.model)
+    if named:  # a timm model with a weights file or timm's download, built at the artifact's size as export did
+        model, _ = load_backbone(ckpt, img_size=size[0], dynamic_img_size=meta.dynamic_hw, **{"which": which, **named})
+    else:
+        model, _ = load_backbone(ckpt, which=which)
+        if tuple(model.patch_embed.img_size) != size or meta.dynamic_hw:  # exported at another size: resample pos embed
+            model, _ = load_backbone(ckpt, which=which, dynamic_img_size=True)
     if meta.head:
         head, head_meta = load_head(meta.head["file"])
         return HeadModel(model, copy.deepcopy(head), head_meta, precision).eval()

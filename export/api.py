@@ -77,6 +77,10 @@ class ExportRequest:
     # with a format's suffix given as out_dir is taken as this (see ``resolve_output``).
     out_file: Path | None = None
     format_options: dict[str, Any] = field(default_factory=dict)  # per-format options by format name (e.g. "triton")
+    # A weights file (train/weights.py layouts) for the timm model named by ``checkpoint``, or timm's
+    # own download (``pretrained``); the sidecar's ``model.weights`` records where they came from.
+    weights: str | None = None
+    pretrained: bool = False
 
 
 @dataclass
@@ -172,7 +176,9 @@ def _context(req: ExportRequest, graph_precision: str) -> ExportContext:
     out_dir = check_writable_dir(req.out_dir)
     # A fixed-size graph at the training size needs no position-embedding resampling ops.
     resample = req.dynamic_hw or req.imgsz is not None
-    model, info = load_backbone(req.checkpoint, which=req.which, dynamic_img_size=resample, expect_model=req.expect_model)
+    named = req.weights is not None or req.pretrained  # built at --imgsz: timm resamples the grid once, at load
+    model, info = load_backbone(req.checkpoint, which=req.which, dynamic_img_size=resample, expect_model=req.expect_model,
+                                weights=req.weights, pretrained=req.pretrained, img_size=req.imgsz if named else None)
     size = (req.imgsz, req.imgsz) if req.imgsz else tuple(model.patch_embed.img_size)
     p = model.patch_embed.patch_size
     if size[0] % p[0] or size[1] % p[1]:
@@ -215,7 +221,9 @@ def _shared_sidecar(model, info: dict, req: ExportRequest, pre: Preprocess, prec
         task=head_meta["task"] if head_meta else "features",
         model={k: info.get(k) for k in ("model", "timm_kwargs", "arch", "source", "step")} | {"checkpoint": str(req.checkpoint)}
         # how positions were made when training replaced timm's embedding (the posfield, baked into pos_embed)
-        | ({"positional": info["positional"]} if "positional" in info else {}),
+        | ({"positional": info["positional"]} if "positional" in info else {})
+        # where the weights came from (file, SHA-256, layout) and, for a run, what it started from
+        | {k: info[k] for k in ("weights", "initialised_from") if k in info},
         dynamic_hw=req.dynamic_hw, head={**head_meta, "file": str(req.head)} if head_meta else None,
     )
 

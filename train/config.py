@@ -33,10 +33,17 @@ class ModelConfig:
     drop_path_rate: float = 0.1
     pretrained: bool = False  # True downloads timm weights: never in tests or CI
     kwargs: dict[str, Any] = field(default_factory=dict)  # any other timm VisionTransformer argument
+    # Start from a weights file (train/weights.py reads timm, DINO, DINOv2, iBOT, MAE and wherevit
+    # layouts): student and teacher backbones both load it, its position grid resampled to img_size
+    # by timm; heads start fresh. Ignored on --resume (the checkpoint holds everything).
+    weights: Optional[str] = None
+    weights_network: Literal["teacher", "student"] = "teacher"  # which network of a two-network checkpoint
 
     def validate(self) -> None:
         if self.img_size <= 0:
             raise ValueError(f"img_size must be positive, got {self.img_size}")
+        if self.weights and self.pretrained:
+            raise ValueError("weights and pretrained both set: start from the file (weights) or timm's download (pretrained), not both")
         if not 0 <= self.drop_path_rate < 1:
             raise ValueError(f"drop_path_rate must be in [0, 1), got {self.drop_path_rate}")
 
@@ -165,6 +172,17 @@ class OptimConfig:
     weight_decay_end: float = 0.4
     betas: tuple[float, float] = (0.9, 0.999)
     clip_grad: float = 3.0  # 0 disables
+    # Continued pretraining (train/param_groups.py): block i of L trains at lr * layer_decay ** (L - i),
+    # the embeddings at layer_decay ** (L + 1), the final norm and the heads at lr (1.0: off); and the
+    # patch embedding, the tokens and the first freeze_blocks blocks stay as loaded (0: none frozen).
+    layer_decay: float = 1.0
+    freeze_blocks: int = 0
+
+    def validate(self) -> None:
+        if not 0 < self.layer_decay <= 1:
+            raise ValueError(f"layer_decay must be in (0, 1], got {self.layer_decay}")
+        if self.freeze_blocks < 0:
+            raise ValueError(f"freeze_blocks must be >= 0, got {self.freeze_blocks}")
 
 
 @dataclass

@@ -34,7 +34,8 @@ class VariantSpec:
     """One row of the study table."""
 
     name: str
-    kind: Literal["trained", "random", "chance"] = "trained"
+    # "start": the study's starting weights (``weights``) evaluated as loaded, without training
+    kind: Literal["trained", "random", "chance", "start"] = "trained"
     # plug-in name -> settings over the study's plugin_settings and the preset's section ({}: those as they are)
     plugins: dict[str, dict[str, Any]] = field(default_factory=dict)
     host: list[str] = field(default_factory=list)  # host options, "dino.key=value" or "ibot.key=value"
@@ -66,6 +67,9 @@ class StudyConfig:
     # variant -> its own reference variant, compared too (a plug-in on the iBOT host against DINO + iBOT)
     contrasts: dict[str, str] = field(default_factory=dict)
     evaluation: SuiteConfig = field(default_factory=SuiteConfig)
+    # A weights file every trained variant starts from (model.weights: continued pretraining); the
+    # runs' cache keys hash its content, so a replaced file is trained again
+    weights: str | None = None
     runs_dir: str = "runs/study"  # training runs and one results file per run (the cache)
     out: str = "benchmarks/results/study"  # results.json, table.md, study.png
 
@@ -117,6 +121,8 @@ def _base_dict(study: StudyConfig) -> dict[str, Any]:
         raise StudyError(f"study {study.name!r}: no training preset or file named {study.train!r}; presets: {', '.join(preset_names())}")
     data = load_yaml(path)
     apply_overrides(data, list(study.budget))
+    if study.weights:  # part of the budget: every trained variant starts from the same backbone
+        data.setdefault("model", {})["weights"] = study.weights
     return data
 
 
