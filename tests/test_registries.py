@@ -1,5 +1,6 @@
-"""The registries have one shape: a new backend or export format is one class and one registration,
-added by us or by another package's entry point; a duplicate name is refused everywhere."""
+"""The registries have one shape: a new backend, export format, plug-in or head task is one class and one
+registration, added by us or by another package's entry point (loaded lazily, by name); a duplicate name
+is refused everywhere and an unknown one reads the same way in every registry."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from wherevit.base.sidecar import read_sidecar, sidecar_path, write_sidecar
 from wherevit.export.api import ExportRequest, export_artifacts
 from wherevit.export.formats import ExportFormat, format_chain, register_format, registered_formats
 from wherevit.export.formats import base as formats_base
+from wherevit.export.request import StepResult
 from wherevit.runtime import load
 from wherevit.runtime.backends import Backend, auto_order, registered_backends
 from wherevit.runtime.backends import base as backends_base
@@ -38,13 +40,11 @@ class NumpyOnnxCopy(ExportFormat):
 
     def build(self, ctx):
         src = ctx.produced["onnx"]
-        out = ctx.track(ctx.out_dir / f"{ctx.stem}.toy")
+        out = ctx.track(ctx.artifact_path(self.name, ctx.sidecar.precision, self.suffixes[0]))
         out.write_bytes(src.read_bytes()[::-1])
         meta = dataclasses.replace(read_sidecar(src), kind="toy", artifact=None)
         ctx.track(sidecar_path(out))
-        write_sidecar(out, meta)
-        ctx.produced[self.name] = out
-        return out
+        return StepResult(out, write_sidecar(out, meta))
 
 
 class ToyBackend(Backend):
@@ -91,8 +91,10 @@ def test_duplicate_names_are_refused(clean_registries):
 
 
 def test_unknown_format_names_the_registered_ones(trained_run, tmp_path):
-    with pytest.raises(ValueError, match="--format must be one of .*engine.*onnx"):
+    # every registry's lookup is Registry.get: one message shape (was "--format must be one of ..." before 0.2)
+    with pytest.raises(ValueError, match="unknown export format 'tflite'; registered export formats: engine, onnx, pt2"):
         export_artifacts(ExportRequest(str(trained_run), tmp_path, format="tflite"))
+    assert not list(tmp_path.iterdir())  # refused before anything was written
 
 
 def _fake_distribution(root: Path, group: str, name: str, target: str) -> None:
