@@ -180,13 +180,19 @@ def _export_params() -> list[click.Parameter]:
     return options_params(export_option_groups())
 
 
+def _export_signature() -> tuple:
+    from wherevit.app.options_cli import export_options_signature
+
+    return export_options_signature()
+
+
 def _precision_help() -> str:
     from wherevit.base.precision import PRECISIONS
 
     return "; ".join(f"{p.name}: {p.title}" for p in PRECISIONS.values())
 
 
-@main.command(cls=_lazy_command(), params_factory=lambda: _export_params())
+@main.command(cls=_lazy_command(), params_factory=lambda: _export_params(), signature=lambda: _export_signature())
 @click.argument("checkpoint")
 @click.option("-f", "--format", "fmt", default=None, help="A registered export format (listed with --help).")
 @click.option("-p", "--precision", type=click.Choice(_precision_names()), default="fp32", show_default=True,

@@ -17,7 +17,8 @@ import click
 
 from wherevit.base.errors import WherevitError
 
-__all__ = ["LazyOptionsCommand", "OptionsGroup", "export_option_groups", "options_params", "collect_options"]
+__all__ = ["LazyOptionsCommand", "OptionsGroup", "export_option_groups", "export_options_signature", "options_params",
+           "collect_options"]
 
 
 @dataclasses.dataclass
@@ -42,6 +43,13 @@ def export_option_groups() -> list[OptionsGroup]:
         g = groups.setdefault(fmt.Options, OptionsGroup((), fmt.Options, name))
         g.keys += (name,)
     return [*groups.values(), OptionsGroup((QuantizeStep.name,), QuantOptions, QuantizeStep.name)]
+
+
+def export_options_signature() -> tuple:
+    """What ``wherevit export``'s generated options depend on: the registered formats and their ``Options``."""
+    from wherevit.export.formats import registered_formats
+
+    return tuple((name, fmt.Options, fmt.help) for name, fmt in registered_formats().items())
 
 
 def _param_name(group: OptionsGroup, field: dataclasses.Field) -> str:
@@ -136,17 +144,22 @@ def collect_options(groups: list[OptionsGroup], values: dict[str, Any]) -> dict[
 
 
 class LazyOptionsCommand(click.Command):
-    """A click command whose generated options (``params_factory()``) are added the first time it is used."""
+    """A click command whose generated options (``params_factory()``) are added when it is used.
 
-    params_factory: Callable[[], list[click.Parameter]] | None = None
+    ``signature()`` says what they were generated from (the registered formats and their ``Options``);
+    a format registered later (a test, a plug-in loaded late) regenerates them on the next use."""
 
-    def __init__(self, *args, params_factory: Callable[[], list[click.Parameter]] | None = None, **kwargs) -> None:
+    def __init__(self, *args, params_factory: Callable[[], list[click.Parameter]] | None = None,
+                 signature: Callable[[], Any] | None = None, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        self.params_factory = params_factory
-        self._generated = False
+        self.params_factory, self.signature = params_factory, signature
+        self._declared = list(self.params)
+        self._generated_for: Any = object()
 
     def get_params(self, ctx: click.Context) -> list[click.Parameter]:
-        if not self._generated and self.params_factory is not None:
-            self._generated = True
-            self.params.extend(self.params_factory())
+        if self.params_factory is not None:
+            sig = self.signature() if self.signature is not None else None
+            if sig != self._generated_for:
+                self.params = [*self._declared, *self.params_factory()]
+                self._generated_for = sig
         return super().get_params(ctx)
