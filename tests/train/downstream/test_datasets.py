@@ -8,9 +8,9 @@ from wherevit.train.data.scenes3d import SceneSet, render_pair
 from wherevit.train.downstream.datasets import (
     DatasetError,
     check_rigid,
+    holdout_split,
     load_depth_folder,
     load_pose_folder,
-    holdout_split,
     load_seg_folder,
 )
 from wherevit.train.downstream.tasks import create_head_task
