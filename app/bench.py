@@ -33,7 +33,7 @@ import numpy as np
 
 from wherevit.base.errors import WherevitError
 from wherevit.base.io import atomic_write_text
-from wherevit.base.precision import DEFAULT_MIN_COSINE, get_precision, parse_precision_label, precision_label
+from wherevit.base.precision import DEFAULT_MIN_COSINE, REFERENCE_PRECISION, get_precision, parse_precision_label, precision_label
 from wherevit.base.sidecar import Sidecar, read_sidecar, sidecar_path
 from wherevit.runtime.backends import Backend
 from wherevit.runtime.backends.base import BACKENDS
@@ -41,9 +41,6 @@ from wherevit.runtime.compare import compare
 
 __all__ = ["BenchRow", "BenchRequest", "TimingConfig", "time_callable", "machine_info", "write_results", "format_table",
            "run_bench", "bench_precision", "judged_by_cosine"]
-
-
-REFERENCE_PRECISION = "fp32"  # every row's parity is against PyTorch at this precision
 
 
 def judged_by_cosine(label: str) -> bool:
@@ -263,6 +260,7 @@ def _artifacts_for(req: BenchRequest, notes: list[str]) -> Artifacts:
                     arts.setdefault((m.kind, bench_precision(m)), (other, m))
         return _with_reference(arts, req.reference)
     from wherevit.export.api import ExportRequest, export_artifacts
+    from wherevit.export.quant_step import QuantizeStep
     from wherevit.export.quantize import QuantOptions
 
     arts: Artifacts = {}
@@ -272,7 +270,7 @@ def _artifacts_for(req: BenchRequest, notes: list[str]) -> Artifacts:
     for p in req.precisions:
         fmt = "engine" if want_engine else "onnx"
         prec, mode = parse_precision_label(p)
-        options = {"int8": QuantOptions(mode=mode)} if mode else {}
+        options = {QuantizeStep.name: QuantOptions(mode=mode)} if mode else {}
         try:
             res = export_artifacts(ExportRequest(req.target, req.out_dir / "artifacts", format=fmt, precision=prec, batch=batch,
                                                  imgsz=req.imgsz, format_options=options))

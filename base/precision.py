@@ -18,9 +18,10 @@ from dataclasses import dataclass
 from wherevit.base.errors import InvalidRequest
 
 __all__ = ["Precision", "PRECISIONS", "get_precision", "precision_names", "precision_label", "parse_precision_label",
-           "check_supported", "DEFAULT_MIN_COSINE"]
+           "check_supported", "DEFAULT_MIN_COSINE", "REFERENCE_PRECISION"]
 
 DEFAULT_MIN_COSINE = 0.99  # per-sample cosine bound for quantised graphs and mixed-precision (autocast) rows
+REFERENCE_PRECISION = "fp32"  # every parity check (export, bench) compares against PyTorch at this precision
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ from torch import nn
 from wherevit.base.errors import InvalidRequest
 from wherevit.base.image import Preprocess
 from wherevit.base.io import check_writable_dir
-from wherevit.base.precision import check_supported, get_precision
+from wherevit.base.precision import REFERENCE_PRECISION, check_supported, get_precision
 from wherevit.base.sidecar import BatchRange, HeadSection, ModelSection, Sidecar, TensorSpec
 from wherevit.export.formats import ExportContext, ExportFormat, format_chain, registered_formats
 from wherevit.export.formats.base import FORMATS
@@ -203,7 +203,7 @@ def _context(req: ExportRequest, plan: _Plan) -> ExportContext:
         raise InvalidRequest(f"image size {size} is not a multiple of the patch size {tuple(p)}")
     preprocess = Preprocess.from_dict(_known_preprocess(info.get("preprocess", {})), size=size)
     wrap, head = _wrapper(req, model)
-    reference = wrap(copy.deepcopy(model), "fp32")
+    reference = wrap(copy.deepcopy(model), REFERENCE_PRECISION)
     grid = (size[0] // p[0], size[1] // p[1])
     sidecar = _shared_sidecar(reference, info, req, preprocess, plan.graph_precision, int(model.embed_dim), grid, head)
     stem = head.task if head else "model"

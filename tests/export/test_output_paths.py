@@ -129,3 +129,34 @@ def test_out_file_is_the_engine_at_every_precision(precision, out, beside, train
         q = read_sidecar(tmp_path / "qs.onnx").quantization
         assert q.tensorrt_build["built"] is True and q.tensorrt_build["engine"] == "qs.engine"
         assert q.activations.startswith("int8, symmetric") and engine.quantization.source_onnx.file == "qs_fp32.onnx"
+
+
+@pytest.mark.parametrize("fmt,out,precision,want", [
+    # (requested format, -o, precision) -> {product name: path}; the requested product is exactly -o's file
+    ("onnx", "a/qs.onnx", "fp16", {"onnx": "a/qs.onnx"}),
+    ("onnx", "a/qs.onnx", "int8", {"onnx-source": "a/qs_fp32.onnx", "int8": "a/qs.onnx"}),
+    ("engine", "a/m.plan", "fp16", {"onnx": "a/m.onnx", "engine": "a/m.plan"}),
+    ("engine", "a/m.plan", "int8", {"onnx-source": "a/m_fp32.onnx", "int8": "a/m.onnx", "engine": "a/m.plan"}),
+    ("pt2", "a/qs.pt2", "bf16", {"pt2": "a/qs.pt2"}),
+    ("onnx", None, "int8", {"onnx-source": "o/model_fp32.onnx", "int8": "o/model_int8.onnx"}),
+    ("engine", None, "fp16", {"onnx": "o/model_fp32.onnx", "engine": "o/model_fp16.engine"}),  # weakly typed TRT 10
+])
+def test_artifact_names_for_every_format_and_precision(fmt, out, precision, want):
+    from wherevit.export.formats.base import ExportContext, file_label
+    from wherevit.export.request import ExportRequest
+
+    req = ExportRequest("ckpt", Path("o"), format=fmt, precision=precision, out_file=Path(out) if out else None)
+    quant = "onnx" if precision == "int8" else None
+    ctx = ExportContext(req, Path(out).parent if out else Path("o"), "model", None, {}, None, None, None, (1, 1, 1), None,
+                        quant_source=quant)
+    suffix = {"onnx": ".onnx", "engine": ".engine" if out is None else Path(out).suffix, "pt2": ".pt2"}
+    got = {}
+    for name in want:
+        if name == "onnx-source":
+            got[name] = ctx.artifact_path("onnx", "fp32", ".onnx")
+        elif name == "int8":  # the INT8 step's product stands in for the onnx format's
+            got[name] = ctx.artifact_path("onnx", file_label("int8", "static"), ".onnx", final=True)
+        else:
+            graph = "fp32" if (name == "onnx" and out is None) else precision
+            got[name] = ctx.artifact_path(name, graph, suffix[name])
+    assert {k: str(v) for k, v in got.items()} == want

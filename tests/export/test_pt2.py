@@ -93,7 +93,7 @@ def test_pt2_parity_failure_leaves_nothing_behind(trained_run, pt2_artifact, tmp
 
     def reuse(model, out, batch, size, device="cpu"):
         out.write_bytes(pt2_artifact.read_bytes())
-        return {"device": device}
+        return {"device": device, "torch": torch.__version__}  # the pt2 section's required facts (it is typed now)
 
     monkeypatch.setattr(pt2, "compile_pt2", reuse)
     with pytest.raises(pt2.ParityError, match="pt2 parity failed for model_fp32.pt2"):
