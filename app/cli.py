@@ -46,6 +46,24 @@ def _echo_weights(info: dict) -> None:
                    f"sha256 {w['sha256'][:16]}...)", err=True)
 
 
+def _lazy_command():
+    from wherevit.app.options_cli import LazyOptionsCommand
+
+    return LazyOptionsCommand
+
+
+def _precision_names() -> list[str]:
+    from wherevit.base.precision import precision_names
+
+    return list(precision_names())
+
+
+def _bench_precisions() -> str:
+    from wherevit.base.precision import PRECISIONS
+
+    return ", ".join([*PRECISIONS, *(f"{n}-{m}" for n, p in PRECISIONS.items() for m in p.quant_modes[1:])])
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="wherevit")
 @click.option("-v", "--verbose", is_flag=True, help="Log debug messages.")
@@ -56,6 +74,7 @@ def main(verbose: bool) -> None:
     The train-then-export workflow (each command uses only files the ones before it wrote):
       wherevit train --config quickstart --out runs/qs      # DINO + SP on generated scenes (CPU ok)
       wherevit eval spatial runs/qs                          # position/scale probe on frozen features
+      wherevit train-head depth runs/qs --out runs/qs/heads  # a depth head on frozen features (seg, pose, ...)
       wherevit study quickstart                              # the plug-in study: variants x seeds, intervals
       wherevit export runs/qs --out art/qs.onnx              # ONNX + sidecar, parity-checked
       wherevit export runs/qs --out art/qs.engine            # TensorRT(-RTX) engine (+ art/qs.onnx) + sidecars
@@ -169,94 +188,71 @@ def eval_spatial(checkpoint: str, which: str, random_init: bool, n_images: int, 
         atomic_write_text(json_out, json.dumps(res, indent=2))
 
 
-@main.command()
+def _export_params() -> list[click.Parameter]:
+    """``wherevit export``'s per-format options, generated from each format's ``Options`` (and the INT8 step's)."""
+    from wherevit.app.options_cli import export_option_groups, options_params
+    from wherevit.export.formats import registered_formats
+
+    fmt_help = "; ".join(f"{name}: {cls.help}" for name, cls in registered_formats().items() if cls.help)
+    fmt_option = next(p for p in export.params if p.name == "fmt")
+    fmt_option.help = f"{fmt_help}. Or a format a package registers. Default: from --out's suffix, else onnx."
+    return options_params(export_option_groups())
+
+
+def _export_signature() -> tuple:
+    from wherevit.app.options_cli import export_options_signature
+
+    return export_options_signature()
+
+
+def _precision_help() -> str:
+    from wherevit.base.precision import PRECISIONS
+
+    return "; ".join(f"{p.name}: {p.title}" for p in PRECISIONS.values())
+
+
+@main.command(cls=_lazy_command(), params_factory=lambda: _export_params(), signature=lambda: _export_signature())
 @click.argument("checkpoint")
-@click.option("-f", "--format", "fmt", default=None,
-              help="onnx: ONNX + sidecar. engine: a TensorRT plan, with the ONNX it is built from. pt2: an AOTInductor "
-                   "package (C++: examples/cpp). triton / triton-engine: the ONNX graph / the engine in a Triton model "
-                   "repository at --out (a new version if the model is there). Or a format a plug-in registers. "
-                   "Default: from --out's suffix, else onnx.")
-@click.option("-p", "--precision", type=click.Choice(["fp32", "fp16", "bf16", "int8"]), default="fp32", show_default=True,
-              help="int8: also an INT8 ONNX quantised from the fp32 one (ONNX Runtime), cosine-parity checked.")
+@click.option("-f", "--format", "fmt", default=None, help="A registered export format (listed with --help).")
+@click.option("-p", "--precision", type=click.Choice(_precision_names()), default="fp32", show_default=True,
+              help=_precision_help() + ". A format that cannot write it says so before any work.")
 @click.option("-b", "--batch", default="1:8:64", show_default=True,
               help="min:opt:max batch for the dynamic batch axis and the TensorRT profile (opt = typical batch).")
-@click.option("--quant", "quant_mode", type=click.Choice(["static", "dynamic"]), default="static", show_default=True,
-              help="int8: static Q/DQ (calibrated, batch-independent) or dynamic (scales per call over the batch; served one image at a time).")
-@click.option("--calib", default=None, type=click.Path(file_okay=False),
-              help="int8: folder of calibration images (default: generated scenes).")
-@click.option("--calib-count", type=int, default=64, show_default=True, help="int8: calibration images used.")
-@click.option("--calib-method", type=click.Choice(["minmax", "entropy", "percentile"]), default="minmax", show_default=True)
-@click.option("--min-cosine", type=float, default=0.99, show_default=True,
-              help="int8: fail below this per-sample cosine similarity to PyTorch fp32 (any float output).")
-@click.option("--reduce-range/--full-range", "reduce_range", default=None,
-              help="int8: 7-bit weights (default: on exactly when the CPU lacks VNNI).")
 @click.option("--imgsz", type=int, default=None, help="Input size (square). Default: the backbone's training size.")
 @click.option("-o", "--out", "out", type=click.Path(path_type=Path), default=Path("artifacts"), show_default=True,
               help="A folder (files named <model|task>_<precision>.<ext>), or the file itself: art/qs.onnx, "
-                   "art/qs.engine or .plan, art/qs.pt2 (an engine's ONNX goes beside it as art/qs.onnx).")
+                   "art/qs.engine or .plan, art/qs.pt2 (written exactly there at every precision; an engine's ONNX goes "
+                   "beside it as art/qs.onnx, the float graph an INT8 graph is quantised from as art/qs_fp32.onnx).")
 @click.option("--which", type=click.Choice(["teacher", "student"]), default="teacher", show_default=True,
               help="Network to export from a training checkpoint.")
 @click.option("--dynamic-hw", is_flag=True, help="Also make height/width dynamic (ONNX only; engines use fixed sizes).")
 @click.option("--no-pooled", is_flag=True, help="Omit the `pooled` (mean patch token) output.")
-@click.option("--trt-lib", type=click.Choice(["auto", "tensorrt", "tensorrt_rtx"]), default="auto", show_default=True)
-@click.option("--cc", "ccs", default=None, help="TensorRT-RTX target compute capabilities, e.g. 8.6,8.9,12.0 "
-              "(default 8.0,8.6,8.9,12.0).")
-@click.option("--strongly-typed/--weakly-typed", "strongly_typed", default=None,
-              help="TensorRT 10.x only: build from a typed ONNX instead of precision flags.")
-@click.option("--workspace-mb", type=int, default=4096, show_default=True)
 @click.option("--rtol", type=float, default=None, help="Parity tolerance on relative L2 error (default by precision).")
 @click.option("--model", "expect_model", default=None, help="Fail unless the checkpoint holds this timm model.")
 @click.option("--head", default=None, type=click.Path(exists=True, dir_okay=False),
               help="A head_<task>.safetensors from `wherevit train-head`: export backbone + head as one graph.")
-@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True,
-              help="pt2 only: the device the package is compiled for (cuda needs a CUDA GPU here).")
-@click.option("--triton-name", default=None, help="Triton model name (default: the timm model name, plus the head's task).")
-@click.option("--triton-queue-delay-us", type=int, default=100, show_default=True,
-              help="Triton dynamic batching: max_queue_delay_microseconds.")
-@click.option("--triton-instance-kind", type=click.Choice(["default", "auto", "gpu", "cpu", "model"]), default="default",
-              show_default=True, help="Triton instance_group kind (default: gpu for engines, auto for ONNX).")
-@click.option("--triton-instances", type=int, default=1, show_default=True, help="Triton instance_group count.")
-@click.option("--triton-images", is_flag=True,
-              help="Also <name>_images: an ensemble taking encoded image files (BYTES) through a Python-backend "
-                   "preprocessing model (needs numpy and opencv-python-headless in Triton's Python).")
-@click.option("--triton-images-instances", type=int, default=2, show_default=True,
-              help="Preprocessing model instances (processes) for --triton-images.")
 @_weights_options
 def export(checkpoint: str, fmt: str | None, precision: str, batch: str, imgsz: int | None, out: Path, which: str,
-           dynamic_hw: bool, no_pooled: bool, trt_lib: str, ccs: str | None, strongly_typed: bool | None,
-           workspace_mb: int, rtol: float | None, expect_model: str | None, head: str | None, device: str,
-           triton_name: str | None, triton_queue_delay_us: int, triton_instance_kind: str, triton_instances: int,
-           triton_images: bool, triton_images_instances: int,
-           quant_mode: str, calib: str | None, calib_count: int, calib_method: str, min_cosine: float,
-           reduce_range: bool | None, weights: str | None, pretrained: bool) -> None:
+           dynamic_hw: bool, no_pooled: bool, rtol: float | None, expect_model: str | None, head: str | None,
+           weights: str | None, pretrained: bool, **format_values) -> None:
     """Export a backbone to ONNX, a TensorRT engine, an AOTInductor package or a Triton model repository,
-    parity-checked, each with a sidecar JSON (``--precision int8``: also a quantised ONNX).
+    parity-checked, each with a sidecar JSON (``--precision int8``: the ONNX graph quantised by ONNX Runtime,
+    cosine-checked, and what the engine or Triton formats build from it).
 
     CHECKPOINT is a run directory, checkpoint directory, backbone.safetensors, or a timm model
     name such as vit_small_patch16_224 (random weights: try export without training).
+    Per-format options (--trt-lib, --device, --triton-*, --quant, ...) come from each format's Options.
     """
+    from wherevit.app.options_cli import collect_options, export_option_groups
     from wherevit.export.api import ExportRequest, export_artifacts, parse_batch, resolve_output
-    from wherevit.export.formats.triton import TritonOptions
-    from wherevit.export.formats.triton_images import ImagesOptions
-    from wherevit.export.quantize import QuantOptions
-    from wherevit.export.trt_builder import parse_compute_capabilities
 
     out_dir, fmt, out_file = _run(resolve_output, out, fmt)
-    triton = _run(TritonOptions, name=triton_name, max_queue_delay_us=triton_queue_delay_us, instance_kind=triton_instance_kind,
-                  instance_count=triton_instances,
-                  images=_run(ImagesOptions, instance_count=triton_images_instances) if triton_images else None)
+    options = collect_options(export_option_groups(), format_values)
     req = ExportRequest(
         checkpoint=checkpoint, out_dir=out_dir, out_file=out_file, format=fmt, precision=precision, batch=_run(parse_batch, batch),
-        imgsz=imgsz, which=which, dynamic_hw=dynamic_hw, pooled=not no_pooled, trt_lib=trt_lib,
-        compute_capabilities=_run(parse_compute_capabilities, ccs), strongly_typed=strongly_typed,
-        workspace_mb=workspace_mb, rtol=rtol, expect_model=expect_model, head=head, device=device,
-        format_options={"triton": triton,
-                        "int8": _run(QuantOptions, mode=quant_mode, method=calib_method, calib=calib, calib_count=calib_count,
-                                     reduce_range=reduce_range, min_cosine=min_cosine)},
-        weights=weights, pretrained=pretrained,
+        imgsz=imgsz, which=which, dynamic_hw=dynamic_hw, pooled=not no_pooled, rtol=rtol, expect_model=expect_model, head=head,
+        format_options=options, weights=weights, pretrained=pretrained,
     )
-    if dynamic_hw and fmt in ("engine", "triton-engine"):
-        raise click.UsageError("--dynamic-hw is for ONNX only; engines are built for one input size (use --imgsz)")
     click.echo(f"exporting {checkpoint} -> {out} ({fmt}, {precision}, batch {req.batch[0]}:{req.batch[1]}:{req.batch[2]})", err=True)
     res = _run(export_artifacts, req)
     if res.parity is not None:
@@ -321,7 +317,8 @@ def serve(artifact: str, host: str, port: int, grpc_port: int | None, name: str 
               help="Comma list of registered backends (ort-cpu, ort-cuda, ort-trt, tensorrt, torch-eager, torch-compile, "
                    "torch-compile-cudagraphs, and any a plug-in package adds), or all.")
 @click.option("--batch", "batches", default="1,8", show_default=True, help="Comma list of batch sizes.")
-@click.option("--precision", "precisions", default="fp32", show_default=True, help="Comma list of fp32, fp16, bf16.")
+@click.option("--precision", "precisions", default="fp32", show_default=True,
+              help=f"Comma list of {_bench_precisions()} (int8-dynamic: dynamically quantised INT8).")
 @click.option("--reference", default=None, help="Checkpoint for the PyTorch rows and parity (default: the sidecar's).")
 @click.option("--no-copies", is_flag=True, help="Time device work only (inputs already on the GPU) where the backend allows.")
 @click.option("--min-seconds", type=float, default=1.0, show_default=True, help="Minimum timed duration per row.")
@@ -364,14 +361,25 @@ def bench(target: str, backends: str, batches: str, precisions: str, reference: 
         click.echo(f"{kind}: {p}")
 
 
-@main.command(name="train-head")
-@click.argument("task", type=click.Choice(["depth", "seg", "pose"]))
+class _TrainHeadCommand(click.Command):
+    """``train-head``: its help lists the registered head tasks (read from the registry when help is shown)."""
+
+    def format_help_text(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        super().format_help_text(ctx, formatter)
+        from wherevit.train.downstream.tasks import HEAD_TASKS
+
+        with formatter.section("Head tasks"):
+            formatter.write_dl([(name, f"{cls.summary}; --data folder: {cls.data_help or 'none'}")
+                                for name, cls in HEAD_TASKS.items().items()])
+
+
+@main.command(name="train-head", cls=_TrainHeadCommand)
+@click.argument("task")
 @click.argument("checkpoint")
 @click.option("--data", "data_spec", default="synthetic", show_default=True,
-              help="'synthetic' (generated 3-D scenes) or a folder: depth rgb/+depth/ (NYU), seg images/+annotations/ "
-                   "(ADE20K), pose color/+pose/ (ScanNet).")
-@click.option("--n-classes", type=int, default=None, help="Segmentation classes in a folder data set.")
-@click.option("--reduce-zero-label", is_flag=True, help="ADE20K convention: label 0 is ignored, k -> k-1.")
+              help="'synthetic' (generated 3-D scenes) or a folder in the task's layout (listed below).")
+@click.option("--n-classes", type=int, default=None, help="seg: classes in a folder data set.")
+@click.option("--reduce-zero-label", is_flag=True, default=None, help="seg: ADE20K convention: label 0 is ignored, k -> k-1.")
 @click.option("--which", type=click.Choice(["teacher", "student"]), default="teacher", show_default=True)
 @click.option("--random-init", is_flag=True, help="Same architecture, random weights (the floor).")
 @click.option("--n-train", type=int, default=600, show_default=True, help="Generated scene pairs for training.")
@@ -382,39 +390,30 @@ def bench(target: str, backends: str, batches: str, precisions: str, reference: 
               help="Where head_<task>.safetensors and head_<task>.json go (default: heads/ beside the checkpoint).")
 @click.option("--no-progress", is_flag=True)
 @_weights_options
-def train_head(task: str, checkpoint: str, data_spec: str, n_classes: int | None, reduce_zero_label: bool, which: str, random_init: bool, n_train: int, n_test: int,
-               size: int | None, epochs: int, out: Path | None, no_progress: bool, weights: str | None, pretrained: bool) -> None:
-    """Train a depth, segmentation or relative-pose head on frozen features, and measure it.
+def train_head(task: str, checkpoint: str, data_spec: str, n_classes: int | None, reduce_zero_label: bool | None, which: str,
+               random_init: bool, n_train: int, n_test: int, size: int | None, epochs: int, out: Path | None,
+               no_progress: bool, weights: str | None, pretrained: bool) -> None:
+    """Train a head for TASK (depth, seg, pose, or one a package registers) on frozen features, and measure it.
 
-    Metrics on held-out data, next to a chance-level baseline: depth RMSE / AbsRel / delta<1.25,
-    segmentation mIoU, pose rotation and translation-direction errors (median, accuracy at 15/30 deg).
+    Metrics on held-out data, next to a chance-level baseline computed on the same split (depth RMSE /
+    AbsRel / delta<1.25, segmentation mIoU, pose rotation and translation-direction errors, ...).
     """
     from wherevit.train.checkpoint import load_backbone
-    from wherevit.train.data.scenes3d import CLASSES
     from wherevit.train.downstream.fit import HeadTrainConfig, fit_head, load_task_data
+    from wherevit.train.downstream.tasks import create_head_task
 
+    options = {k: v for k, v in (("n_classes", n_classes), ("reduce_zero_label", reduce_zero_label)) if v is not None}
+    head_task = _run(create_head_task, task, options)  # an unknown task or option is one line naming what exists
     named = weights is not None or pretrained  # built at --size: timm resamples the grid once, as export will
     model, info = _run(load_backbone, checkpoint, which=which, random_init=random_init, weights=weights, pretrained=pretrained,
                        img_size=size if named else None)
     _echo_weights(info)
     size = size or int(info["arch"]["img_size"][0])
-    if task == "seg" and data_spec != "synthetic" and n_classes is None:
-        raise click.UsageError("--n-classes is required for a segmentation folder")
-    n_classes = n_classes or len(CLASSES)
     out = out or (Path(checkpoint) / "heads" if Path(checkpoint).is_dir() else Path("heads"))
     cfg = HeadTrainConfig(n_train=n_train, n_test=n_test, size=size, epochs=epochs)
-    splits = _run(load_task_data, task, data_spec, cfg, n_classes, reduce_zero_label)
-    _, m = _run(fit_head, task, model, cfg, progress=not no_progress, out_dir=out, splits=splits, n_classes=n_classes)
-    base = m["baseline"]
-    if task == "depth":
-        click.echo(f"depth  RMSE {m['rmse']:.3f} m  AbsRel {m['abs_rel']:.3f}  delta<1.25 {m['delta1']:.3f}   "
-                   f"(mean-depth baseline: RMSE {base['rmse']:.3f}, AbsRel {base['abs_rel']:.3f}, delta {base['delta1']:.3f})")
-    elif task == "seg":
-        click.echo(f"seg    mIoU {m['miou']:.3f}  pixel acc {m['pixel_acc']:.3f}   (majority-class baseline: mIoU {base['miou']:.3f})")
-    else:
-        click.echo(f"pose   rotation err median {m['rot_err_median_deg']:.2f} deg  translation-direction err median "
-                   f"{m['trans_dir_err_median_deg']:.2f} deg  acc@15 {m['acc_15deg']:.3f}  acc@30 {m['acc_30deg']:.3f}   "
-                   f"(mean-pose baseline: {base['rot_err_median_deg']:.2f} / {base['trans_dir_err_median_deg']:.2f} deg)")
+    splits = _run(load_task_data, head_task, data_spec, cfg)
+    _, m = _run(fit_head, head_task, model, cfg, progress=not no_progress, out_dir=out, splits=splits)
+    click.echo(head_task.summary_line(m))
     click.echo(f"head -> {out / f'head_{task}.safetensors'}")
 
 

@@ -278,7 +278,8 @@ def step_pt2_cpp_cuda(ctx: Context) -> dict:
     from wherevit.runtime.compare import DEFAULT_RTOL, compare
 
     t0 = time.perf_counter()
-    pkg = export_artifacts(ExportRequest(_source(ctx), ctx.work / "pt2", format="pt2", device=ctx.device, batch=(1, 4, 8))).pt2
+    pkg = export_artifacts(ExportRequest(_source(ctx), ctx.work / "pt2", format="pt2", batch=(1, 4, 8),
+                                         format_options={"pt2": {"device": ctx.device}})).pt2
     export_s = time.perf_counter() - t0
     meta = read_sidecar(pkg)
     build = ctx.work / "cpp_build"
@@ -351,7 +352,8 @@ def step_tensorrt_rtx(ctx: Context) -> dict:
     from wherevit.runtime.compare import DEFAULT_RTOL, compare
 
     engine = export_artifacts(ExportRequest(_source(ctx), ctx.work / "rtx", format="engine", precision="fp16", batch=(1, 8, 8),
-                                            trt_lib="tensorrt_rtx", compute_capabilities=(f"SM{cc.replace('.', '')}",))).engine
+                                            format_options={"engine": {"trt_lib": "tensorrt_rtx",
+                                                                       "compute_capabilities": (f"SM{cc.replace('.', '')}",)}})).engine
     meta = read_sidecar(engine)
     feeds = _parity_batch(meta)
     with runtime.load(engine, backend="tensorrt") as m:
@@ -366,7 +368,8 @@ def _rtx_refusal(ctx: Context, rtx) -> str:
 
     try:
         engine = export_artifacts(ExportRequest(_source(ctx), ctx.work / "rtx_refusal", format="engine", precision="fp16",
-                                                batch=(1, 1, 1), trt_lib="tensorrt_rtx", compute_capabilities=("SM89",))).engine
+                                                batch=(1, 1, 1), format_options={"engine": {"trt_lib": "tensorrt_rtx",
+                                                                                          "compute_capabilities": ("SM89",)}})).engine
     except Exception as e:  # noqa: BLE001 -- the build's own error is the record
         return f"build for SM89 failed: {type(e).__name__}: {e}"[:1000]
     messages: list[str] = []

@@ -27,7 +27,7 @@ from wherevit.runtime.backends import (
     auto_order,
     registered_backends,
 )
-from wherevit.runtime.backends.base import unloadable_backends
+from wherevit.runtime.backends.base import BACKENDS, unloadable_backends
 
 __all__ = ["Model", "Features", "load", "ImageLike", "available_backends", "batch_dependent", "non_finite_count"]
 
@@ -65,7 +65,7 @@ class Features:
 
 def batch_dependent(meta: Sidecar) -> bool:
     """True when an image's outputs depend on its batch-mates (the sidecar's ``quantization.batch_dependent``)."""
-    return bool((meta.quantization or {}).get("batch_dependent", False))
+    return meta.batch_dependent
 
 
 def available_backends(meta: Sidecar) -> dict[str, str | None]:
@@ -98,16 +98,14 @@ class Model:
         self.backend = self._open_backend(backend, backend_opts)
 
     def _open_backend(self, name: str, opts: dict) -> Backend:
-        backends = registered_backends()
-        if name != "auto":
-            if name not in backends:
-                raise InvalidRequest(f"unknown backend {name!r}; known: {', '.join(backends)}")
-            return backends[name](self.artifact, self.meta, **opts).activate()
+        if name != "auto":  # by name: imports that backend's entry point only (a torch backend imports torch when run)
+            return BACKENDS.get(name)(self.artifact, self.meta, **opts).activate()
         reasons = []
         for cand in auto_order():
-            reason = backends[cand].unavailable_reason(self.meta)
+            cls = BACKENDS.get(cand)
+            reason = cls.unavailable_reason(self.meta)
             if reason is None:
-                return backends[cand](self.artifact, self.meta, **opts).activate()
+                return cls(self.artifact, self.meta, **opts).activate()
             reasons.append(f"{cand}: {reason}")
         reasons += unloadable_backends().values()
         raise BackendUnavailable(f"no backend can run {self.artifact.name} here:\n  " + "\n  ".join(reasons))

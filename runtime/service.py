@@ -17,7 +17,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import re
 import time
 from dataclasses import dataclass, field
 
@@ -26,6 +25,7 @@ import numpy as np
 from wherevit import __version__
 from wherevit.base.errors import InvalidRequest, WherevitError
 from wherevit.base.image import DEFAULT_MAX_IMAGE_PIXELS, ImageDecodeError
+from wherevit.base.sidecar import default_model_name, triton_platform
 from wherevit.runtime.backends import InputError
 from wherevit.runtime.batching import (
     BatchingConfig,
@@ -100,7 +100,7 @@ class InferenceService:
                            "serving it one image at a time (max batch 1), never batched with other requests")
             log.warning(self.notice)
         self.model, self.cfg = model, cfg
-        base = cfg.name or re.sub(r"[^A-Za-z0-9_.-]", "_", str(model.meta.model.get("model") or "wherevit"))
+        base = cfg.name or default_model_name(model.meta)  # the same default a Triton repository uses
         self.name, self.images_name = base, f"{base}_images"
         self.metrics = ServerMetrics(cfg.batching.max_batch)
         self.stats = StatsRegistry([self.name, self.images_name], self.version)
@@ -163,7 +163,9 @@ class InferenceService:
 
     @property
     def platform(self) -> str:
-        return "tensorrt_plan" if self.model.meta.kind == "engine" else "onnxruntime_onnx"
+        """Triton's platform for the artifact's kind; empty where Triton has none (a .pt2), as Triton
+        reports backend-defined models (the config's ``backend`` names the wherevit backend)."""
+        return triton_platform(self.model.meta.kind) or ""
 
     def model_config(self, name: str) -> dict:
         """Triton's model-config JSON (dims exclude the batch dimension); parses as ``model_config_pb2.ModelConfig``."""

@@ -250,10 +250,10 @@ def load_backbone(spec: str | Path, which: str = "teacher", dynamic_img_size: bo
     return model.eval(), info
 
 
-def named_source(model_record: dict) -> dict:
-    """The ``load_backbone`` arguments that rebuild a named model's weights from a sidecar's ``model``
-    record (``weights`` and ``which``, or ``pretrained``); ``{}`` when ``checkpoint`` alone says it."""
-    rec = model_record.get("weights") or {}
+def named_source(weights_record: dict | None) -> dict:
+    """The ``load_backbone`` arguments that rebuild a named model's weights from a sidecar's weights
+    record (``model.weights``: ``weights`` and ``which``, or ``pretrained``); ``{}`` when ``checkpoint`` alone says it."""
+    rec = weights_record or {}
     if rec.get("loaded_by") == "pretrained":
         return {"pretrained": True}
     if rec.get("loaded_by") == "weights" and rec.get("path"):

@@ -35,6 +35,7 @@ from pathlib import Path
 from wherevit import __version__
 from wherevit.base.errors import WherevitError
 from wherevit.base.io import atomic_write_text, check_writable_dir
+from wherevit.base.options import option
 from wherevit.base.sidecar import Sidecar
 from wherevit.runtime import triton_python_model as _model
 
@@ -54,9 +55,12 @@ class TritonImagesError(WherevitError, ValueError):
 class ImagesOptions:
     """The encoded-image models' settings (``TritonOptions.images``); every bound lands in config.pbtxt."""
 
-    instance_count: int = 2  # preprocessing processes (KIND_CPU); decoding is CPU work, one process per core helps
-    max_request_mb: float = 64.0  # encoded bytes per request, as `wherevit serve --max-request-mb`
-    max_image_pixels: int = 1 << 26  # largest width x height an image header may declare (64 Mpx: a 45 Mpx photo passes)
+    # preprocessing processes (KIND_CPU); decoding is CPU work, one process per core helps
+    instance_count: int = option(2, cli="--triton-images-instances", help="--triton-images: preprocessing model instances (processes; default 2).")
+    max_request_mb: float = option(64.0, help="--triton-images: encoded MB per request (default 64, as `wherevit serve`).")
+    # largest width x height an image header may declare (64 Mpx: a 45 Mpx photo passes)
+    max_image_pixels: int = option(1 << 26, help="--triton-images: largest width x height an image header may declare "
+                                                 "(default 64 Mpx; refused before decoding).")
 
     def __post_init__(self) -> None:
         if self.instance_count < 1 or self.max_request_mb <= 0 or self.max_image_pixels < 4:

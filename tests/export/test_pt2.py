@@ -52,7 +52,7 @@ def test_pt2_export_sidecar_and_parity(pt2_artifact):
     assert meta.inputs[0].name == "images" and meta.inputs[0].shape == [-1, 3, 32, 32]
     assert meta.output_names == ["cls", "patch_tokens", "pooled"]
     assert meta.batch == BatchRange(2, 3, 4)
-    assert meta.pt2["device"] == "cpu" and meta.pt2["torch"] == torch.__version__
+    assert meta.pt2.device == "cpu" and meta.pt2.torch == torch.__version__
     par = meta.parity
     assert par["passed"] is True and par["reference"] == "PyTorch fp32" and par["rtol"] == DEFAULT_RTOL["fp32"]
     assert all(o["rel_l2"] < 1e-5 for kind in ("random", "scenes") for o in par[kind]["outputs"])
@@ -73,7 +73,7 @@ def test_pt2_backend_dynamic_batch_matches_pytorch(pt2_artifact, trained_run):
 def test_pt2_refusals_are_clear(trained_run, pt2_artifact, tmp_path):
     if not torch.cuda.is_available():
         with pytest.raises(Pt2Error, match="has none"):
-            export_artifacts(ExportRequest(str(trained_run), tmp_path, format="pt2", device="cuda"))
+            export_artifacts(ExportRequest(str(trained_run), tmp_path, format="pt2", format_options={"pt2": {"device": "cuda"}}))
     with pytest.raises(InvalidRequest, match="--dynamic-hw is for ONNX only"):
         export_artifacts(ExportRequest(str(trained_run), tmp_path, format="pt2", dynamic_hw=True))
     assert not list(tmp_path.iterdir())
@@ -81,7 +81,7 @@ def test_pt2_refusals_are_clear(trained_run, pt2_artifact, tmp_path):
 
     meta = read_sidecar(pt2_artifact)
     if not torch.cuda.is_available():
-        cuda = dataclasses.replace(meta, pt2={**meta.pt2, "device": "cuda"})
+        cuda = dataclasses.replace(meta, pt2=dataclasses.replace(meta.pt2, device="cuda"))
         assert "compiled for CUDA" in Pt2Backend.unavailable_reason(cuda)
     assert "runs pt2 artifacts" in Pt2Backend.unavailable_reason(dataclasses.replace(meta, kind="onnx"))
 
@@ -93,7 +93,7 @@ def test_pt2_parity_failure_leaves_nothing_behind(trained_run, pt2_artifact, tmp
 
     def reuse(model, out, batch, size, device="cpu"):
         out.write_bytes(pt2_artifact.read_bytes())
-        return {"device": device}
+        return {"device": device, "torch": torch.__version__}  # the pt2 section's required facts (it is typed now)
 
     monkeypatch.setattr(pt2, "compile_pt2", reuse)
     with pytest.raises(pt2.ParityError, match="pt2 parity failed for model_fp32.pt2"):

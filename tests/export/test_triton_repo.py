@@ -109,8 +109,7 @@ def test_engine_model_repository(trained_run, tmp_path):
     from wherevit.export.api import ExportRequest, export_artifacts
 
     repo = tmp_path / "repo"
-    res = export_artifacts(ExportRequest(str(trained_run), repo, format="triton-engine", batch=(1, 2, 4), trt_lib="tensorrt_rtx",
-                                         compute_capabilities=("SM89",), format_options={"triton": TritonOptions(gpus=(0, 1))}))
+    res = export_artifacts(ExportRequest(str(trained_run), repo, format="triton-engine", batch=(1, 2, 4), format_options={"engine": {"trt_lib": "tensorrt_rtx", "compute_capabilities": ("SM89",)}, "triton-engine": TritonOptions(gpus=(0, 1))}))
     engine = repo / MODEL / "1" / "model.plan"
     assert res.engine == engine == res.primary and read_sidecar(engine).kind == "engine"  # moved in, hash still vouched for
     assert not list(repo.glob("*.engine*"))  # no stray plan at the repository root

@@ -43,10 +43,10 @@ def test_a_dinov2_file_exported_smaller_matches_timms_own_resampling(tmp_path):
     np.testing.assert_allclose(got["cls"], cls, rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(got["patch_tokens"], patch, rtol=1e-4, atol=1e-5)
     meta = read_sidecar(out)
-    w = meta.model["weights"]
+    w = meta.model.weights
     assert w["file"] == file.name and w["layout"] == "dinov2" and w["sha256"] == hashlib.sha256(file.read_bytes()).hexdigest()
     assert w["adapted"]["pos_embed"] == {"grid_from": [37, 37], "grid_to": [4, 4], "interpolation": "bicubic", "antialias": True}
-    assert meta.model["checkpoint"] == DINOV2_REG and meta.model["timm_kwargs"]["img_size"] == 56
+    assert meta.model.checkpoint == DINOV2_REG and meta.model.timm_kwargs["img_size"] == 56
     assert meta.grid == (4, 4) and meta.preprocess["size"] == [56, 56] and meta.parity["passed"] is True
     assert "weights: dinov2_vits14_reg4_pretrain.pth (dinov2 layout" in res.output
 
@@ -62,7 +62,7 @@ def test_training_checkpoints_export_their_teacher(tmp_path, layout):
     cls, patch = _tokens(source, x)
     np.testing.assert_allclose(got["cls"], cls, rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(got["patch_tokens"], patch, rtol=1e-4, atol=1e-5)
-    assert read_sidecar(res.onnx).model["weights"]["layout"] == DETECTED[layout]
+    assert read_sidecar(res.onnx).model.weights["layout"] == DETECTED[layout]
 
 
 def test_bench_from_a_weights_file_rebuilds_the_same_reference(tmp_path):
@@ -77,7 +77,7 @@ def test_bench_from_a_weights_file_rebuilds_the_same_reference(tmp_path):
     rows = json.loads((tmp_path / "b" / "bench.json").read_text())["rows"]
     assert {r["backend"]: (r["status"], r["parity_ok"]) for r in rows} == {"ort-cpu": ("ok", True), "torch-eager": ("ok", True)}
     meta = read_sidecar(tmp_path / "b" / "artifacts" / "model_fp32.onnx")
-    assert meta.model["weights"]["layout"] == "dino-train" and meta.model["weights"]["loaded_by"] == "weights"
+    assert meta.model.weights["layout"] == "dino-train" and meta.model.weights["loaded_by"] == "weights"
     ref = reference_model(meta)  # what the PyTorch rows and the parity column run: the file's teacher
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():

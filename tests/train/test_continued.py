@@ -113,7 +113,7 @@ def test_a_run_continued_from_weights_starts_from_the_loaded_features(tmp_path, 
     from wherevit.base.sidecar import read_sidecar
 
     model = read_sidecar(art.onnx).model
-    assert model["initialised_from"]["sha256"] == sha and model["weights"]["layout"] == "wherevit-backbone"
+    assert model.initialised_from["sha256"] == sha and model.weights["layout"] == "wherevit-backbone"
 
 
 def test_a_dinov2_file_starts_ibot_with_its_mask_token_and_timms_resampled_grid(tmp_path):

@@ -92,4 +92,4 @@ def test_from_a_dinov2_file_to_a_depth_graph(tmp_path, monkeypatch):
         (ref,) = HeadModel(timm_model, head, meta).eval()(torch.from_numpy(x))
     np.testing.assert_allclose(depth, ref.numpy(), rtol=1e-4, atol=1e-4)
     sc = read_sidecar(onnx)
-    assert sc.task == "depth" and sc.model["weights"]["layout"] == "dinov2" and sc.model["weights"]["file"] == file.name
+    assert sc.task == "depth" and sc.model.weights["layout"] == "dinov2" and sc.model.weights["file"] == file.name

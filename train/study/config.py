@@ -93,14 +93,15 @@ class StudyConfig:
         for item in self.budget:
             if "=" not in item:
                 raise ValueError(f"budget override {item!r} must look like key.path=value")
-        from wherevit.train.plugins import registered_plugins
+        from wherevit.train.plugins.base import PLUGINS, PluginError
 
-        known = registered_plugins()
         for v in self.variants:
             for p in v.plugins:
-                if p not in known:
-                    raise StudyError(f"variant {v.name!r} names plug-in {p!r}, which is not registered; "
-                                     f"registered plug-ins: {', '.join(sorted(known)) or 'none'}")
+                try:
+                    PLUGINS.get(p)  # the registry's one lookup: an unknown name lists the registered plug-ins
+                except PluginError:
+                    raise StudyError(f"variant {v.name!r} names plug-in {p!r}, which is not registered; registered "
+                                     f"{PLUGINS.kind}s: {', '.join(PLUGINS.names()) or 'none'}") from None
 
     def variant(self, name: str) -> VariantSpec:
         return {v.name: v for v in self.variants}[name]
