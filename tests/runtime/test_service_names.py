@@ -17,7 +17,8 @@ OLD = Path(__file__).parents[1] / "data" / "sidecars_0_1"
 
 def _service(meta: Sidecar, name: str | None = None) -> InferenceService:
     model = SimpleNamespace(meta=meta, batch_dependent=False, run_outputs=lambda feeds: feeds, input_names=meta.input_names,
-                            output_names=meta.output_names, backend=SimpleNamespace(name="stub"), artifact=Path("m"))
+                            output_names=meta.output_names, backend=SimpleNamespace(name="stub"), artifact=Path("m"),
+                            preprocess=meta.input_preprocess())
     return InferenceService(model, ServeConfig(name=name, warmup=False))
 
 
