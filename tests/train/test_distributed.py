@@ -145,7 +145,7 @@ def test_sigterm_stops_two_process_training_after_cleaning_up(tmp_path):
         for p in procs:
             if p.poll() is None:
                 p.kill()
-    # the loader workers were joined by their rank before it died, not left for their watchdog to notice
+    # no loader worker outlives its rank
     assert not [w for w in workers if _alive(w)]
     for rank, (code, _out, err) in enumerate(results):
         assert code == -signal.SIGTERM, f"rank {rank} exited {code}:\n{err[-3000:]}"
