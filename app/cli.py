@@ -106,7 +106,9 @@ def train(config: str | None, overrides: tuple[str, ...], out: Path | None, resu
     \b
       torchrun --nproc_per_node 8 -m wherevit.app.cli train --config vit_s16_dino_sp --set data.path=/data/in1k/train
     """
+    from wherevit.app.signals import exit_by_signal_after_cleanup
     from wherevit.train.config import load_train_config
+    from wherevit.train.distributed import leave_process_group_on_exit
     from wherevit.train.loop import train as train_fn
 
     if config is None:
@@ -116,7 +118,10 @@ def train(config: str | None, overrides: tuple[str, ...], out: Path | None, resu
     if no_plugins:
         cfg.plugins = {}
     out = out or Path("runs") / Path(config).stem
-    result = _run(train_fn, cfg, out, resume=resume, stop_at=stop_at, progress=not no_progress)
+    # under torchrun the process leaves its group (joining gloo's threads) before it can exit, however
+    # the run ends; SIGTERM (torchrun, schedulers) unwinds like Ctrl-C, then the process dies of it
+    with exit_by_signal_after_cleanup(), leave_process_group_on_exit():
+        result = _run(train_fn, cfg, out, resume=resume, stop_at=stop_at, progress=not no_progress)
     if result.backbone is not None:
         click.echo(f"done: step {result.step}; backbone -> {result.backbone}; metrics -> {out / 'metrics.jsonl'}")
         if result.skipped_images:
@@ -477,6 +482,7 @@ def study(config: str, overrides: tuple[str, ...], runs_dir: Path | None, out: P
     Finished runs are cached and reused (also by other study files); an interrupted study continues
     where it stopped, and a training cut off midway resumes from its checkpoint.
     """
+    from wherevit.app.signals import exit_by_signal_after_cleanup
     from wherevit.train.study import load_study_config, run_and_report
 
     path = Path(config)
@@ -487,8 +493,9 @@ def study(config: str, overrides: tuple[str, ...], runs_dir: Path | None, out: P
         path = Path(str(shipped)) if shipped.is_file() else path
     cfg = _run(load_study_config, path, list(overrides))
     command = "wherevit " + " ".join(sys.argv[1:]) if sys.argv and "study" in sys.argv else f"wherevit study {config}"
-    _run(run_and_report, cfg, runs_dir, out, command=command, progress=progress, echo=click.echo, max_runs=max_runs,
-         report_only=report_only)
+    with exit_by_signal_after_cleanup():  # SIGTERM unwinds: the run's lock released, its loader workers joined
+        _run(run_and_report, cfg, runs_dir, out, command=command, progress=progress, echo=click.echo, max_runs=max_runs,
+             report_only=report_only)
 
 
 @main.group()

@@ -1,5 +1,6 @@
 """Test helpers shared across test modules (importable: tests/ is on sys.path via the root conftest)."""
 
+import json
 import signal
 import socket
 import struct
@@ -7,6 +8,7 @@ import subprocess
 import sys
 import time
 import zlib
+from pathlib import Path
 
 
 def free_port() -> int:
@@ -76,3 +78,23 @@ def _client():
     import tritonclient.http as th
 
     return th.InferenceServerClient
+
+
+# `python EXIT_PROBE OUT_DIR <wherevit args>` runs the CLI and records, just before the interpreter
+# finalises, which threads and child processes are still alive (train/exit_probe.py)
+EXIT_PROBE = Path(__file__).parent / "train" / "exit_probe.py"
+
+
+def assert_left_cleanly(probe_dir: Path, world: int = 2) -> None:
+    """Each rank's exit probe: no gloo thread and no child process was alive when finalisation began.
+
+    A gloo thread there can free a Python-owned tensor after finalisation began and abort a finished
+    run (issue 26); it means the process group was never destroyed.
+    """
+    for rank in range(world):
+        file = Path(probe_dir) / f"rank{rank}.json"
+        assert file.is_file(), f"rank {rank} never reached interpreter exit"
+        rec = json.loads(file.read_text())
+        gloo = [t for t in rec["threads"] if "gloo" in t]
+        assert not gloo, f"rank {rank} reached interpreter exit with gloo threads {gloo} (process group never destroyed)"
+        assert not rec["children"], f"rank {rank} reached interpreter exit with child processes {rec['children']}"

@@ -274,6 +274,8 @@ def train(cfg: TrainConfig, run_dir: str | Path, resume: bool = False, stop_at: 
     """Pretrain per ``cfg`` into ``run_dir``; ``stop_at`` ends early at that step (schedules unchanged).
 
     Run under ``torchrun`` for several processes; the same call is a single process otherwise.
+    The process group it joins stays joined (a second call reuses it); the process's entry point
+    leaves it before exiting, as the CLI does with ``distributed.leave_process_group_on_exit``.
     Each step: next batch -> schedule -> losses and optimizer step -> EMA -> log -> checkpoint.
     """
     run, loader, _source = _setup_run(cfg, Path(run_dir), resume, stop_at, progress)
@@ -301,6 +303,9 @@ def train(cfg: TrainConfig, run_dir: str | Path, resume: bool = False, stop_at: 
                 _save_checkpoint(run, step)
     finally:
         run.logger.close()
+        # the last references to the iterator (a persistent loader keeps one too): its __del__ stops
+        # and joins the data-loader workers now, also when an exception's traceback keeps this frame
+        del it, loader
 
     backbone_path = None
     if run.dist_info.is_main:
