@@ -5,7 +5,8 @@ as the runtime does), NNCF's transformer preset (``ModelType.TRANSFORMER``: Smoo
 MatMul inputs, attention's Q.K^T quantised, softmax and A.V, LayerNorm and GELU kept float,
 per-channel symmetric weights), on NNCF's ONNX backend: the artifact stays an ONNX Q/DQ graph, so it keeps the
 sidecar, hash and parity machinery of every ONNX artifact, and ONNX Runtime runs it too. The parity
-gate is the same per-sample cosine as ``--quant static`` (``export/formats/int8.py``).
+gate is the same per-sample cosine as ``--quant static`` (the INT8 step, ``export/quant_step.py``), and the
+sidecar's ``quantization`` section the same record, NNCF's own settings under ``quantization.nncf``.
 
 Why it exists (measured, benchmarks/cpu_backends.py): on OpenVINO this graph is faster than our
 ONNX Runtime Q/DQ graph at equal cosine; on ONNX Runtime it is slightly slower.
@@ -49,11 +50,12 @@ def nncf_unavailable_reason() -> str | None:
     return None
 
 
-def check_nncf(fmt: str) -> None:
-    """Fail before the slow steps: NNCF missing, or an output it does not target."""
-    if fmt in ("engine", "triton-engine"):
-        raise InvalidRequest("--quant nncf quantises for OpenVINO and ONNX Runtime on the CPU; TensorRT engines take "
-                             "the static Q/DQ graph (--quant static)")
+def check_nncf(consumers: list[str]) -> None:
+    """Fail before the slow steps: NNCF missing, or a consumer it does not target (``consumers``: format names)."""
+    engines = [c for c in consumers if c in ("engine", "triton-engine")]
+    if engines:
+        raise InvalidRequest(f"--quant nncf quantises for OpenVINO and ONNX Runtime on the CPU; TensorRT engines ({', '.join(engines)}) "
+                             "take the static Q/DQ graph (--quant static)")
     reason = nncf_unavailable_reason()
     if reason:
         raise InvalidRequest(reason)
@@ -100,7 +102,6 @@ def quantize_nncf(fp32_onnx: Path, out: Path, opts: QuantOptions, calib: Calibra
         "mode": "nncf",
         "batch_dependent": False,
         "tool": f"nncf {nncf.__version__} (quantize, ONNX backend, ModelType.TRANSFORMER, preset {preset.value}, target CPU)",
-        "intended_backend": "openvino (ONNX Runtime runs it too)",
         "op_types_quantized": ["MatMul (attention's Q.K^T too; A.V reads the float softmax)", "Gemm", "Conv"],
         "kept_float": ["LayerNormalization", "Softmax", "GELU", "graph outputs"] + (["head layers"] if exclude else []),
         "nodes_excluded": exclude,
@@ -108,13 +109,14 @@ def quantize_nncf(fp32_onnx: Path, out: Path, opts: QuantOptions, calib: Calibra
         "weights": "int8, symmetric, per output channel" + (" (7-bit range)" if reduce_range else ""),
         "activations": "int8, symmetric" if opts.symmetric_activations else
                        "int8, symmetric or asymmetric per tensor (NNCF's mixed preset)",
-        "smooth_quant": "NNCF's transformer default",
-        "overflow_fix": overflow.value,
+        "biases": "float",
         "reduce_range": reduce_range,
         "reduce_range_reason": why,
         "cpu": isa.to_dict(),
-        "activation_quantizers": quantized_inputs,
         "op_counts": {k: counts[k] for k in sorted(counts) if k in ("QuantizeLinear", "DequantizeLinear", "MatMul", "Conv", "Gemm")},
-        "calibration": {**calib.source, "method": "minmax (NNCF's statistics)", "batch": 1, "subset_size": total},
         "quantize_seconds": round(time.perf_counter() - t0, 2),
+        "calibration": {**calib.source, "method": "minmax (NNCF's statistics)", "batch": 1, "subset_size": total},
+        "nncf": {"version": nncf.__version__, "model_type": "TRANSFORMER", "preset": preset.value, "target_device": "CPU",
+                 "smooth_quant": "NNCF's transformer default", "overflow_fix": overflow.value,
+                 "activation_quantizers": quantized_inputs, "intended_backend": "openvino (ONNX Runtime runs it too)"},
     }

@@ -15,16 +15,8 @@ __all__ = ["Backend", "BackendUnavailable", "InputError", "registered_backends",
 
 
 def auto_order(meta: Sidecar | None = None) -> list[str]:
-    """Backends tried for backend="auto", fastest first.
-
-    Each backend states its ``auto_priority``; with the artifact's sidecar, a backend whose speed
-    depends on the CPU and the artifact's precision (``auto_rank(meta)``, e.g. OpenVINO) ranks for
-    that artifact on this machine."""
-    ranked = []
-    for name, cls in registered_backends().items():
-        rank = cls.auto_priority
-        if meta is not None and rank is not None and callable(getattr(cls, "auto_rank", None)):
-            rank = cls.auto_rank(meta)
-        if rank is not None:
-            ranked.append((rank, name))
-    return [name for _, name in sorted(ranked)]
+    """Backends tried for backend="auto", fastest first: each backend's ``auto_priority``, or with the
+    artifact's sidecar its ``auto_rank(meta)`` (OpenVINO ranks before or after ONNX Runtime's CPU
+    provider per artifact and CPU, ``runtime/backends/openvino.py``'s ``auto_rule``)."""
+    ranks = {name: cls.auto_priority if meta is None else cls.auto_rank(meta) for name, cls in registered_backends().items()}
+    return [name for rank, name in sorted((r, n) for n, r in ranks.items() if r is not None)]

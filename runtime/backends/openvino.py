@@ -11,12 +11,16 @@ Inference precision (``inference_precision``):
   row); refused on a CPU without BF16 instructions, where OpenVINO would emulate it.
 * ``"fp32"``: f32 for everything that is not quantised.
 
-``info`` records the choice, why, the CPU's ISA and OpenVINO's capabilities (the bench row keeps it).
+``describe()`` records the choice, why, the CPU's ISA and OpenVINO's capabilities (the bench row keeps it,
+and its table note reads ``computes bf16 (AVX-512 FMA VNNI BF16)``). Precisions, in the precision table's
+terms (``base/precision.py``): fp32, bf16 (natively where the CPU has it, f32 elsewhere, as above) and int8
+(our static Q/DQ graph, NNCF's, or a dynamic one); ``row_sources`` lets the bench's bf16 row run the fp32
+graph on a BF16 CPU.
 The batch axis stays dynamic, bounded by the sidecar's batch range, so one compiled model serves
 every batch; ``static_shapes=True`` compiles one model per batch size on first use instead (a few
 percent faster, one compile and one copy of the weights per size).
 
-``auto_rank`` is the documented rule by which ``runtime.load(path)`` (backend "auto") puts OpenVINO
+``auto_rank`` applies the documented rule by which ``runtime.load(path)`` (backend "auto") puts OpenVINO
 before or after ONNX Runtime's CPU provider for an artifact on this CPU; ``auto_rule`` says why.
 """
 
@@ -35,6 +39,7 @@ from wherevit.runtime.backends.base import Backend, BackendUnavailable, register
 __all__ = ["OpenVino", "choose_inference_precision", "auto_rule", "estimated_gflops", "openvino_version", "INFERENCE_PRECISIONS"]
 
 INFERENCE_PRECISIONS = ("auto", "fp32", "bf16")
+PRECISIONS = ("fp32", "bf16", "int8")  # artifact precisions (base/precision.py); int8: any quantisation mode
 RANK_AHEAD, RANK_BEHIND = 35, 45  # around ort-cpu's auto_priority (40); GPU backends rank 10-30
 SMALL_GFLOPS = 0.25  # per image; below it ONNX Runtime's per-call overhead is the smaller (auto_rule)
 
@@ -73,7 +78,7 @@ def choose_inference_precision(artifact_precision: str, requested: str, isa: Cpu
 
 def estimated_gflops(meta: Sidecar) -> float | None:
     """GFLOPs per image of a ViT artifact, 2 x parameters x tokens, from the sidecar's model record (None without one)."""
-    arch = (meta.model or {}).get("arch") or {}
+    arch = meta.model.arch if meta.model else {}
     params, patch = arch.get("params"), arch.get("patch_size")
     if not params or not patch:
         return None
@@ -94,9 +99,9 @@ def auto_rule(meta: Sidecar, isa: CpuIsa | None = None) -> tuple[bool, str]:
     measured, so ONNX Runtime, the measured baseline, stays first.
     """
     isa = isa or cpu_isa()
-    if meta.precision in ("bf16", "fp16"):
-        return True, f"{meta.precision} graph: ONNX Runtime's CPU provider has no {meta.precision} kernels"
-    if (meta.quantization or {}).get("mode") == "dynamic":
+    if meta.precision == "bf16":
+        return True, "bf16 graph: ONNX Runtime's CPU provider has no bf16 kernels"
+    if meta.quantization is not None and meta.quantization.mode == "dynamic":
         return False, ("dynamic INT8 graph: ONNX Runtime's fused kernels measured 3x faster than OpenVINO "
                        "(ViT-S/16, batch 1, AVX-512 VNNI)")
     if not isa.avx512f:
@@ -117,11 +122,7 @@ class OpenVino(Backend):
     kinds = ("onnx",)
     device = "cpu"
     auto_priority = RANK_BEHIND  # without an artifact to judge by: after ort-cpu
-    # compute precision -> artifact precisions it runs from, preferred first (for the precision table):
-    # a bf16 row may run the fp32 graph, which OpenVINO lowers to bf16 itself.
-    precisions: ClassVar[dict[str, tuple[str, ...]]] = {
-        "fp32": ("fp32",), "bf16": ("bf16", "fp32"), "fp16": ("fp16",), "int8": ("int8",), "int8-nncf": ("int8-nncf",),
-        "int8-dynamic": ("int8-dynamic",)}
+    precisions: ClassVar[tuple[str, ...]] = PRECISIONS
 
     def __init__(self, artifact, meta: Sidecar, threads: int | None = None, inference_precision: str = "auto",
                  static_shapes: bool = False, isa: CpuIsa | None = None):
@@ -133,7 +134,7 @@ class OpenVino(Backend):
         self.static_shapes = static_shapes
         self.isa = isa or cpu_isa()
         self.precision, self.why = choose_inference_precision(meta.precision, inference_precision, self.isa)
-        self.info: dict = {}
+        self.info: dict | None = None  # set on activation: what was compiled (describe())
 
     @classmethod
     def _unavailable_impl(cls, meta: Sidecar) -> str | None:
@@ -142,10 +143,13 @@ class OpenVino(Backend):
         return None
 
     @classmethod
-    def precision_sources(cls, precision: str) -> tuple[str, ...]:
-        """Artifact precisions a ``precision`` row runs from here: bf16 also from the fp32 graph where the CPU has BF16."""
-        sources = cls.precisions.get(precision, (precision,))
-        return sources if precision != "bf16" or cpu_isa().bf16 else ("bf16",)
+    def precision_reason(cls, precision: str) -> str:
+        return f"openvino runs {', '.join(cls.precisions)} ONNX artifacts, not {precision}"
+
+    @classmethod
+    def row_sources(cls, label: str) -> tuple[str, ...]:
+        """A bf16 row also runs the fp32 graph (OpenVINO lowers it to bf16) where the CPU computes bf16 natively."""
+        return ("bf16", "fp32") if label == "bf16" and cpu_isa().bf16 else (label,)
 
     @classmethod
     def auto_rank(cls, meta: Sidecar) -> int:
@@ -192,9 +196,13 @@ class OpenVino(Backend):
             "requested": self.requested, "why": self.why, "threads": int(compiled.get_property("INFERENCE_NUM_THREADS")),
             "shapes": "static, one compiled model per batch size" if self.static_shapes else
                       f"dynamic batch {self.batch.min}..{self.batch.max}",
+            "summary": f"computes {got} ({self.isa.summary})",
         }
         if got != self.precision:  # a plugin that ignored the hint must not pass unnoticed
             raise BackendUnavailable(f"OpenVINO compiled {self.artifact.name} with inference precision {got}, asked for {self.precision}")
+
+    def describe(self) -> dict | None:
+        return self.info
 
     def _request(self, batch: int):
         if not self.static_shapes:

@@ -33,10 +33,10 @@ def test_nncf_export_is_recorded_and_gated(nncf_int8):
     meta = read_sidecar(res.int8)
     q = meta.quantization
     assert meta.kind == "onnx" and meta.precision == "int8" and bench_precision(meta) == "int8-nncf"
-    assert q["mode"] == "nncf" and q["batch_dependent"] is False and q["tool"].startswith(f"nncf {nncf.__version__}")
-    assert "ModelType.TRANSFORMER" in q["tool"] and q["source_onnx"]["file"] == "model_fp32.onnx"
-    assert q["calibration"]["count"] == 64 and q["calibration"]["seed"] == CALIB_SEED  # the same sources as --quant static
-    assert q["overflow_fix"] == ("enable" if q["reduce_range"] else "disable")
+    assert q.mode == "nncf" and q.batch_dependent is False and q.tool.startswith(f"nncf {nncf.__version__}")
+    assert "ModelType.TRANSFORMER" in q.tool and q.source_onnx.file == "model_fp32.onnx"
+    assert q.calibration["count"] == 64 and q.calibration["seed"] == CALIB_SEED  # the same sources as --quant static
+    assert q.nncf["overflow_fix"] == ("enable" if q.reduce_range else "disable") and q.nncf["model_type"] == "TRANSFORMER"
     par = meta.parity
     assert par["passed"] is True and par["images"]["generated_seed"] != CALIB_SEED
     assert {o["name"] for o in par["outputs"]} == {"cls", "patch_tokens", "pooled"}

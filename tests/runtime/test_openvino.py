@@ -8,6 +8,7 @@ import pytest
 
 from wherevit import runtime
 from wherevit.base.cpu import CpuIsa, cpu_isa
+from wherevit.base.sidecar import QuantizationSection
 from wherevit.runtime.backends import BackendUnavailable, auto_order
 from wherevit.runtime.backends import openvino as ov_backend
 from wherevit.runtime.backends.openvino import auto_rule, choose_inference_precision, openvino_version
@@ -31,7 +32,7 @@ def _rel_l2(a, b):
 @needs_ov
 def test_fp32_matches_onnxruntime_at_every_batch_size_with_f32_kept(onnx_artifact):
     with runtime.load(onnx_artifact, backend="ort-cpu") as ref, runtime.load(onnx_artifact, backend="openvino", threads=1) as ov:
-        info = ov.backend.info
+        info = ov.backend.describe()
         # OpenVINO's own default on a CPU with BF16 units is bf16; the artifact's fp32 is kept
         assert info["inference_precision"] == "f32" and info["threads"] == 1 and info["isa"] == cpu_isa().summary
         assert info["shapes"] == "dynamic batch 1..8"
@@ -62,7 +63,7 @@ def test_bf16_inference_precision_really_computes_in_bf16(onnx_artifact):
     x = _x(4, seed=7)
     with runtime.load(onnx_artifact, backend="openvino", inference_precision="bf16") as ov, \
             runtime.load(onnx_artifact, backend="ort-cpu") as ref:
-        assert ov.backend.info["inference_precision"] == "bf16" and "BF16" in ov.backend.info["why"]
+        assert ov.backend.describe()["inference_precision"] == "bf16" and "BF16" in ov.backend.describe()["why"]
         got, want = ov.run(x).outputs, ref.run(x).outputs
     cmp = compare(want, got, min_cosine=0.999)
     assert cmp, cmp.summary()
@@ -89,13 +90,13 @@ def test_auto_rule_follows_the_cpu_and_the_artifact(onnx_artifact, monkeypatch):
 
     tiny = read_sidecar(onnx_artifact)
     # the tiny test model is 0.004 GFLOP per image; as ViT-S/16 at 224 (21.7 M parameters, 197 tokens) it is 8.5
-    meta = dataclasses.replace(tiny, model={**tiny.model, "arch": {**tiny.model["arch"], "params": 21_665_664, "patch_size": [16, 16]}},
+    meta = dataclasses.replace(tiny, model=dataclasses.replace(tiny.model, arch={**tiny.model.arch, "params": 21_665_664,
+                                                                                  "patch_size": [16, 16]}),
                                preprocess={**tiny.preprocess, "size": [224, 224]})
-    assert ov_backend.estimated_gflops(tiny) == pytest.approx(2 * tiny.model["arch"]["params"] * (16 + 1) / 1e9)
+    assert ov_backend.estimated_gflops(tiny) == pytest.approx(2 * tiny.model.arch["params"] * (16 + 1) / 1e9)
     assert ov_backend.estimated_gflops(meta) == pytest.approx(8.536, abs=1e-3)
-    static = dataclasses.replace(meta, precision="int8", quantization={"mode": "static"})
-    nncf = dataclasses.replace(meta, precision="int8", quantization={"mode": "nncf"})
-    dynamic = dataclasses.replace(meta, precision="int8", quantization={"mode": "dynamic"})
+    q = lambda mode: dataclasses.replace(meta, precision="int8", quantization=QuantizationSection(mode, mode == "dynamic"))
+    static, nncf, dynamic = q("static"), q("nncf"), q("dynamic")
     bf16 = dataclasses.replace(meta, precision="bf16")
     assert [auto_rule(m, ZEN4)[0] for m in (meta, static, nncf, dynamic, bf16)] == [True, True, True, False, True]
     assert [auto_rule(m, AVX2)[0] for m in (meta, static, nncf, dynamic, bf16)] == [False, False, False, False, True]
