@@ -60,7 +60,7 @@ def _artifacts(model: str, out: Path, calib_count: int) -> dict[str, Path]:
     paths = {"fp32": out / "model_fp32.onnx", "int8": out / "model_int8.onnx", "int8-nncf": out / "model_int8_nncf.onnx"}
 
     def have(p: Path) -> bool:
-        return p.is_file() and sidecar_path(p).is_file() and read_sidecar(p, verify_hash=False).model.get("checkpoint") == model
+        return p.is_file() and sidecar_path(p).is_file() and read_sidecar(p, verify_hash=False).model.checkpoint == model
 
     for mode, key in (("static", "int8"), ("nncf", "int8-nncf")):
         if not have(paths[key]):
@@ -80,6 +80,22 @@ def _cpu_ms(fn, seconds: float) -> float:
         fn()
         ts.append(time.process_time() - t0)
     return float(np.median(ts) * 1e3)
+
+
+def _cpu_stat() -> tuple[float, float, float]:
+    """(wall seconds, CPU seconds used by everything on this machine except idle, steal seconds) from /proc/stat."""
+    fields = [float(v) for v in open("/proc/stat").readline().split()[1:]]
+    tick = os.sysconf("SC_CLK_TCK")
+    idle = fields[3] + fields[4]  # idle + iowait
+    steal = fields[7] if len(fields) > 7 else 0.0
+    return time.monotonic(), (sum(fields[:8]) - idle - steal) / tick, steal / tick
+
+
+def _contention(before: tuple[float, float, float], after: tuple[float, float, float], own_cpu_s: float) -> dict:
+    """Other processes' share of the cores and the hypervisor's steal over a round (1.0 = every core, whole round)."""
+    wall, cores = after[0] - before[0], len(os.sched_getaffinity(0))
+    return {"others_cpu_share": max(0.0, (after[1] - before[1] - own_cpu_s) / wall / cores),
+            "steal_share": (after[2] - before[2]) / wall / cores, "seconds": wall}
 
 
 def _wall_min_ms(fn, seconds: float) -> float:
@@ -253,12 +269,14 @@ def main() -> None:
     timing = TimingConfig(warmup=3, min_iters=10, min_seconds=a.seconds)
     wall: dict[str, list[float]] = {k: [] for k in runners}
     cpu: dict[str, list[float]] = {k: [] for k in runners}
-    loads = []
+    loads, shares = [], []
     for _ in range(a.rounds):  # interleaved, so a burst of load from other users hits every variant
         loads.append(os.getloadavg())
+        before, own = _cpu_stat(), time.process_time()
         for name, fn in runners.items():
             wall[name].append(time_callable(lambda i: fn(), timing)["p50_ms"])
             cpu[name].append(_cpu_ms(fn, a.seconds / 2) if a.threads == 1 else _wall_min_ms(fn, a.seconds))
+        shares.append(_contention(before, _cpu_stat(), time.process_time() - own))
     basis_name = ("process CPU time per call (median), best round" if a.threads == 1 else
                   "wall clock, fastest single call over all rounds (interference only adds time); p50 per round kept")
     basis = {k: min(cpu[k]) for k in runners}
@@ -297,7 +315,7 @@ def main() -> None:
                      "fraction_of_peak": gflops / (basis[name] / 1e3) / peaks[d]["gflops"] if peaks[d]["gflops"] else None,
                      "peak_used": peaks[d]["kernel"], "cosine_vs_torch_fp32": c,
                      "min_cosine": min(v["cos_min"] for v in c.values()) if c else (1.0 if name == EAGER else None),
-                     "backend_info": getattr(backends.get(name), "info", None)})
+                     "backend_info": backends[name].describe() if name in backends else None})
     ok = [r for r in rows if r["variant"] != EAGER and r["min_cosine"] is not None and r["min_cosine"] >= 0.99]
     best = max(ok, key=lambda r: r["speedup_vs_torch_eager_fp32"])
     target = 5.0 if (isa.vnni or isa.amx_tile) else 2.5
@@ -339,9 +357,12 @@ def main() -> None:
         "model": a.model, "input": [3, *pre.size], "batch": 1, "model_gflops_per_image": gflops, "threads": a.threads,
         "latency_basis": basis_name,
         "contention": {"loadavg_at_start": load_start, "loadavg_per_round": loads, "loadavg_at_end": os.getloadavg(),
-                       "cores": os.cpu_count(), "note": "2 cores shared with other sessions; each variant's best round"},
+                       "per_round": shares,
+                       "cores": os.cpu_count(),
+                       "note": "2 cores shared with other sessions; per round: other processes' CPU share and steal "
+                               "(/proc/stat); each variant's best round"},
         "machine": machine_info(peaks=False), "peaks": peaks, "rows": rows, "verdict": verdict, "auto": auto, "profile": profile,
-        "quantization": {k: metas[k].quantization for k in ("int8", "int8-nncf")},
+        "quantization": {k: dataclasses.asdict(metas[k].quantization) for k in ("int8", "int8-nncf")},
     }
     a.out.parent.mkdir(parents=True, exist_ok=True)
     a.out.write_text(json.dumps(result, indent=2, default=str))

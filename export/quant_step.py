@@ -60,7 +60,12 @@ class QuantizeStep:
         # static, dynamic and nncf artifacts can sit side by side: model_int8.onnx, model_int8_dynamic.onnx, model_int8_nncf.onnx
         label = file_label(ctx.req.precision, quant.mode)
         out = ctx.track(ctx.artifact_path(self.source, label, ".onnx", final=True))
-        facts = quantize_onnx(src, out, quant, calib)
+        if quant.mode == "nncf":
+            from wherevit.export.nncf_quant import quantize_nncf  # imports NNCF (checked in check())
+
+            facts = quantize_nncf(src, out, quant, calib)
+        else:
+            facts = quantize_onnx(src, out, quant, calib)
         feeds, described = quant_parity_inputs(ctx.preprocess, ctx.input_names, quant, calib.held_out if calib else [])
         cmp = cosine_parity(ctx.reference, out, feeds, quant.min_cosine)
         parity = {"backend": "onnxruntime CPUExecutionProvider", "reference": "PyTorch fp32",

@@ -231,10 +231,8 @@ def quantize_onnx(fp32_onnx: Path, out: Path, opts: QuantOptions, calib: Calibra
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_dynamic, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    if opts.mode == "nncf":
-        from wherevit.export.nncf_quant import quantize_nncf
-
-        return quantize_nncf(fp32_onnx, out, opts, calib, isa)
+    if opts.mode not in ("static", "dynamic"):
+        raise ValueError(f"quantize_onnx makes static or dynamic graphs; mode {opts.mode!r} is another tool's (export/quant_step.py)")
     if opts.mode == "static" and calib is None:
         raise CalibrationError("static quantisation needs calibration images")
     t0 = time.perf_counter()

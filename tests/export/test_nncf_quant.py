@@ -78,7 +78,7 @@ def test_the_gate_refuses_and_leaves_nothing(trained_run, tmp_path):
 
 
 def test_engines_and_a_missing_nncf_are_refused_before_exporting(trained_run, tmp_path, monkeypatch):
-    with pytest.raises(InvalidRequest, match="TensorRT engines take the static Q/DQ graph"):
+    with pytest.raises(InvalidRequest, match=r"TensorRT engines \(engine\) take the static Q/DQ graph"):
         _export(trained_run, tmp_path, fmt="engine", calib_count=8)
     import wherevit.export.nncf_quant as nq
 
