@@ -9,10 +9,14 @@ error for fp32/fp16 rows, per-sample cosine similarity for int8 and bf16 rows. T
 names the CPU's ISA and its measured GEMM peaks per dtype (``app/machine.py``); each CPU row carries
 its fraction of the peak of its dtype.
 
-Precisions: every name in ``base/precision.py`` (fp32, fp16, bf16, int8 static Q/DQ) and the row label
-int8-dynamic (dynamic quantisation); a row is judged by per-sample cosine where its precision states a
-cosine bound, else by relative L2. Backends are asked through their declarations (precisions,
-``stages_inputs``) and optional abilities (``sync``, ``last_timings``, ``to_device``), never probed.
+Precisions: every name in ``base/precision.py`` (fp32, fp16, bf16, int8 static Q/DQ) and the row labels
+int8-dynamic (dynamic quantisation) and int8-nncf (NNCF's graph for OpenVINO); a row is judged by
+per-sample cosine where its precision states a cosine bound, else by relative L2. Backends are asked
+through their declarations (precisions, ``stages_inputs``) and optional abilities (``sync``,
+``last_timings``, ``to_device``, ``describe``, ``row_sources``), never probed: a backend that lowers
+precision itself (OpenVINO's bf16 inference precision) runs its bf16 row from the fp32 graph where no
+bf16 one was exported, and the row's ``extra["backend"]`` and table note say what it computed in, on
+which ISA.
 """
 
 from __future__ import annotations
@@ -163,6 +167,9 @@ def format_table(rows: list[BenchRow]) -> str:
     f = lambda v, fmt: format(v, fmt) if v is not None else "-".rjust(int(fmt.split(".")[0]))
     for r in rows:
         note = r.reason if r.status != "ok" else ("PARITY FAIL" if r.parity_ok is False else "")
+        summary = (r.extra.get("backend") or {}).get("summary")
+        if r.status == "ok" and summary:  # what the backend computed in, on which ISA (OpenVINO)
+            note = f"{summary} {note}".rstrip()
         if judged_by_cosine(r.precision) and r.cos_min is not None:
             parity = f"cos {r.cos_min:.4f}".rjust(16)
         else:
@@ -320,10 +327,13 @@ def _torch_missing() -> str | None:
 
 def _pick(arts: Artifacts, cls: type[Backend], precision: str) -> tuple[Path, Sidecar] | None:
     """The artifact a backend runs at ``precision``: one of its kinds, or (PyTorch backends, which
-    rebuild the source model) any artifact, re-labelled with that precision."""
+    rebuild the source model) any artifact, re-labelled with that precision. A backend may run a row
+    from another precision's artifact (``row_sources``: OpenVINO's bf16 row from the fp32 graph), re-labelled too."""
     for kind in cls.kinds:
-        if (kind, precision) in arts:
-            return arts[(kind, precision)]
+        for source in cls.row_sources(precision):
+            if (kind, source) in arts:
+                path, meta = arts[(kind, source)]
+                return path, meta if source == precision else dataclasses.replace(meta, precision=precision)
     if not cls.kinds and arts:
         path, meta = next(iter(arts.values()))
         return path, dataclasses.replace(meta, precision=precision)
@@ -476,6 +486,9 @@ def _bench_backend(backend: Backend, prec: str, b: int, bufs: list[dict], ref, r
         return BenchRow(name, prec, b, "failed", f"{type(e).__name__}: {str(e)[:300]}")
     row = BenchRow(name, prec, b, "ok", **t, throughput_ips=b * 1000 / t["mean_ms"], artifact=str(art),
                    artifact_bytes=art.stat().st_size if art.is_file() else None, extra=extra, **parity_fields(ref, out, rtol, min_cos))
+    described = backend.describe()
+    if described:
+        row.extra["backend"] = described
     split = backend.last_timings()
     if split:
         row.h2d_ms, row.compute_ms, row.d2h_ms = split.get("h2d_ms"), split.get("compute_ms"), split.get("d2h_ms")

@@ -281,7 +281,7 @@ def export(checkpoint: str, fmt: str | None, precision: str, batch: str, imgsz: 
 @click.option("--grpc-port", type=click.IntRange(0, 65535), default=None,
               help="Also serve the KServe v2 / Triton gRPC API on this port (same batcher; needs grpcio and tritonclient[grpc]).")
 @click.option("--name", default=None, help="Model name in URLs (default: the artifact's timm model name).")
-@click.option("--backend", default="auto", show_default=True, help="ort-cpu, ort-cuda, ort-trt, tensorrt, or auto.")
+@click.option("--backend", default="auto", show_default=True, help="ort-cpu, openvino, ort-cuda, ort-trt, tensorrt, or auto (the fastest here for the artifact; see the README).")
 @click.option("--max-batch", type=click.IntRange(min=1), default=None, help="Images per executed batch (default: the artifact's max).")
 @click.option("--max-wait-ms", type=click.FloatRange(0, 60_000), default=2.0, show_default=True, help="How long a batch waits to fill.")
 @click.option("--max-queue", type=click.IntRange(min=1), default=256, show_default=True, help="Queued requests; more get 503.")
@@ -319,11 +319,11 @@ def serve(artifact: str, host: str, port: int, grpc_port: int | None, name: str 
 @main.command()
 @click.argument("target")
 @click.option("--backends", default="all", show_default=True,
-              help="Comma list of registered backends (ort-cpu, ort-cuda, ort-trt, tensorrt, torch-eager, torch-compile, "
+              help="Comma list of registered backends (ort-cpu, openvino, ort-cuda, ort-trt, tensorrt, torch-eager, torch-compile, "
                    "torch-compile-cudagraphs, and any a plug-in package adds), or all.")
 @click.option("--batch", "batches", default="1,8", show_default=True, help="Comma list of batch sizes.")
 @click.option("--precision", "precisions", default="fp32", show_default=True,
-              help=f"Comma list of {_bench_precisions()} (int8-dynamic: dynamically quantised INT8).")
+              help=f"Comma list of {_bench_precisions()} (int8-dynamic: dynamically quantised INT8; int8-nncf: NNCF's graph for OpenVINO).")
 @click.option("--reference", default=None, help="Checkpoint for the PyTorch rows and parity (default: the sidecar's).")
 @click.option("--no-copies", is_flag=True, help="Time device work only (inputs already on the GPU) where the backend allows.")
 @click.option("--min-seconds", type=float, default=1.0, show_default=True, help="Minimum timed duration per row.")

@@ -2,7 +2,10 @@
 
 Peaks are measured with the kernels the bench rows use: fp32 and int8 GEMMs through ONNX Runtime
 (a one-node MatMul / MatMulInteger graph built with ``onnx.helper``, weights as initialisers like a
-model's), bf16 through PyTorch (``torch.mm`` on bf16 tensors) where the CPU has BF16 instructions.
+model's), bf16 through PyTorch (``torch.mm`` on bf16 tensors) where the CPU has BF16 instructions, and
+all three through OpenVINO where it is installed (a MatMul at f32 or bf16 inference precision; int8 as
+FakeQuantize'd operands, which OpenVINO runs on its int8 kernel). A dtype's peak is its best kernel;
+the others are kept in ``alternatives``.
 A row's fraction of peak is its model FLOPs per second over the peak of its dtype: how much of the
 machine's best matrix throughput the whole network reaches.
 """
@@ -17,7 +20,7 @@ import numpy as np
 
 from wherevit.base.cpu import CpuIsa, cpu_isa
 
-__all__ = ["GemmPeak", "ort_gemm_peak", "torch_bf16_peak", "measure_peaks", "bf16_cpu_reason", "model_gflops",
+__all__ = ["GemmPeak", "ort_gemm_peak", "torch_bf16_peak", "openvino_gemm_peak", "measure_peaks", "bf16_cpu_reason", "model_gflops",
            "peak_dtype", "fraction_of_peak", "annotate_fractions", "format_machine"]
 
 
@@ -31,6 +34,7 @@ class GemmPeak:
     shape: list[int] = field(default_factory=list)
     threads: int | None = None
     skipped: str | None = None
+    alternatives: list[dict] = field(default_factory=list)  # the other kernels measured for this dtype
 
 
 def _best_seconds(fn, repeats: int, clock=time.perf_counter) -> float:
@@ -102,22 +106,76 @@ def torch_bf16_peak(n: int = 1024, repeats: int = 5, isa: CpuIsa | None = None) 
     return GemmPeak("bf16", f"torch {torch.__version__} mm", 2 * n**3 / secs / 1e9, [n, n, n], torch.get_num_threads())
 
 
+def openvino_gemm_peak(dtype: str = "fp32", n: int = 1024, repeats: int = 5, threads: int | None = None,
+                       clock=time.perf_counter, isa: CpuIsa | None = None) -> GemmPeak:
+    """OpenVINO CPU GEMM throughput: a MatMul at f32 or bf16 inference precision, or int8 (FakeQuantize'd
+    operands: unsigned activations x signed weights, the pattern OpenVINO lowers to its int8 kernel).
+
+    ``clock``: ``time.process_time`` with ``threads=1`` measures CPU time (OpenVINO computes on its own
+    worker thread, so the calling thread's CPU time would miss it)."""
+    if dtype not in ("fp32", "bf16", "int8"):
+        raise ValueError(f"OpenVINO peak dtype must be fp32, bf16 or int8, got {dtype!r}")
+    if dtype == "bf16" and bf16_cpu_reason(isa):
+        return GemmPeak("bf16", "openvino MatMul", skipped=bf16_cpu_reason(isa))
+    import openvino as ov
+    import openvino.opset13 as ops
+    import openvino.properties as props
+    import openvino.properties.hint as hints
+
+    rng = np.random.default_rng(0)
+    a = ops.parameter([n, n], ov.Type.f32, name="A")
+    b = ops.constant(rng.standard_normal((n, n)).astype(np.float32))
+    if dtype == "int8":
+        def fq(x, lo: float, hi: float):
+            lo_, hi_ = ops.constant(np.float32(lo)), ops.constant(np.float32(hi))
+            return ops.fake_quantize(x, lo_, hi_, lo_, hi_, 256)
+
+        y = ops.matmul(fq(a, 0.0, 4.0), fq(b, -4.0, 4.0 * 127 / 128), False, False)
+    else:
+        y = ops.matmul(a, b, False, False)
+    core = ov.Core()
+    threads = threads or len(os.sched_getaffinity(0))
+    compiled = core.compile_model(ov.Model([y], [a], f"gemm_{dtype}"), "CPU", {
+        hints.inference_precision: ov.Type.bf16 if dtype == "bf16" else ov.Type.f32, props.inference_num_threads: threads,
+        props.num_streams: 1, hints.performance_mode: hints.PerformanceMode.LATENCY})
+    request = compiled.create_infer_request()
+    x = np.abs(rng.standard_normal((n, n))).astype(np.float32)
+    secs = _best_seconds(lambda: request.infer({0: x}, share_inputs=True), repeats, clock)
+    kernel = {"fp32": "MatMul f32", "bf16": "MatMul bf16", "int8": "FakeQuantize x2 + MatMul (int8)"}[dtype]
+    return GemmPeak(dtype, f"openvino {ov.__version__.split('-')[0]} {kernel}", 2 * n**3 / secs / 1e9, [n, n, n], threads)
+
+
+def _best_of(candidates: list[GemmPeak]) -> GemmPeak:
+    """The fastest measured kernel, the others as its alternatives (all skipped: the first, with its reason)."""
+    measured = sorted((p for p in candidates if p.gflops), key=lambda p: -p.gflops)
+    if not measured:
+        return candidates[0]
+    best = measured[0]
+    best.alternatives = [{"kernel": p.kernel, "gflops": p.gflops, "skipped": p.skipped} for p in candidates if p is not best]
+    return best
+
+
 def measure_peaks(n: int = 1024, repeats: int = 5, threads: int | None = None) -> dict:
-    """The machine section: ISA plus fp32/int8 (ONNX Runtime) and bf16 (PyTorch) GEMM peaks."""
+    """The machine section: ISA plus each dtype's best GEMM peak over ONNX Runtime (fp32, int8), PyTorch (bf16) and OpenVINO."""
     isa = cpu_isa()
-    peaks = {}
+    candidates: dict[str, list[GemmPeak]] = {"fp32": [], "int8": [], "bf16": []}
     for dtype in ("fp32", "int8"):
         try:
-            peaks[dtype] = ort_gemm_peak(dtype, n, repeats, threads)
+            candidates[dtype].append(ort_gemm_peak(dtype, n, repeats, threads))
         except ImportError as e:
-            peaks[dtype] = GemmPeak(dtype, "onnxruntime", skipped=f"onnxruntime is not installed ({e.name})")
+            candidates[dtype].append(GemmPeak(dtype, "onnxruntime", skipped=f"onnxruntime is not installed ({e.name})"))
     try:
-        peaks["bf16"] = torch_bf16_peak(n, repeats, isa)
+        candidates["bf16"].append(torch_bf16_peak(n, repeats, isa))
     except ImportError as e:
-        peaks["bf16"] = GemmPeak("bf16", "torch.mm", skipped=f"PyTorch is not installed ({e.name})")
+        candidates["bf16"].append(GemmPeak("bf16", "torch.mm", skipped=f"PyTorch is not installed ({e.name})"))
+    for dtype in candidates:
+        try:
+            candidates[dtype].append(openvino_gemm_peak(dtype, n, repeats, threads, isa=isa))
+        except ImportError as e:
+            candidates[dtype].append(GemmPeak(dtype, "openvino", skipped=f"openvino is not installed ({e.name})"))
     from dataclasses import asdict
 
-    return {"isa": isa.to_dict(), "peaks": {k: asdict(v) for k, v in peaks.items()}}
+    return {"isa": isa.to_dict(), "peaks": {k: asdict(_best_of(v)) for k, v in candidates.items()}}
 
 
 def model_gflops(model, input_shape: tuple[int, ...], n_inputs: int = 1) -> float:

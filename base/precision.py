@@ -7,8 +7,8 @@ this table (``get_precision``) instead of keeping its own list of strings; expor
 runtime backends declare which of these names they support (``ExportFormat.precisions``,
 ``Backend.precisions``), so an impossible combination is refused up front, naming what exists.
 
-Bench rows also tell static from dynamic INT8: the row label ``int8-dynamic`` is precision
-``int8`` with quantisation mode ``dynamic`` (``precision_label`` / ``parse_precision_label``).
+Bench rows also tell INT8 quantisations apart: the row label ``int8-dynamic`` (``int8-nncf``) is
+precision ``int8`` with quantisation mode ``dynamic`` (``nncf``) (``precision_label`` / ``parse_precision_label``).
 """
 
 from __future__ import annotations
@@ -51,8 +51,9 @@ PRECISIONS: dict[str, Precision] = {p.name: p for p in (
     # relative-L2 bound is the exported graph's
     Precision("bf16", "bfloat16 weights and matmuls, LayerNorm in float32", "bfloat16", "bf16", 3e-2, DEFAULT_MIN_COSINE, "bf16",
               "BF16"),
-    Precision("int8", "int8 matmuls quantised from the fp32 graph (static Q/DQ or dynamic)", None, "fp32", None,
-              DEFAULT_MIN_COSINE, "int8", "INT8", ("static", "dynamic")),
+    # modes: static Q/DQ (ONNX Runtime's tools), dynamic, nncf (NNCF's transformer preset, for OpenVINO; Q/DQ too)
+    Precision("int8", "int8 matmuls quantised from the fp32 graph (static Q/DQ, dynamic, or NNCF's Q/DQ)", None, "fp32", None,
+              DEFAULT_MIN_COSINE, "int8", "INT8", ("static", "dynamic", "nncf")),
 )}
 
 

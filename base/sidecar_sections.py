@@ -122,7 +122,7 @@ class SourceRecord:
 class QuantizationSection:
     """The INT8 step's record (``quantization``): how the graph was quantised and whether outputs depend on the batch."""
 
-    mode: str  # "static" (Q/DQ, calibrated) or "dynamic" (activation scales per call)
+    mode: str  # "static" (Q/DQ, calibrated), "dynamic" (activation scales per call) or "nncf" (NNCF's Q/DQ, calibrated)
     batch_dependent: bool  # an image's outputs depend on its batch-mates: run one image at a time
     tool: str = ""
     op_types_quantized: list[str] = field(default_factory=list)
@@ -140,3 +140,4 @@ class QuantizationSection:
     calibration: dict[str, Any] | None = None  # data, count, seed or files, method, batch (static only)
     source_onnx: SourceRecord | None = None
     tensorrt_build: dict[str, Any] | None = None  # what TensorRT did with this Q/DQ graph, or its refusal verbatim
+    nncf: dict[str, Any] | None = None  # --quant nncf: NNCF's settings (version, preset, SmoothQuant, overflow fix)

@@ -1,4 +1,4 @@
-"""The INT8 step: the call's float ONNX -> an INT8 ONNX (ONNX Runtime static Q/DQ or dynamic) + cosine parity + sidecar.
+"""The INT8 step: the call's float ONNX -> an INT8 ONNX (static Q/DQ, dynamic, or NNCF's Q/DQ) + cosine parity + sidecar.
 
 INT8 is not a format: it is a step between the ``onnx`` format and whatever consumes the ONNX
 product. With ``--precision int8`` the API runs it right after the ``onnx`` format, and the INT8
@@ -9,7 +9,8 @@ graph becomes the call's ONNX product: ``--format onnx`` returns it, ``engine`` 
 Options: ``ExportRequest.format_options["int8"]``, a ``QuantOptions`` (``wherevit export --quant
 --calib ...``); a consuming format may require fields (``ExportFormat.quant_requirements``:
 TensorRT needs symmetric activations and float biases). Quantisation itself is
-``export/quantize.py``; parity (per-sample cosine against PyTorch fp32 on calibration-disjoint
+``export/quantize.py`` (``--quant nncf``: ``export/nncf_quant.py``, refused before any work where NNCF is
+missing or the consumer is a TensorRT engine); parity (per-sample cosine against PyTorch fp32 on calibration-disjoint
 images, and a head's own metric) is ``export/quant_parity.py``.
 """
 
@@ -38,6 +39,8 @@ class QuantizeStep:
     def __init__(self, req: ExportRequest, consumers: Iterable[Any]) -> None:
         quant = req.options(self.name, QuantOptions)
         required: dict[str, Any] = {}
+        consumers = list(consumers)
+        self.consumers = [fmt.name for fmt in consumers]
         for fmt in consumers:
             required |= fmt.quant_requirements(req)
         self.quant = dataclasses.replace(quant, **required) if required else quant
@@ -45,15 +48,24 @@ class QuantizeStep:
     def check(self) -> None:
         """Fail fast (before any export step) on calibration input that cannot calibrate."""
         check_calibration_folder(self.quant)
+        if self.quant.mode == "nncf":
+            from wherevit.export.nncf_quant import check_nncf
+
+            check_nncf(self.consumers)
 
     def run(self, ctx: ExportContext, src: Path) -> StepResult:
         quant = self.quant
         src_meta = read_sidecar(src, verify_hash=False)
-        calib = calibration_set(ctx.preprocess, ctx.input_names, quant) if quant.mode == "static" else None
-        # static and dynamic artifacts can sit side by side: model_int8.onnx, model_int8_dynamic.onnx
+        calib = calibration_set(ctx.preprocess, ctx.input_names, quant) if quant.calibrated else None
+        # static, dynamic and nncf artifacts can sit side by side: model_int8.onnx, model_int8_dynamic.onnx, model_int8_nncf.onnx
         label = file_label(ctx.req.precision, quant.mode)
         out = ctx.track(ctx.artifact_path(self.source, label, ".onnx", final=True))
-        facts = quantize_onnx(src, out, quant, calib)
+        if quant.mode == "nncf":
+            from wherevit.export.nncf_quant import quantize_nncf  # imports NNCF (checked in check())
+
+            facts = quantize_nncf(src, out, quant, calib)
+        else:
+            facts = quantize_onnx(src, out, quant, calib)
         feeds, described = quant_parity_inputs(ctx.preprocess, ctx.input_names, quant, calib.held_out if calib else [])
         cmp = cosine_parity(ctx.reference, out, feeds, quant.min_cosine)
         parity = {"backend": "onnxruntime CPUExecutionProvider", "reference": "PyTorch fp32",

@@ -7,6 +7,8 @@
 * dynamic: int8 weights, activation scales computed per call over the whole batch. No calibration,
   but an image's features move with whatever else is in the batch -- the sidecar says so and the
   server runs such an artifact one image at a time.
+* nncf: NNCF's post-training quantisation with its transformer preset on the same calibration
+  images (``export/nncf_quant.py``): also a Q/DQ graph, the faster one on OpenVINO.
 
 The graph is first put through ONNX Runtime's own ``quant_pre_process`` (shape inference, basic
 fusions). LayerNorm and softmax are not in ``op_types_to_quantize`` and stay float; a head's layers
@@ -33,7 +35,7 @@ from wherevit.base.errors import WherevitError
 from wherevit.base.image import IMAGE_EXTENSIONS, ImageDecodeError, Preprocess, read_image
 from wherevit.base.io import atomic_path
 from wherevit.base.options import option
-from wherevit.base.precision import DEFAULT_MIN_COSINE
+from wherevit.base.precision import DEFAULT_MIN_COSINE, get_precision
 
 __all__ = [
     "QuantOptions", "CalibrationError", "CalibrationSet", "QUANT_MODES", "CALIB_METHODS", "MIN_CALIB_IMAGES",
@@ -42,7 +44,7 @@ __all__ = [
 
 log = logging.getLogger("wherevit.export")
 
-QUANT_MODES = ("static", "dynamic")
+QUANT_MODES = get_precision("int8").quant_modes  # static, dynamic, nncf (export/nncf_quant.py: NNCF's preset, for OpenVINO)
 CALIB_METHODS = ("minmax", "entropy", "percentile")
 MIN_CALIB_IMAGES = 8  # fewer than this gives ranges set by a handful of images
 STATIC_OPS = ("MatMul", "Gemm", "Conv")
@@ -59,8 +61,9 @@ class QuantOptions:
     """How ``--precision int8`` quantises (the INT8 step's options). ``calib`` None means generated scenes."""
 
     mode: str = option("static", cli="--quant", choices=QUANT_MODES,
-                       help="int8: static Q/DQ (calibrated, batch-independent) or dynamic (scales per call over the batch; "
-                            "served one image at a time).")
+                       help="int8: static Q/DQ (calibrated, batch-independent), dynamic (scales per call over the batch; "
+                            "served one image at a time), or nncf (NNCF's transformer preset, calibrated like static: the "
+                            "faster graph on OpenVINO; needs wherevit[nncf]).")
     method: str = option("minmax", cli="--calib-method", choices=CALIB_METHODS, help="int8: calibration method.")
     calib: str | None = option(None, cli="--calib", metavar="DIR", help="int8: folder of calibration images (default: generated scenes).")
     calib_count: int = option(64, cli="--calib-count", help="int8: calibration images used.")
@@ -80,12 +83,17 @@ class QuantOptions:
             raise ValueError(f"quantisation mode must be one of {', '.join(QUANT_MODES)}, got {self.mode!r}")
         if self.method not in CALIB_METHODS:
             raise ValueError(f"calibration method must be one of {', '.join(CALIB_METHODS)}, got {self.method!r}")
-        if self.mode == "static" and self.calib_count < MIN_CALIB_IMAGES:
+        if self.calibrated and self.calib_count < MIN_CALIB_IMAGES:
             raise CalibrationError(f"--calib-count {self.calib_count} is too few to calibrate; use at least {MIN_CALIB_IMAGES}")
         if not 0.0 < self.min_cosine <= 1.0:
             raise ValueError(f"minimum cosine similarity must be in (0, 1], got {self.min_cosine}")
         if self.parity_count < 2 or self.calib_batch < 1:
             raise ValueError(f"parity_count must be >= 2 and calib_batch >= 1, got {self.parity_count}, {self.calib_batch}")
+
+    @property
+    def calibrated(self) -> bool:
+        """Activation scales fixed by calibration images (static and nncf), not computed per call (dynamic)."""
+        return self.mode != "dynamic"
 
 
 def reduce_range_decision(opts: QuantOptions, isa: CpuIsa | None = None) -> tuple[bool, str]:
@@ -146,7 +154,7 @@ def read_images(paths: Sequence[Path]) -> list[np.ndarray]:
 
 def check_calibration_folder(opts: QuantOptions) -> None:
     """Fail fast (before any export step) on a folder that cannot calibrate: missing, empty, too few or unreadable images."""
-    if opts.mode != "static" or opts.calib is None:
+    if not opts.calibrated or opts.calib is None:
         return
     files = _folder_images(Path(opts.calib))
     if len(files) < opts.calib_count:
@@ -223,6 +231,8 @@ def quantize_onnx(fp32_onnx: Path, out: Path, opts: QuantOptions, calib: Calibra
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_dynamic, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
+    if opts.mode not in ("static", "dynamic"):
+        raise ValueError(f"quantize_onnx makes static or dynamic graphs; mode {opts.mode!r} is another tool's (export/quant_step.py)")
     if opts.mode == "static" and calib is None:
         raise CalibrationError("static quantisation needs calibration images")
     t0 = time.perf_counter()

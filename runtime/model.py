@@ -101,7 +101,7 @@ class Model:
         if name != "auto":  # by name: imports that backend's entry point only (a torch backend imports torch when run)
             return BACKENDS.get(name)(self.artifact, self.meta, **opts).activate()
         reasons = []
-        for cand in auto_order():
+        for cand in auto_order(self.meta):
             cls = BACKENDS.get(cand)
             reason = cls.unavailable_reason(self.meta)
             if reason is None:

@@ -17,5 +17,5 @@ if [ "$TORCH" != "skip" ]; then
   # shellcheck disable=SC2086
   "$VENV/bin/python" -m pip install -q $TORCH
 fi
-"$VENV/bin/python" -m pip install -q -e ".[train,export,serve,trt-rtx,dev]"
+"$VENV/bin/python" -m pip install -q -e ".[train,export,serve,trt-rtx,openvino,nncf,dev]"
 echo "wherevit installed in $VENV ($("$VENV/bin/python" -c 'import torch, onnxruntime; print("torch", torch.__version__, "| onnxruntime", onnxruntime.__version__)'))"

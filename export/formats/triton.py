@@ -43,6 +43,7 @@ __all__ = ["TritonOptions", "TritonModel", "TritonRepositoryError", "triton_conf
 _TRITON_TYPES = {"float32": "TYPE_FP32", "float16": "TYPE_FP16", "bfloat16": "TYPE_BF16", "int64": "TYPE_INT64",
                  "int32": "TYPE_INT32", "uint8": "TYPE_UINT8", "bool": "TYPE_BOOL"}
 _PLATFORMS = TRITON_PLATFORMS  # artifact kind -> (platform, model file): decided once, in base/sidecar.py
+TRITON_BACKENDS = ("default", "openvino")  # "default": the platform of the artifact's kind
 _KINDS = {"auto": "KIND_AUTO", "gpu": "KIND_GPU", "cpu": "KIND_CPU", "model": "KIND_MODEL"}
 
 
@@ -67,10 +68,15 @@ class TritonOptions:
                                           help="Also <name>_images: an ensemble taking encoded image files (BYTES) through a "
                                                "Python-backend preprocessing model (needs numpy and opencv-python-headless "
                                                "in Triton's Python).")
+    # "openvino": Triton's OpenVINO backend on CPU instances (ONNX graphs) instead of the kind's platform
+    backend: str = option("default", cli="--triton-backend", choices=TRITON_BACKENDS,
+                          help="openvino: Triton's OpenVINO backend on CPU instances (ONNX) instead of the kind's platform.")
 
     def __post_init__(self) -> None:
         if self.instance_kind != "default" and self.instance_kind not in _KINDS:
             raise TritonRepositoryError(f"instance kind {self.instance_kind!r}: choose one of default, {', '.join(_KINDS)}")
+        if self.backend not in TRITON_BACKENDS:
+            raise TritonRepositoryError(f"Triton backend {self.backend!r}: choose {' or '.join(TRITON_BACKENDS)}")
         if self.instance_count < 1 or self.max_queue_delay_us < 0 or (self.version is not None and self.version < 1):
             raise TritonRepositoryError(f"invalid Triton options {self}: instance_count >= 1, max_queue_delay_us >= 0, version >= 1")
         if self.name is not None and not re.fullmatch(r"[A-Za-z0-9_.-]+", self.name):
@@ -126,6 +132,11 @@ def triton_config_text(meta: Sidecar, name: str, options: TritonOptions = Triton
     if not all(1 <= b <= hi for b in preferred):
         raise TritonRepositoryError(f"preferred batch sizes {preferred} must lie in 1..{hi} (the profile's max)")
     inst = options.instance_kind if options.instance_kind != "default" else ("gpu" if kind == "engine" else "auto")
+    openvino = options.backend == "openvino"
+    if openvino and (kind != "onnx" or inst == "gpu"):
+        raise TritonRepositoryError(f"Triton's OpenVINO backend runs ONNX graphs on CPU instances (this is a {kind} "
+                                    f"artifact, instance kind {inst}); use --triton-backend default")
+    inst = "cpu" if openvino and inst == "auto" else inst
     gpus = f" gpus: [ {', '.join(map(str, options.gpus))} ]" if options.gpus and inst == "gpu" else ""
     params = {
         "wherevit.preprocess": json.dumps(meta.preprocess, sort_keys=True),
@@ -133,10 +144,13 @@ def triton_config_text(meta: Sidecar, name: str, options: TritonOptions = Triton
         "wherevit.sidecar": _PLATFORMS[kind][1] + ".json",
         "wherevit.precision": meta.precision,
     }
+    if openvino:  # the parameters the OpenVINO backend reads; the wherevit.* ones it ignores
+        params.update({"NUM_STREAMS": "1", "PERFORMANCE_HINT": "LATENCY"})
     lines = [
         f"# Written by wherevit from {meta.artifact.file if meta.artifact else 'an artifact'}; the sidecar beside the model has the rest.",
         f"name: {_pbtxt_string(name)}",
-        f"platform: {_pbtxt_string(platform)}",
+        *(['backend: "openvino"', f"default_model_filename: {_pbtxt_string(_PLATFORMS[kind][1])}"] if openvino else
+          [f"platform: {_pbtxt_string(platform)}"]),
         f"max_batch_size: {hi}",
         "input [\n" + ",\n".join(_tensor(t, True) for t in meta.inputs) + "\n]",
         "output [\n" + ",\n".join(_tensor(t, False) for t in meta.outputs) + "\n]",
@@ -231,6 +245,10 @@ def write_triton_model(artifact: str | os.PathLike, repo: str | os.PathLike, opt
     if move:
         sidecar_path(artifact).unlink(missing_ok=True)
     notes = []
+    if options.backend == "openvino":
+        notes.append("Triton's OpenVINO backend uses OpenVINO's default inference precision: bf16 on CPUs with BF16 units "
+                     "(AMX, AVX-512 BF16), and it has no parameter to force f32 (HINT_BF16 takes only YES); wherevit's own "
+                     "openvino backend keeps f32")
     if images is not None:
         notes.append(f"Triton model {images.ensemble_name!r} takes encoded images (BYTES image_bytes, shape [B, 1]); "
                      "its Python backend needs numpy and opencv-python-headless")

@@ -8,14 +8,18 @@ What a backend supports is declared on its class, so callers ask instead of prob
 
 * ``kinds``        the artifact kinds it runs ("onnx", "engine", "pt2"; empty: any, see torch backends)
 * ``precisions``   the precisions (``base/precision.py``) it runs; others are refused with that list
-* ``device``, ``auto_priority``  where it runs, and its rank for ``backend="auto"``
+* ``device``, ``auto_priority``  where it runs, and its rank for ``backend="auto"`` (``auto_rank(meta)``
+  ranks for one artifact on this machine; the default is ``auto_priority``)
 * ``stages_inputs``  True when ``to_device`` / ``infer_device`` keep inputs on the device (bench
   ``--no-copies`` times only the work after the copy)
 
 and its optional abilities have a default on this class (Polygraphy's ``last_inference_time``):
 ``sync()`` waits for queued device work (a no-op on a CPU), ``last_timings()`` is the last call's
 h2d / compute / d2h split or None, ``to_device`` / ``infer_device`` stage inputs (the default keeps
-host arrays). Bench calls them on every backend; no caller uses ``hasattr``.
+host arrays), ``describe()`` says what the backend computes in and why (None by default), and
+``row_sources(label)`` names the artifacts a bench row may run from (a backend that lowers precision
+itself, like OpenVINO's bf16 inference precision, runs its bf16 row from the fp32 graph). Bench calls
+them on every backend; no caller uses ``hasattr``.
 """
 
 from __future__ import annotations
@@ -83,6 +87,19 @@ class Backend(ABC):
     def _unavailable_impl(cls, meta: Sidecar) -> str | None:
         return None
 
+    @classmethod
+    def auto_rank(cls, meta: Sidecar) -> int | None:
+        """Rank for ``backend="auto"`` with ``meta``'s artifact on this machine (lower first; None: only by name).
+
+        Default: the static ``auto_priority``; a backend whose speed relative to the others depends on
+        the artifact and the CPU (OpenVINO) ranks per artifact, by a documented rule."""
+        return cls.auto_priority
+
+    @classmethod
+    def row_sources(cls, label: str) -> tuple[str, ...]:
+        """The artifact precision labels a bench row of ``label`` may run, preferred first (default: only ``label``)."""
+        return (label,)
+
     def activate(self) -> "Backend":
         if not self.active:
             reason = self.unavailable_reason(self.meta)
@@ -134,6 +151,10 @@ class Backend(ABC):
 
     def last_timings(self) -> dict[str, float] | None:
         """The last ``infer``'s split in ms (``h2d_ms``, ``compute_ms``, ``d2h_ms``), or None where it is not measured."""
+        return None
+
+    def describe(self) -> dict[str, Any] | None:
+        """What the active backend computes in and why (``summary``: one line for the bench table), or None."""
         return None
 
     def to_device(self, feeds: Mapping[str, np.ndarray]) -> Any:

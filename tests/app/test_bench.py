@@ -88,6 +88,9 @@ class _Recording:
     def last_timings(self):
         return self.timings
 
+    def describe(self):
+        return None
+
 
 def test_bench_uses_declared_abilities(tmp_path):
     import numpy as np

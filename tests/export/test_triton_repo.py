@@ -287,3 +287,48 @@ def test_cli_triton_images_flag(trained_run, tmp_path):
     assert sorted(p.name for p in repo.iterdir()) == [MODEL, f"{MODEL}_images", f"{MODEL}_preprocess"]
     assert parse_config(repo / f"{MODEL}_preprocess" / "config.pbtxt").instance_group[0].count == 4
     assert f"{MODEL}_images" in r.output
+
+
+# --- --triton-backend openvino: Triton's OpenVINO backend on CPU instances ---------------------------------------
+def test_openvino_backend_config(onnx_artifact, tmp_path):
+    res = write_triton_model(onnx_artifact, tmp_path / "repo", TritonOptions(backend="openvino", instance_count=2))
+    cfg = parse_config(res.config)
+    assert cfg.backend == "openvino" and cfg.platform == "" and cfg.default_model_filename == "model.onnx"
+    assert res.model_file.name == "model.onnx" and res.model_file.read_bytes() == onnx_artifact.read_bytes()
+    assert [(g.count, g.kind) for g in cfg.instance_group] == [(2, model_config_pb2.ModelInstanceGroup.KIND_CPU)]
+    assert cfg.max_batch_size == 8 and list(cfg.dynamic_batching.preferred_batch_size) == [4, 8]
+    params = {k: v.string_value for k, v in cfg.parameters.items()}
+    assert params["NUM_STREAMS"] == "1" and params["PERFORMANCE_HINT"] == "LATENCY"  # keys the backend parses
+    assert params["wherevit.precision"] == "fp32" and any("HINT_BF16" in n for n in res.notes)
+
+
+def test_openvino_backend_refuses_engines_and_gpu_instances(onnx_artifact):
+    meta = read_sidecar(onnx_artifact)
+    with pytest.raises(TritonRepositoryError, match="CPU instances"):
+        triton_config_text(meta, "m", TritonOptions(backend="openvino", instance_kind="gpu"))
+    import dataclasses
+
+    with pytest.raises(TritonRepositoryError, match="ONNX graphs"):
+        triton_config_text(dataclasses.replace(meta, kind="engine"), "m", TritonOptions(backend="openvino"))
+    with pytest.raises(TritonRepositoryError, match="choose default or openvino"):
+        TritonOptions(backend="tensorflow")
+    # the default stays the kind's platform
+    assert 'platform: "onnxruntime_onnx"' in triton_config_text(meta, "m") and "backend:" not in triton_config_text(meta, "m")
+
+
+def test_cli_triton_backend_openvino_with_the_images_ensemble(trained_run, tmp_path):
+    """--triton-backend is generated from TritonOptions.backend; the ensemble's graph step is the OpenVINO model."""
+    from click.testing import CliRunner
+
+    from wherevit.app.cli import main
+
+    repo = tmp_path / "repo"
+    args = ["export", str(trained_run), "--format", "triton", "--batch", "1:2:4", "--out", str(repo)]
+    r = CliRunner().invoke(main, args + ["--triton-backend", "openvino", "--triton-images"])
+    assert r.exit_code == 0, r.output
+    cfg = parse_config(repo / MODEL / "config.pbtxt")
+    assert cfg.backend == "openvino" and cfg.instance_group[0].kind == model_config_pb2.ModelInstanceGroup.KIND_CPU
+    ens = parse_config(repo / f"{MODEL}_images" / "config.pbtxt")
+    assert ens.ensemble_scheduling.step[1].model_name == MODEL
+    r = CliRunner().invoke(main, args + ["--triton-backend", "tensorrt"])
+    assert r.exit_code == 2 and "'tensorrt' is not one of 'default', 'openvino'" in r.output
