@@ -16,8 +16,13 @@ from wherevit.base.config import ConfigError, apply_overrides, from_dict, load_y
 
 __all__ = [
     "ModelConfig", "CropConfig", "DataConfig", "DinoConfig", "IBOTConfig", "OptimConfig", "TrainConfig",
-    "load_train_config", "preset_names", "config_path",
+    "load_train_config", "preset_names", "config_path", "METHODS_VERSION",
 ]
+
+# What a config trains, beyond its values: bump when a default changes the method (2: faithful
+# equivariance, iBOT centring per dino.centering, per-module clipping, SCRL's own views under posfield).
+# Study cache keys hash only non-default values, so they include this to never reuse older runs.
+METHODS_VERSION = 2
 
 
 @dataclass
@@ -165,6 +170,9 @@ class OptimConfig:
     weight_decay_end: float = 0.4
     betas: tuple[float, float] = (0.9, 0.999)
     clip_grad: float = 3.0  # 0 disables
+    # "module": each student module's own norm (DINOv2); "parameter": each parameter's (DINO); "global":
+    # one norm over backbone and heads (before methods version 2). train/clipping.py says more.
+    clip_mode: Literal["module", "parameter", "global"] = "module"
 
 
 @dataclass
