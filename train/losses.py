@@ -3,6 +3,8 @@ DINOv2's KoLeo term."""
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
@@ -24,9 +26,14 @@ def sinkhorn_knopp(logits: torch.Tensor, temp: float, n_iterations: int = 3) -> 
     masked tokens; DINOv2 ``iBOTPatchLoss.sinkhorn_knopp_teacher`` all-reduces ``n_masked_patches``).
     """
     x = logits.float() / temp
-    # shift each sample's logits by its max so exp cannot overflow and every sample keeps mass; a
-    # per-sample factor is a column scaling, which Sinkhorn's column normalisation absorbs
-    q = torch.exp(x - x.max(dim=1, keepdim=True).values).t()  # (K, B)
+    # One shift for the whole global batch: it only scales every entry by the same factor, which the
+    # first normalisation by the total removes, so this is DINOv2's exp(t / temp) exactly, without
+    # overflow for large logits. (A per-sample shift would not be: it rescales columns before the
+    # first row normalisation, which changes the result of a finite number of iterations.)
+    shift = x.max().reshape(1) if x.numel() else x.new_full((1,), -math.inf)
+    if is_distributed():
+        dist.all_reduce(shift, op=dist.ReduceOp.MAX)
+    q = torch.exp(x - shift).t()  # (K, B)
     n_protos = q.shape[0]
     stats = torch.stack([q.sum(), q.new_tensor(float(q.shape[1]))])  # total mass, number of samples
     if is_distributed():
@@ -37,8 +44,8 @@ def sinkhorn_knopp(logits: torch.Tensor, temp: float, n_iterations: int = 3) -> 
         rows = q.sum(dim=1, keepdim=True)
         if is_distributed():
             dist.all_reduce(rows)
-        q /= rows.clamp_min(1e-30) * n_protos  # a prototype no sample is near keeps zero mass
-        q /= q.sum(dim=0, keepdim=True) * n_samples
+        q /= rows.clamp_min(1e-30) * n_protos  # each prototype gets 1 / K (one no sample is near keeps zero)
+        q /= q.sum(dim=0, keepdim=True).clamp_min(1e-30) * n_samples  # each sample gets 1 / B
     return (q * n_samples).t()
 
 
