@@ -24,6 +24,7 @@ from wherevit.train.plugins.equivariance import (
 )
 from wherevit.train.plugins.posfield import PosFieldConfig, PosFieldHook
 from wherevit.train.plugins.scrl import SCRLBoxHook, SCRLConfig
+from wherevit.train.plugins.sp import SPConfig
 
 TINY = dict(img_size=32, patch_size=8, embed_dim=64, depth=2, num_heads=2)
 
@@ -313,3 +314,88 @@ def test_the_content_masker_masks_the_planned_share_of_each_crop():
     ContentMasker(plan, (4, 4), "random")(sample, None, np.random.default_rng(0), 0)
     assert sample["global"]["masks"].shape == (2, 4, 4)
     assert sample["global"]["masks"].reshape(2, -1).sum(1).tolist() == [4, 4]
+
+
+# ---------------------------------------------------------------- small pieces the training tests reach
+def test_token_inputs_concatenate_with_neutral_fills():
+    m = torch.tensor([[True, False, False]])
+    a = TokenInputs(mask=m)
+    b = TokenInputs(pos_mask=torch.tensor([[False, True, True], [True, False, False]]))
+    cat = TokenInputs.cat([a, b], [1, 2], 3, torch.device("cpu"))
+    np.testing.assert_array_equal(cat.mask.numpy(), [[True, False, False], [False, False, False], [False, False, False]])
+    np.testing.assert_array_equal(cat.pos_mask.numpy(), [[False, False, False], [False, True, True], [True, False, False]])
+    assert cat.pos is None and not cat.empty and TokenInputs().empty
+    p = torch.arange(6.0).view(1, 3, 2)
+    both = TokenInputs.cat([TokenInputs(pos=p), TokenInputs(pos=p + 10)], [1, 1], 3, torch.device("cpu"))
+    torch.testing.assert_close(both.pos, torch.cat([p, p + 10]))
+    assert both.mask is None
+    with pytest.raises(ValueError, match="positional overrides must be given for every view group"):
+        TokenInputs.cat([TokenInputs(pos=p), TokenInputs(mask=m)], [1, 1], 3, torch.device("cpu"))
+
+
+def test_sp_pairs_are_disentangled_unflipped_and_in_order():
+    from wherevit.train.plugins.sp import SPViewSampler
+
+    cfg = SPConfig(n_pairs=3, crop_size=16, scale=(0.05, 0.2), max_iou=0.05)
+    img = np.random.default_rng(0).integers(0, 255, (64, 80, 3), dtype=np.uint8)
+    out = SPViewSampler(cfg, color_jitter_p=0.0, grayscale_p=0.0)(img, np.random.default_rng(1))["sp"]
+    assert out["images"].shape == (6, 3, 16, 16) and not out["flips"].any()
+    from wherevit.train.data.geometry import sample_disentangled_pair
+    from wherevit.train.data.views import box_iou, make_view
+
+    rng, spec = np.random.default_rng(1), SPViewSampler(cfg, 0.0, 0.0).spec  # the same draws, in the same order
+    for p in range(3):  # pair p is (a_p, b_p) at rows 2p, 2p + 1
+        a, b = sample_disentangled_pair(rng, (64, 80), cfg)
+        va = make_view(img, spec, rng, box=a)
+        vb = make_view(img, spec, rng, box=b)
+        np.testing.assert_allclose(out["boxes"][2 * p], a, rtol=1e-6)
+        np.testing.assert_allclose(out["boxes"][2 * p + 1], b, rtol=1e-6)
+        np.testing.assert_array_equal(out["images"][2 * p + 1], vb[0])
+        assert box_iou(a, b) <= 0.05 and va[2] is False
+
+
+def test_posfield_loss_is_the_ibot_loss_at_its_sites():
+    from wherevit.train.plugins.base import StepContext
+    from wherevit.train.plugins.posfield import PositionalField
+
+    plugin = PositionalField(PosFieldConfig(), 4)
+    asked = []
+    ctx = StepContext(0, 1, 0.04, None, None, ibot_loss_fn=lambda f: asked.append(f) or torch.tensor(2.5))
+    pos = torch.zeros(2, 2, 2, 2, dtype=torch.bool)
+    pos[0, 1, 0, 0] = True
+    loss, logs = plugin({}, {}, {"global": {"pos_masks": pos}}, ctx)
+    assert asked == ["pos_masks"] and loss.item() == 2.5 and float(logs["posfield/masked_share"]) == pytest.approx(1 / 16)
+    alone = PositionalField(PosFieldConfig(pos_mask_share=0.0), 4)
+    loss, logs = alone({}, {}, {}, ctx)  # the field alone: no loss, but its token stays in the graph
+    assert loss.item() == 0.0 and loss.requires_grad and logs == {} and alone.ibot_sites == ()
+    with pytest.raises(Exception, match="needs ibot.enabled"):
+        StepContext(0, 1, 0.04, None, None).ibot_loss("pos_masks")
+
+
+def test_scrl_own_pair_and_hook_follow_the_host_crops():
+    from wherevit.train.config import CropConfig
+    from wherevit.train.plugins.scrl import SCRL, SCRLViewSampler
+
+    crops = CropConfig(global_size=16, global_scale=(0.5, 1.0), flip_p=1.0, color_jitter_p=0.0, grayscale_p=0.0,
+                       blur_p=0.0, solarize_p=0.0)
+    plugin = SCRL(SCRLConfig(views="own", min_size=4, hidden_dim=8, out_dim=4), embed_dim=4)
+    plugin.setup(SimpleNamespace(patch_size=8, crops=crops, positions_provided=False, host_views_altered=False))
+    sampler = plugin.view_sampler()
+    assert isinstance(sampler, SCRLViewSampler) and sampler.spec.size == 16 and sampler.spec.scale == (0.5, 1.0)
+    assert sampler.spec.flip_p == 1.0
+    out = sampler(np.random.default_rng(0).integers(0, 255, (40, 40, 3), dtype=np.uint8), np.random.default_rng(0))
+    assert out["scrl"]["images"].shape == (2, 3, 16, 16) and out["scrl"]["flips"].all()
+    hook = plugin.data_hook()
+    assert hook.group == "scrl" and hook.size == 16
+    host = SCRL(SCRLConfig(min_size=4, hidden_dim=8, out_dim=4), embed_dim=4)
+    host.setup(SimpleNamespace(patch_size=8, crops=crops, positions_provided=False, host_views_altered=False))
+    assert host.view_sampler() is None and host.data_hook().group == "global"
+
+
+def test_gtsa_builds_its_own_view_sampler():
+    from wherevit.train.plugins.gtsa import GTSA, GTSAConfig, GTSAViewSampler
+
+    cfg = GTSAConfig(n_local=1, global_size=16, local_size=8)
+    sampler = GTSA(cfg, 4).view_sampler()
+    assert isinstance(sampler, GTSAViewSampler) and sampler.cfg is cfg
+    assert sampler.specs[0].size == 16 and sampler.specs[1].size == 8 and sampler.specs[0].flip_p == 0.0
