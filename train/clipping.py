@@ -34,7 +34,8 @@ def _norm(grads: list[torch.Tensor], device: torch.device) -> torch.Tensor:
     """The l2 norm of a list of gradients as one vector (0 for none)."""
     if not grads:
         return torch.zeros((), device=device)
-    return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)).float())
+    norms = torch.stack(torch._foreach_norm(grads))
+    return torch.linalg.vector_norm(norms.to(torch.promote_types(norms.dtype, torch.float32)))  # bf16 up, fp64 kept
 
 
 @torch.no_grad()
