@@ -42,7 +42,6 @@ from wherevit.export.quantize import PARITY_SEED, QuantOptions, calibration_set,
 from wherevit.runtime.backends.onnxruntime import OrtCpu
 from wherevit.runtime.compare import compare
 
-
 BF16 = "torch eager bf16 (autocast)"
 
 

@@ -15,7 +15,7 @@ from wherevit.train.data.views import make_view
 from wherevit.train.plugins.equivariance import EquivarianceConfig, EquiViewSampler, apply_transform, intermediate_targets
 from wherevit.train.plugins.gtsa import GTSAConfig, GTSAViewSampler
 from wherevit.train.plugins.scrl import SCRLBoxHook, SCRLConfig, scrl_box_pairs
-from wherevit.train.plugins.sp import SPConfig, SpatialPrediction
+from wherevit.train.plugins.sp import SpatialPrediction, SPConfig
 
 
 # ---------------------------------------------------------------- box helpers (shared with the evaluations)
