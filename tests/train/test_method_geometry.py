@@ -266,3 +266,59 @@ def test_roi_tokens_read_exactly_the_token_under_a_box():
     boxes = torch.tensor([[8.0, 0.0, 16.0, 8.0], [0.0, 8.0, 8.0, 16.0], [0.0, 0.0, 16.0, 16.0]])
     out = roi_tokens(fmap, boxes, torch.zeros(3, dtype=torch.long), 8, 1)[:, :, 0, 0]
     np.testing.assert_allclose(out.numpy(), [[2.0, 20.0], [3.0, 30.0], [2.5, 25.0]], atol=1e-5)
+
+
+def test_scrl_loss_of_two_different_views_by_hand():
+    """Distinct views, two samples (one without a usable pair): q_v = projector(RoI of view v), the
+    target z_v = the EMA copy of it on the teacher's features; the loss pairs q_0 with z_1 and q_1 with
+    z_0 and averages over the valid boxes."""
+    torch.manual_seed(0)
+    plugin = SCRL(SCRLConfig(n_boxes=2, hidden_dim=8, out_dim=3, pool_size=2), embed_dim=2)
+    plugin.setup(SimpleNamespace(patch_size=8, positions_provided=False, host_views_altered=False))
+    plugin.predictor = torch.nn.Identity()
+    B = 2
+    g = torch.Generator().manual_seed(1)
+    s_feats = BackboneFeatures(torch.zeros(2 * B, 2), torch.randn(2 * B, 4, 2, generator=g), (2, 2))
+    t_feats = BackboneFeatures(torch.zeros(2 * B, 2), torch.randn(2 * B, 4, 2, generator=g), (2, 2))
+    boxes = torch.tensor([[[[0.0, 0.0, 16.0, 8.0], [0.0, 0.0, 8.0, 16.0]], [[8.0, 0.0, 16.0, 16.0], [0.0, 8.0, 16.0, 16.0]]],
+                          [[[0.0, 0.0, 16.0, 16.0], [0.0, 0.0, 16.0, 16.0]], [[0.0, 0.0, 16.0, 16.0], [0.0, 0.0, 16.0, 16.0]]]])
+    batch = {"scrl_boxes": {"boxes": boxes, "valid": torch.tensor([True, False])}}
+    loss, logs = plugin({"global": s_feats}, {"global": t_feats}, batch)
+
+    def head(net, feats, v, k):  # one box of sample 0, view v
+        fm = feats.patch_map()[v * B: v * B + 1]
+        r = roi_tokens(fm, boxes[0, v, k][None], torch.zeros(1, dtype=torch.long), 8, 2).flatten(1)
+        return r
+
+    s_roi = torch.cat([head(None, s_feats, v, k) for v in range(2) for k in range(2)])  # v0k0, v0k1, v1k0, v1k1
+    t_roi = torch.cat([head(None, t_feats, v, k) for v in range(2) for k in range(2)])
+    with torch.no_grad():
+        q = plugin.projector(s_roi)  # batch norm over the 4 valid RoIs, as in the plug-in
+        z = plugin.target_projector(t_roi)
+    cos = torch.nn.functional.cosine_similarity
+    per_box = [2 - 2 * cos(q[k], z[2 + k], dim=0) + 2 - 2 * cos(q[2 + k], z[k], dim=0) for k in range(2)]
+    assert loss.item() == pytest.approx(float(sum(per_box) / 2), rel=1e-5)
+    assert float(logs["scrl/valid_pairs"]) == 0.5
+    one = {"scrl_boxes": {"boxes": boxes, "valid": torch.tensor([False, True])}}  # mean over the valid boxes only
+    assert plugin({"global": s_feats}, {"global": t_feats}, one)[0].item() > 0
+
+
+def test_scrl_batch_norm_of_a_single_row_is_its_bias():
+    from wherevit.train.plugins.scrl import GlobalBatchNorm1d
+
+    bn = GlobalBatchNorm1d(3)
+    with torch.no_grad():
+        bn.bias.copy_(torch.tensor([0.5, -1.0, 2.0]))
+    np.testing.assert_allclose(bn(torch.tensor([[3.0, -7.0, 1.0]])).detach().numpy(), [[0.5, -1.0, 2.0]], atol=1e-6)
+    assert bn(torch.zeros(0, 3)).shape == (0, 3)  # no rows: no division by zero
+
+
+def test_nearest_matches_pick_the_most_similar_rows_by_cosine_by_hand():
+    from wherevit.train.plugins.gtsa import nearest_matches
+
+    a = torch.tensor([[[10.0, 0.0], [0.0, 0.2], [3.0, 3.1]]])  # norms differ: only directions count
+    b = torch.tensor([[[1.0, 1.0], [0.0, 5.0], [1.0, -0.1]]])
+    # row 0's best candidate is b2 (cos 0.995), row 1's is b1 (cos 1), row 2's is b0 (cos 0.9999): keep the best two
+    sel_a, sel_b = nearest_matches(a, b, 2)
+    got = {tuple(round(v, 4) for v in r.tolist()) for r in torch.cat([sel_a[0], sel_b[0]], 1)}
+    assert got == {(0.0, 0.2, 0.0, 5.0), (3.0, 3.1, 1.0, 1.0)}

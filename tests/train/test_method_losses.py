@@ -291,3 +291,28 @@ def test_the_student_is_clipped_per_module():
     assert ids["plugins.equivariance"] == {id(p) for p in s.plugins["equivariance"].parameters() if p.requires_grad}
     every = {id(p) for p in s.parameters() if p.requires_grad}
     assert set().union(*ids.values()) == every and sum(map(len, ids.values())) == len(every)  # a partition
+
+
+def test_koleo_near_duplicates_by_hand():
+    """Two unit vectors 1e-5 rad apart and a third far away: the log distance of the close pair
+    dominates, and DINOv2's eps (1e-8 inside the distance and the log) is what keeps it finite."""
+    from wherevit.train.losses import KoLeoLoss
+
+    t = 1e-5
+    x = torch.tensor([[1.0, 0.0], [math.cos(t), math.sin(t)], [-1.0, 0.0]], dtype=torch.float32) * 2.0
+    xn = x.double() / x.double().norm(dim=1, keepdim=True)
+
+    def dist(i, j):  # torch.pairwise_distance: || x_i - x_j + eps ||
+        return float((xn[i] - xn[j] + 1e-8).norm())
+
+    expected = -(math.log(dist(0, 1) + 1e-8) + math.log(dist(1, 0) + 1e-8) + math.log(dist(2, 1) + 1e-8)) / 3
+    assert KoLeoLoss()(x).item() == pytest.approx(expected, rel=2e-3)
+
+
+def test_clip_groups_without_ibot_have_no_mask_token():
+    from wherevit.train.meta_arch import SSLMetaArch
+
+    meta = SSLMetaArch(from_dict(TrainConfig, tiny_train_dict()))
+    groups = meta.clip_groups()
+    assert list(groups) == ["backbone", "dino_head", "plugins.sp"] and meta.student.mask_token is None
+    assert sum(len(v) for v in groups.values()) == sum(1 for p in meta.student.parameters() if p.requires_grad)

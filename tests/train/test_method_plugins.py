@@ -341,9 +341,11 @@ def test_sp_pairs_are_disentangled_unflipped_and_in_order():
     out = SPViewSampler(cfg, color_jitter_p=0.0, grayscale_p=0.0)(img, np.random.default_rng(1))["sp"]
     assert out["images"].shape == (6, 3, 16, 16) and not out["flips"].any()
     from wherevit.train.data.geometry import sample_disentangled_pair
-    from wherevit.train.data.views import box_iou, make_view
+    from wherevit.train.data.views import ViewSpec, box_iou, make_view
 
-    rng, spec = np.random.default_rng(1), SPViewSampler(cfg, 0.0, 0.0).spec  # the same draws, in the same order
+    spec = ViewSpec(size=16, scale=(0.05, 0.2), ratio=(3 / 4, 4 / 3), flip_p=0.0, color_jitter_p=0.0, grayscale_p=0.0)
+    assert SPViewSampler(cfg, 0.0, 0.0).spec == spec and SPViewSampler(cfg).spec.color_jitter_p == 0.8
+    rng = np.random.default_rng(1)  # the same draws, in the same order
     for p in range(3):  # pair p is (a_p, b_p) at rows 2p, 2p + 1
         a, b = sample_disentangled_pair(rng, (64, 80), cfg)
         va = make_view(img, spec, rng, box=a)

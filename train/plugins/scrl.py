@@ -280,7 +280,8 @@ class SCRL(Plugin):
 
     def __init__(self, cfg: SCRLConfig, embed_dim: int):
         super().__init__(cfg, embed_dim)
-        self.projector = SCRLHead(embed_dim, cfg.hidden_dim, cfg.out_dim)
+        # a pool_size x pool_size RoI is flattened into the projector's input
+        self.projector = SCRLHead(embed_dim * cfg.pool_size**2, cfg.hidden_dim, cfg.out_dim)
         self.predictor = SCRLHead(cfg.out_dim, cfg.hidden_dim, cfg.out_dim)
         self.add_ema_target("target_projector", self.projector)
         self.group = "global"
