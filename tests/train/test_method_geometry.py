@@ -322,3 +322,65 @@ def test_nearest_matches_pick_the_most_similar_rows_by_cosine_by_hand():
     sel_a, sel_b = nearest_matches(a, b, 2)
     got = {tuple(round(v, 4) for v in r.tolist()) for r in torch.cat([sel_a[0], sel_b[0]], 1)}
     assert got == {(0.0, 0.2, 0.0, 5.0), (3.0, 3.1, 1.0, 1.0)}
+
+
+def test_crop_and_patch_correspondence_losses_by_hand():
+    from wherevit.train.plugins.gtsa import crop_loss, patch_correspondence_loss
+
+    s = torch.tensor([[[[1.0, 0.0]], [[0.0, 2.0]]]])  # (B 1, C 2, 1, 2): cells (1, 0) and (0, 2)
+    t = torch.tensor([[[[3.0, 1.0]], [[0.0, 1.0]]]])  # cells (3, 0) and (1, 1)
+    # -cos per cell: -1 and -1/sqrt(2), mean
+    assert crop_loss(s, t).item() == pytest.approx(-(1 + 1 / math.sqrt(2)) / 2, rel=1e-6)
+    # patch correspondence with k = 1: s cell 0 (1, 0) best matches t cell 0 (cos 1); t's best match is also cos 1
+    assert patch_correspondence_loss(s, t, 1).item() == pytest.approx(-1.0, rel=1e-6)
+    # k = 2 keeps both: s cell 1 (0, 2) is nearest t cell 1 (cos 1/sqrt 2); t cell 1 (1, 1) nearest s cell 0 or 1 (1/sqrt 2)
+    expected = 0.5 * (-(1 + 1 / math.sqrt(2)) / 2 - (1 + 1 / math.sqrt(2)) / 2)
+    assert patch_correspondence_loss(s, t, 2).item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_gtsa_averages_the_crop_loss_over_pairs_and_weights_its_terms(monkeypatch):
+    cfg = GTSAConfig(n_local=0, global_size=16, local_size=8, projector_dim=4, out_dim=4, predictor_dim=4, rot_hidden=4,
+                     rot_bottleneck=4, roi_size=(1, 1), num_matches=(1, 1), crop_weight=2.0, pc_weight=0.25,
+                     rot_weight=0.0, pc_warmup=0.0)
+    plugin = GTSA(cfg, embed_dim=4)
+    plugin.setup(SimpleNamespace(patch_size=8))
+    assert plugin.student_views == ("gtsa_global",) and plugin.rotation[0].in_features == 4
+    values = iter([1.0, 3.0])  # the two pairs' crop losses: (view 1, teacher 0) and (view 0, teacher 1)
+    monkeypatch.setattr(gtsa_mod, "crop_rois", lambda *a: (torch.zeros(1), torch.zeros(1)))
+    monkeypatch.setattr(gtsa_mod, "crop_loss", lambda s, t: torch.tensor(next(values)))
+    monkeypatch.setattr(gtsa_mod, "patch_correspondence_loss", lambda s, t, k: torch.tensor(4.0))
+    B = 1
+    box = torch.tensor([0.5, 0.5, 1.0, 1.0]).expand(B, 2, 4)
+    batch = {"gtsa_global": {"boxes": box, "rot": torch.zeros(B, 2, dtype=torch.long)}}
+    feats = {"gtsa_global": BackboneFeatures(torch.zeros(2 * B, 4), torch.randn(2 * B, 4, 4), (2, 2))}
+    loss, logs = plugin(feats, feats, batch, SimpleNamespace(progress=0.5))
+    assert float(logs["gtsa/crop"]) == pytest.approx(2.0) and float(logs["gtsa/pc"]) == pytest.approx(4.0)
+    assert loss.item() == pytest.approx(2.0 * 2.0 + 0.25 * 4.0)
+
+
+def test_disentangled_pairs_follow_the_documented_search():
+    """The first box is redrawn every 5 tries; a pair is accepted at IoU <= max_iou; otherwise the least
+    overlapping pair seen first is kept. Replayed with the same generator, draw for draw."""
+    from wherevit.train.data.geometry import PairSpec, sample_disentangled_pair
+    from wherevit.train.data.views import box_iou, sample_box
+
+    def replay(rng, spec):
+        best, best_iou = None, 2.0
+        for attempt in range(spec.max_tries):
+            if attempt % 5 == 0:
+                a = sample_box(rng, (40, 50), spec.scale, spec.ratio)
+            b = sample_box(rng, (40, 50), spec.scale, spec.ratio)
+            iou = box_iou(a, b)
+            if iou <= spec.max_iou:
+                return a, b
+            if iou < best_iou:
+                best, best_iou = (a, b), iou
+        return best
+
+    for spec in (PairSpec(scale=(0.05, 0.2), max_iou=0.0, max_tries=12), PairSpec(scale=(0.3, 0.6), max_iou=0.05, max_tries=12),
+                 PairSpec(scale=(0.6, 0.9), max_iou=-1.0, max_tries=12)):  # never accepted: the best of 12
+        for seed in range(6):
+            r1, r2 = np.random.default_rng(seed), np.random.default_rng(seed)
+            got, want = sample_disentangled_pair(r1, (40, 50), spec), replay(r2, spec)
+            np.testing.assert_array_equal(np.stack(got), np.stack(want))
+            assert r1.random() == r2.random()  # the same number of draws

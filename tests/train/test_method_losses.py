@@ -316,3 +316,23 @@ def test_clip_groups_without_ibot_have_no_mask_token():
     groups = meta.clip_groups()
     assert list(groups) == ["backbone", "dino_head", "plugins.sp"] and meta.student.mask_token is None
     assert sum(len(v) for v in groups.values()) == sum(1 for p in meta.student.parameters() if p.requires_grad)
+
+
+def test_sinkhorn_of_no_rows_is_empty():
+    out = sinkhorn_knopp(torch.zeros(0, 4), 0.1)
+    assert out.shape == (0, 4)
+
+
+def test_the_ema_moves_every_teacher_module_including_a_separate_ibot_head():
+    from wherevit.train.meta_arch import SSLMetaArch
+
+    meta = SSLMetaArch(from_dict(TrainConfig, tiny_train_dict(**{"ibot.enabled": True, "ibot.separate_head": True})))
+    with torch.no_grad():
+        for p in meta.student.parameters():
+            p.add_(1.0)
+    before = {n: p.clone() for n, p in meta.teacher.named_parameters()}
+    student = dict(meta.student.named_parameters())
+    meta.update_teacher(0.75)
+    for name, p in meta.teacher.named_parameters():
+        torch.testing.assert_close(p, 0.75 * before[name] + 0.25 * student[name], msg=name)
+    assert any(n.startswith("ibot_head.") for n in before)
