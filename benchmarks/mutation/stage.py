@@ -62,6 +62,8 @@ TESTS = [
     "tests/train/test_method_losses.py",
     "tests/train/test_method_geometry.py",
     "tests/train/test_method_plugins.py",
+    "tests/train/test_method_views.py",
+    "tests/train/test_method_ddp.py",
     "tests/train/test_losses.py",
     "tests/train/test_plugin_losses.py",
     "tests/train/test_plugin_geometry.py",
@@ -77,7 +79,7 @@ only_mutate = {only}
 do_not_mutate_patterns = ["^\\\\s*raise ", "log\\\\.(warning|info|debug)\\\\("]
 pytest_add_cli_args = ["-p", "no:cacheprovider", "-q", "-x", "-p", "no:randomly"]
 pytest_add_cli_args_test_selection = {tests}
-process_isolation = "forkserver"
+process_isolation = "fork"
 timeout_multiplier = 10.0
 timeout_constant = 20.0
 
