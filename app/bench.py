@@ -9,7 +9,10 @@ error for fp32/fp16 rows, per-sample cosine similarity for int8 and bf16 rows. T
 names the CPU's ISA and its measured GEMM peaks per dtype (``app/machine.py``); each CPU row carries
 its fraction of the peak of its dtype.
 
-Precisions: fp32, fp16, bf16, int8 (static Q/DQ) and int8-dynamic (dynamic quantisation).
+Precisions: every name in ``base/precision.py`` (fp32, fp16, bf16, int8 static Q/DQ) and the row label
+int8-dynamic (dynamic quantisation); a row is judged by per-sample cosine where its precision states a
+cosine bound, else by relative L2. Backends are asked through their declarations (precisions,
+``stages_inputs``) and optional abilities (``sync``, ``last_timings``, ``to_device``), never probed.
 """
 
 from __future__ import annotations
@@ -28,16 +31,21 @@ from typing import Callable
 
 import numpy as np
 
-from wherevit.base.errors import InvalidRequest, WherevitError
+from wherevit.base.errors import WherevitError
 from wherevit.base.io import atomic_write_text
+from wherevit.base.precision import DEFAULT_MIN_COSINE, REFERENCE_PRECISION, get_precision, parse_precision_label, precision_label
 from wherevit.base.sidecar import Sidecar, read_sidecar, sidecar_path
-from wherevit.runtime.backends import Backend, registered_backends
-from wherevit.runtime.compare import DEFAULT_MIN_COSINE, DEFAULT_RTOL, compare
+from wherevit.runtime.backends import Backend
+from wherevit.runtime.backends.base import BACKENDS
+from wherevit.runtime.compare import compare
 
 __all__ = ["BenchRow", "BenchRequest", "TimingConfig", "time_callable", "machine_info", "write_results", "format_table",
-           "run_bench", "bench_precision", "COSINE_ROWS"]
+           "run_bench", "bench_precision", "judged_by_cosine"]
 
-COSINE_ROWS = ("int8", "int8-dynamic", "bf16")  # parity by per-sample cosine rather than relative L2
+
+def judged_by_cosine(label: str) -> bool:
+    """A row of this precision label is judged by per-sample cosine (its precision states a cosine bound)."""
+    return get_precision(parse_precision_label(label)[0]).min_cosine is not None
 
 
 @dataclass
@@ -155,7 +163,7 @@ def format_table(rows: list[BenchRow]) -> str:
     f = lambda v, fmt: format(v, fmt) if v is not None else "-".rjust(int(fmt.split(".")[0]))
     for r in rows:
         note = r.reason if r.status != "ok" else ("PARITY FAIL" if r.parity_ok is False else "")
-        if r.precision in COSINE_ROWS and r.cos_min is not None:
+        if judged_by_cosine(r.precision) and r.cos_min is not None:
             parity = f"cos {r.cos_min:.4f}".rjust(16)
         else:
             parity = f"rel_l2 {r.rel_l2:.2e}".rjust(16) if r.rel_l2 is not None else "-".rjust(16)
@@ -231,6 +239,8 @@ class BenchRequest:
     timing: TimingConfig = field(default_factory=TimingConfig)
     imgsz: int | None = None
     progress: bool = True
+    weights: str | None = None  # a weights file for the timm model named by ``target`` (exported first)
+    pretrained: bool = False  # or timm's own download of it
 
 
 Artifacts = dict[tuple[str, str], tuple[Path, Sidecar]]  # (kind, precision) -> (file, its verified sidecar)
@@ -248,10 +258,11 @@ def _artifacts_for(req: BenchRequest, notes: list[str]) -> Artifacts:
         for other in sorted(target.parent.iterdir()):  # siblings exported together (same model, same task)
             if other != target and sidecar_path(other).is_file():
                 m = read_sidecar(other)
-                if m.task == meta.task and m.model.get("checkpoint") == meta.model.get("checkpoint"):
+                if m.task == meta.task and m.model.checkpoint == meta.model.checkpoint:
                     arts.setdefault((m.kind, bench_precision(m)), (other, m))
         return _with_reference(arts, req.reference)
     from wherevit.export.api import ExportRequest, export_artifacts
+    from wherevit.export.quant_step import QuantizeStep
     from wherevit.export.quantize import QuantOptions
 
     arts: Artifacts = {}
@@ -260,16 +271,17 @@ def _artifacts_for(req: BenchRequest, notes: list[str]) -> Artifacts:
     want_engine = "tensorrt" in (req.backends or ("tensorrt",)) and torch_device() == "cuda"
     for p in req.precisions:
         fmt = "engine" if want_engine else "onnx"
-        prec = "int8" if p.startswith("int8") else p
-        quant = QuantOptions(mode="dynamic" if p == "int8-dynamic" else "static")
+        prec, mode = parse_precision_label(p)
+        options = {QuantizeStep.name: QuantOptions(mode=mode)} if mode else {}
         try:
             res = export_artifacts(ExportRequest(req.target, req.out_dir / "artifacts", format=fmt, precision=prec, batch=batch,
-                                                 imgsz=req.imgsz, format_options={"int8": quant}))
+                                                 imgsz=req.imgsz, format_options=options,
+                                                 weights=req.weights, pretrained=req.pretrained))
         except WherevitError as e:
             if fmt != "engine":
                 raise
             res = export_artifacts(ExportRequest(req.target, req.out_dir / "artifacts", precision=prec, batch=batch, imgsz=req.imgsz,
-                                                 format_options={"int8": quant}))
+                                                 format_options=options, weights=req.weights, pretrained=req.pretrained))
             notes.append(f"{p} engine build failed: {e}")
         notes += res.notes
         for path in res.artifacts.values():
@@ -280,15 +292,14 @@ def _artifacts_for(req: BenchRequest, notes: list[str]) -> Artifacts:
 
 def bench_precision(meta: Sidecar) -> str:
     """A row's precision label: the sidecar's, with dynamic INT8 told apart from static Q/DQ."""
-    q = meta.quantization or {}
-    return "int8-dynamic" if meta.precision == "int8" and q.get("mode") == "dynamic" else meta.precision
+    return precision_label(meta.precision, meta.quantization.mode if meta.quantization else None)
 
 
 def _with_reference(arts: Artifacts, reference: str | None) -> Artifacts:
     """--reference overrides the checkpoint the PyTorch rows and the parity reference rebuild."""
     if not reference:
         return arts
-    return {k: (p, dataclasses.replace(m, model={**m.model, "checkpoint": reference})) for k, (p, m) in arts.items()}
+    return {k: (p, dataclasses.replace(m, model=dataclasses.replace(m.model, checkpoint=reference))) for k, (p, m) in arts.items()}
 
 
 def torch_device() -> str:
@@ -300,13 +311,11 @@ def torch_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def _register_torch_backends() -> str | None:
-    """Register the PyTorch reference backends; the reason they are missing, if they are."""
-    try:
-        import wherevit.app.torch_backend  # noqa: F401 -- registers torch-eager, torch-compile, ...
-    except ImportError as e:
-        return f"PyTorch is not installed ({e.name}); pip install 'wherevit[export]'"
-    return None
+def _torch_missing() -> str | None:
+    """Why the PyTorch rows (and the parity reference) cannot run here, or None."""
+    import importlib.util
+
+    return None if importlib.util.find_spec("torch") else "PyTorch is not installed; pip install 'wherevit[export]'"
 
 
 def _pick(arts: Artifacts, cls: type[Backend], precision: str) -> tuple[Path, Sidecar] | None:
@@ -324,11 +333,11 @@ def _pick(arts: Artifacts, cls: type[Backend], precision: str) -> tuple[Path, Si
 def _references(arts: Artifacts, parity: dict[int, dict[str, np.ndarray]]) -> tuple[dict[int, dict], str | None]:
     """PyTorch fp32 eager outputs per batch size on the parity inputs: the reference of every row."""
     path, meta = next(iter(arts.values()))
-    meta = dataclasses.replace(meta, precision="fp32")
-    reason = _register_torch_backends()
+    meta = dataclasses.replace(meta, precision=REFERENCE_PRECISION)
+    reason = _torch_missing()
     if reason:
         return {}, reason
-    TorchEager = registered_backends()["torch-eager"]
+    TorchEager = BACKENDS.get("torch-eager")  # the entry point, imported by name
     reason = TorchEager.unavailable_reason(meta)
     if reason:
         return {}, reason
@@ -336,7 +345,7 @@ def _references(arts: Artifacts, parity: dict[int, dict[str, np.ndarray]]) -> tu
         with TorchEager(path, meta, device="cpu") as ref:
             return {b: ref.infer(x) for b, x in parity.items()}, None
     except Exception as e:  # noqa: BLE001 -- a broken reference disables parity, it does not stop the bench
-        return {}, f"cannot run the PyTorch reference {meta.model.get('checkpoint')!r}: {type(e).__name__}: {e}"
+        return {}, f"cannot run the PyTorch reference {meta.model.checkpoint!r}: {type(e).__name__}: {e}"
 
 
 def _input_buffers(meta: Sidecar, batches: tuple[int, ...], n: int) -> dict[int, list[dict[str, np.ndarray]]]:
@@ -359,20 +368,20 @@ def _parity_inputs(meta: Sidecar, batches: tuple[int, ...]) -> dict[int, dict[st
 
 def _peak_fractions(rows: list[BenchRow], first: Sidecar, machine: dict, settings: dict) -> None:
     """Each CPU row's model GFLOP/s over its dtype's peak (needs PyTorch to count the model's FLOPs)."""
-    if _register_torch_backends() is not None or not first.model.get("checkpoint"):
+    if _torch_missing() is not None or not first.model.checkpoint:
         return
     from wherevit.app.machine import annotate_fractions, model_gflops
     from wherevit.app.torch_backend import reference_model
 
     try:
-        model = reference_model(dataclasses.replace(first, precision="fp32"))
+        model = reference_model(dataclasses.replace(first, precision=REFERENCE_PRECISION))
     except Exception as e:  # noqa: BLE001 -- no FLOP count means no fraction column, not a failed bench
         settings["notes"].append(f"no fraction-of-peak column: {type(e).__name__}: {e}")
         return
     size = first.input_preprocess().size
     gflops = model_gflops(model, (1, 3, *size), len(first.input_names))
     settings["model_gflops_per_image"] = gflops
-    backends = registered_backends()
+    backends = BACKENDS.items()
 
     def on_cpu(row: BenchRow) -> bool:  # PyTorch backends (no artifact kind) run where torch_device() says
         cls = backends.get(row.backend)
@@ -385,12 +394,11 @@ def run_bench(req: BenchRequest) -> tuple[list[BenchRow], dict[str, Path]]:
     """Benchmark every (backend, precision, batch); returns rows and the written files."""
     from tqdm import tqdm
 
-    torch_missing = _register_torch_backends()
-    backends = registered_backends()
-    names = req.backends or tuple(backends)
-    unknown = sorted(set(names) - set(backends))
-    if unknown:
-        raise InvalidRequest(f"unknown backend(s) {unknown}; registered: {', '.join(backends)}")
+    torch_missing = _torch_missing()
+    names = req.backends or tuple(BACKENDS.items())  # every backend, entry points included (importing them imports no torch)
+    backends = {name: BACKENDS.get(name) for name in names}  # an unknown name names the registered ones
+    for p in req.precisions:
+        parse_precision_label(p)  # an unknown precision names the known ones, before anything is exported
     notes: list[str] = [torch_missing] if torch_missing else []
     arts = _artifacts_for(req, notes)
     first = next(iter(arts.values()))[1]
@@ -408,7 +416,7 @@ def run_bench(req: BenchRequest) -> tuple[list[BenchRow], dict[str, Path]]:
     bar.close()
     c, h, w = (int(d) for d in buffers[req.batches[0]][0][first.input_names[0]].shape[1:])
     settings = {"command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]), "target": str(req.target),
-                "reference": first.model.get("checkpoint"), "batches": list(req.batches), "precisions": list(req.precisions),
+                "reference": first.model.checkpoint, "batches": list(req.batches), "precisions": list(req.precisions),
                 "include_copies": req.include_copies, "timing": asdict(req.timing), "input_shape": [c, h, w],
                 "torch_device": torch_device(), "notes": notes,
                 "parity_inputs": "generated scenes (seeds 61000+), preprocessed per the sidecar; timing on random buffers"}
@@ -423,9 +431,11 @@ def _bench_one(cls: type[Backend], prec: str, arts: Artifacts, buffers, ref_out:
     skip = lambda reason: [BenchRow(cls.name, prec, b, "skipped", reason) for b in req.batches]
     picked = _pick(arts, cls, prec)
     if picked is None:
-        kinds = "/".join(cls.kinds)
-        how = f"--precision int8{' --quant dynamic' if prec == 'int8-dynamic' else ''}" if prec.startswith("int8") else f"--precision {prec}"
-        return skip(f"no {prec} {kinds} artifact (export one with --format {cls.kinds[0]} {how})")
+        precision, mode = parse_precision_label(prec)
+        if precision not in cls.precisions:
+            return skip(cls.precision_reason(precision))
+        how = f"--precision {precision}" + (f" --quant {mode}" if mode and mode != get_precision(precision).quant_modes[0] else "")
+        return skip(f"no {prec} {'/'.join(cls.kinds)} artifact (export one with --format {cls.kinds[0]} {how})")
     art, meta = picked
     reason = cls.unavailable_reason(meta)
     if reason:
@@ -434,8 +444,9 @@ def _bench_one(cls: type[Backend], prec: str, arts: Artifacts, buffers, ref_out:
         backend = cls(art, meta).activate()
     except Exception as e:  # noqa: BLE001 -- one backend failing to load is a row, not the end of the bench
         return skip(f"failed to load: {type(e).__name__}: {str(e)[:300]}")
-    rtol = DEFAULT_RTOL.get(prec, DEFAULT_RTOL["fp32"])
-    min_cos = DEFAULT_MIN_COSINE if prec in COSINE_ROWS else None
+    p = get_precision(parse_precision_label(prec)[0])
+    rtol = p.rtol if p.rtol is not None else get_precision(REFERENCE_PRECISION).rtol
+    min_cos = p.min_cosine
     rows = []
     try:
         for b in req.batches:
@@ -451,7 +462,7 @@ def _bench_one(cls: type[Backend], prec: str, arts: Artifacts, buffers, ref_out:
 def _bench_backend(backend: Backend, prec: str, b: int, bufs: list[dict], ref, rtol, art: Path, req: BenchRequest,
                    parity_x: dict[str, np.ndarray], min_cos: float | None = None) -> BenchRow:
     name, extra = backend.name, {}
-    if not req.include_copies and hasattr(backend, "to_device"):  # inputs placed on the device once, outside the clock
+    if not req.include_copies and backend.stages_inputs:  # inputs placed on the device once, outside the clock
         staged = [backend.to_device(x) for x in bufs]
         fn = lambda i: backend.infer_device(staged[i])
         extra["copies"] = "excluded: inputs staged on the device before timing"
@@ -459,13 +470,13 @@ def _bench_backend(backend: Backend, prec: str, b: int, bufs: list[dict], ref, r
         fn = lambda i: backend.infer(bufs[i])
         extra["copies"] = "included" if req.include_copies else "included: this backend takes host arrays only"
     try:
-        t = time_callable(fn, req.timing, sync=getattr(backend, "sync", None))
+        t = time_callable(fn, req.timing, sync=backend.sync)
         out = backend.infer(parity_x)
     except Exception as e:  # noqa: BLE001 -- a failed run is a row with the reason
         return BenchRow(name, prec, b, "failed", f"{type(e).__name__}: {str(e)[:300]}")
     row = BenchRow(name, prec, b, "ok", **t, throughput_ips=b * 1000 / t["mean_ms"], artifact=str(art),
                    artifact_bytes=art.stat().st_size if art.is_file() else None, extra=extra, **parity_fields(ref, out, rtol, min_cos))
-    split = getattr(backend, "last_timings", None)
+    split = backend.last_timings()
     if split:
         row.h2d_ms, row.compute_ms, row.d2h_ms = split.get("h2d_ms"), split.get("compute_ms"), split.get("d2h_ms")
     return row

@@ -131,8 +131,10 @@ def model_gflops(model, input_shape: tuple[int, ...], n_inputs: int = 1) -> floa
 
 
 def peak_dtype(precision: str) -> str:
-    """The peak a row is measured against: int8 rows (static or dynamic) the int8 GEMM, bf16 the bf16, else fp32."""
-    return "int8" if precision.startswith("int8") else "bf16" if precision == "bf16" else "fp32"
+    """The peak a row (a precision label: ``int8-dynamic`` too) is measured against: its precision's ``cpu_peak``."""
+    from wherevit.base.precision import get_precision, parse_precision_label
+
+    return get_precision(parse_precision_label(precision)[0]).cpu_peak
 
 
 def format_machine(machine: dict) -> str:

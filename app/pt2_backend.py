@@ -13,6 +13,7 @@ from typing import Mapping
 
 import numpy as np
 
+from wherevit.base.precision import precision_names
 from wherevit.base.sidecar import Sidecar
 from wherevit.runtime.backends.base import Backend, register_backend
 
@@ -25,6 +26,7 @@ class Pt2Backend(Backend):
 
     name = "pt2"
     kinds = ("pt2",)
+    precisions = precision_names(quantized=False)  # what the pt2 export format writes
     device = "cpu"
     auto_priority = 50  # the only backend for .pt2 artifacts; after every ONNX/engine backend
 
@@ -32,7 +34,7 @@ class Pt2Backend(Backend):
     def _unavailable_impl(cls, meta: Sidecar) -> str | None:
         if importlib.util.find_spec("torch") is None:
             return "torch is not installed (an AOTInductor package runs through libtorch: pip install torch)"
-        if (meta.pt2 or {}).get("device") == "cuda":
+        if meta.pt2 is not None and meta.pt2.device == "cuda":
             import torch
 
             if not torch.cuda.is_available():
@@ -42,9 +44,9 @@ class Pt2Backend(Backend):
     def _activate_impl(self) -> None:
         import torch
 
-        facts = self.meta.pt2 or {}
-        self.torch_device = facts.get("device", "cpu")
-        built = facts.get("torch")
+        facts = self.meta.pt2
+        self.torch_device = facts.device if facts is not None else "cpu"
+        built = facts.torch if facts is not None else None
         if built and built.split("+")[0] != torch.__version__.split("+")[0]:
             import warnings
 

@@ -62,6 +62,9 @@ def _convert_union(value: Any, tp: Any, path: str) -> Any:
     args = typing.get_args(tp)
     if value is None and type(None) in args:
         return None
+    rest = [a for a in args if a is not type(None)]
+    if len(rest) == 1:  # Optional[X]: X's own error says what is wrong (and where, inside a nested section)
+        return _convert(value, rest[0], path)
     for arg in args:
         if arg is type(None):
             continue

@@ -3,6 +3,12 @@
 One decoder for every entry point, so a model sees the same pixels at training time, in the export
 parity check and behind the server: OpenCV decode, then conversion to 8-bit RGB whatever the file
 held (grayscale, RGBA, 16-bit).
+
+Every encoded image is bounded before a pixel is decoded: its header (``base/image_header.py``)
+must be JPEG, PNG, WebP or BMP and declare at most ``max_pixels`` pixels (default
+``DEFAULT_MAX_IMAGE_PIXELS``). This module is the public decoding API of the torch-free base layer
+(``decode_image``, ``read_image``, ``to_rgb_uint8``, ``Preprocess``), also used by the Triton
+Python-backend model.
 """
 
 from __future__ import annotations
@@ -15,11 +21,30 @@ from typing import Sequence
 import cv2
 import numpy as np
 
-from wherevit.base.errors import InvalidRequest, WherevitError
+from wherevit.base.errors import InvalidRequest
+from wherevit.base.image_header import (
+    ACCEPTED_FORMATS,
+    DEFAULT_MAX_IMAGE_PIXELS,
+    ImageDecodeError,
+    ImageHeader,
+    ImageHeaderError,
+    ImageTooLarge,
+    UnsupportedImageFormat,
+    check_image_size,
+    read_image_header,
+)
 
 __all__ = [
     "IMAGE_EXTENSIONS",
     "ImageDecodeError",
+    "ImageTooLarge",
+    "UnsupportedImageFormat",
+    "ImageHeader",
+    "ACCEPTED_FORMATS",
+    "DEFAULT_MAX_IMAGE_PIXELS",
+    "FLOAT_RANGE_TOLERANCE",
+    "read_image_header",
+    "check_encoded_image",
     "decode_image",
     "read_image",
     "to_rgb_uint8",
@@ -36,10 +61,11 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 RESIZE_MODES = ("stretch", "shorter_center")
 INTERPOLATIONS = ("area", "linear", "cubic")
+# Float images hold values in [0, 1]; up to one 8-bit step beyond is resampling overshoot and is clipped.
+# More than that is data on another scale ([0, 255] after ``astype(np.float32)``), which clipping would
+# turn into a white image without a word.
+FLOAT_RANGE_TOLERANCE = 1.0 / 255.0
 
-
-class ImageDecodeError(WherevitError, ValueError):
-    """An image file or buffer that OpenCV cannot decode (corrupt, truncated or not an image)."""
 
 
 def check_image_array(img: np.ndarray, what: str = "image") -> None:
@@ -56,8 +82,14 @@ def check_image_array(img: np.ndarray, what: str = "image") -> None:
         raise ImageDecodeError(f"{what}: a {h}x{w} image has no pixels to look at (each side must be >= {MIN_IMAGE_SIDE})")
     if img.dtype not in (np.uint8, np.uint16, np.float32, np.float64):
         raise ImageDecodeError(f"{what}: unsupported image dtype {img.dtype} (uint8, uint16, or float in [0, 1])")
-    if img.dtype.kind == "f" and not np.isfinite(img).all():
-        raise ImageDecodeError(f"{what}: {int(np.size(img) - np.count_nonzero(np.isfinite(img)))} non-finite pixel value(s) (NaN or infinity)")
+    if img.dtype.kind == "f":
+        if not np.isfinite(img).all():
+            raise ImageDecodeError(f"{what}: {int(np.size(img) - np.count_nonzero(np.isfinite(img)))} non-finite pixel value(s) (NaN or infinity)")
+        lo, hi = float(img.min()), float(img.max())
+        if lo < -FLOAT_RANGE_TOLERANCE or hi > 1.0 + FLOAT_RANGE_TOLERANCE:
+            hint = ("divide by 255 (8-bit data) or 65535 (16-bit data), or pass the uint8/uint16 array itself"
+                    if lo >= -FLOAT_RANGE_TOLERANCE else "rescale it to [0, 1]")
+            raise ImageDecodeError(f"{what}: float image values span [{lo:g}, {hi:g}], but float images must be in [0, 1]; {hint}")
 
 
 def to_rgb_uint8(img: np.ndarray, color_order: str = "BGR", what: str = "image") -> np.ndarray:
@@ -69,8 +101,8 @@ def to_rgb_uint8(img: np.ndarray, color_order: str = "BGR", what: str = "image")
     (see ``check_image_array``) instead of reaching an OpenCV assertion.
     """
     check_image_array(img, what)
-    if img.dtype == np.uint16:
-        img = (img.astype(np.float32) / 257.0 + 0.5).astype(np.uint8)
+    if img.dtype == np.uint16:  # round(x / 257) straight to uint8: no full-size float temporaries
+        img = cv2.convertScaleAbs(img, alpha=1.0 / 257.0)
     elif img.dtype in (np.float32, np.float64):
         img = np.clip(img * 255.0 + 0.5, 0, 255).astype(np.uint8)
     elif img.dtype != np.uint8:
@@ -88,25 +120,50 @@ def to_rgb_uint8(img: np.ndarray, color_order: str = "BGR", what: str = "image")
     raise ImageDecodeError(f"unsupported channel count {c}")
 
 
-def decode_image(data: bytes | bytearray | memoryview | np.ndarray, what: str = "image buffer") -> np.ndarray:
-    """Decode an encoded image (JPEG/PNG/WebP/BMP bytes) to HxWx3 uint8 RGB."""
+def check_encoded_image(data: bytes | bytearray | memoryview | np.ndarray, max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
+                        what: str = "image buffer") -> ImageHeader:
+    """The header of an encoded image, checked: an accepted format declaring at most ``max_pixels`` pixels.
+
+    Raises ``ImageTooLarge`` / ``UnsupportedImageFormat`` / ``ImageDecodeError`` naming ``what``; nothing is decoded."""
     buf = np.frombuffer(data, dtype=np.uint8) if not isinstance(data, np.ndarray) else data.reshape(-1).view(np.uint8)
     if buf.size == 0:
         raise ImageDecodeError(f"{what}: empty")
-    img = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
+    try:
+        return check_image_size(memoryview(buf), max_pixels)
+    except (ImageTooLarge, UnsupportedImageFormat) as e:
+        raise type(e)(f"{what}: {e}") from None
+    except ImageHeaderError as e:
+        raise ImageHeaderError(f"{what}: not a decodable image ({e})") from None
+
+
+def decode_image(data: bytes | bytearray | memoryview | np.ndarray, what: str = "image buffer",
+                 max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS) -> np.ndarray:
+    """Decode an encoded JPEG/PNG/WebP/BMP image to HxWx3 uint8 RGB.
+
+    The header is checked first (``check_encoded_image``): other formats and images declaring more
+    than ``max_pixels`` pixels (None: no cap) are refused before anything is decoded."""
+    header = check_encoded_image(data, max_pixels, what)
+    buf = np.frombuffer(data, dtype=np.uint8) if not isinstance(data, np.ndarray) else data.reshape(-1).view(np.uint8)
+    try:
+        img = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
+    except cv2.error as e:  # OpenCV's own limits and assertions: still the caller's image
+        raise ImageDecodeError(f"{what}: not a decodable {header.format} ({str(e).strip().splitlines()[-1]})") from None
     if img is None or img.size == 0:
-        raise ImageDecodeError(f"{what}: not a decodable image (corrupt, truncated or unsupported format)")
+        raise ImageDecodeError(f"{what}: not a decodable image (corrupt or truncated {header.format})")
+    if img.shape[0] * img.shape[1] != header.pixels:  # the decoder read another size than the header: never trust it
+        raise ImageDecodeError(f"{what}: {header.format} header says {header.width}x{header.height}, "
+                               f"the decoder read {img.shape[1]}x{img.shape[0]}")
     return to_rgb_uint8(img, "BGR", what)
 
 
-def read_image(path: str | os.PathLike) -> np.ndarray:
+def read_image(path: str | os.PathLike, max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS) -> np.ndarray:
     """Read and decode an image file to HxWx3 uint8 RGB; raises ``ImageDecodeError`` naming the file."""
     path = Path(path)
     try:
         data = path.read_bytes()
     except OSError as e:
         raise ImageDecodeError(f"{path}: cannot read ({e.strerror or e})") from e
-    return decode_image(data, what=str(path))
+    return decode_image(data, what=str(path), max_pixels=max_pixels)
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,13 @@ library and GPU targets, hashes, export parity -- lives here.
 
 The schema is the ``Sidecar`` dataclass: export writes one, ``read_sidecar`` validates the file
 against it (an unknown, missing or mistyped field is an error naming the field), and every reader
-(runtime, server, bench) uses its typed fields instead of indexing a dict.
+(runtime, server, bench) uses its typed fields instead of indexing a dict. Each format's facts are a
+typed section (``base/sidecar_sections.py``; a format from another package writes under
+``extensions``).
+
+Two serving facts are decided here, once, for every server and repository writer:
+``default_model_name`` (the timm model name, plus the head's task) and ``triton_platform`` (the
+Triton platform of an artifact kind, None where Triton has none).
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -25,14 +32,32 @@ from wherevit.base.config import ConfigError, from_dict, to_dict
 from wherevit.base.errors import WherevitError
 from wherevit.base.image import Preprocess
 from wherevit.base.io import atomic_write_text, sha256_file
+from wherevit.base.sidecar_sections import (
+    EngineProfile,
+    EngineSection,
+    HeadSection,
+    ModelSection,
+    OnnxSection,
+    Pt2Section,
+    QuantizationSection,
+    SourceRecord,
+)
 
 __all__ = ["SIDECAR_FORMAT", "SidecarError", "Sidecar", "TensorSpec", "BatchRange", "ArtifactRecord",
-           "sidecar_path", "write_sidecar", "read_sidecar", "artifact_record", "TENSOR_DTYPES"]
+           "sidecar_path", "write_sidecar", "read_sidecar", "artifact_record", "TENSOR_DTYPES",
+           "default_model_name", "triton_platform", "TRITON_PLATFORMS",
+           # the typed sections (base/sidecar_sections.py)
+           "ModelSection", "HeadSection", "OnnxSection", "EngineSection", "EngineProfile", "Pt2Section", "QuantizationSection",
+           "SourceRecord"]
 
 SIDECAR_FORMAT = "wherevit.artifact/1"
 
 # Tensor dtypes a sidecar may name: NumPy's own names, so np.dtype(spec.dtype) is the one conversion.
 TENSOR_DTYPES = ("float32", "float16", "uint8", "int8", "int32", "int64", "bool")
+
+# Artifact kind -> the Triton platform that runs it, and the model file name Triton expects. A kind
+# missing here (pt2: Triton's PyTorch backend runs TorchScript, not AOTInductor packages) has none.
+TRITON_PLATFORMS: dict[str, tuple[str, str]] = {"onnx": ("onnxruntime_onnx", "model.onnx"), "engine": ("tensorrt_plan", "model.plan")}
 
 
 class SidecarError(WherevitError, ValueError):
@@ -87,25 +112,26 @@ class BatchRange:
 class Sidecar:
     """Everything a runtime needs to run an artifact and a user needs to trust it.
 
-    Per-format sections (``onnx``, ``engine``, ...) are free-form facts recorded by that format's
-    exporter (exporter version, build flags, targets); the rest is the typed contract."""
+    Per-format sections (``onnx``, ``engine``, ``pt2``, and ``quantization`` from the INT8 step) are
+    typed (``base/sidecar_sections.py``); ``parity`` is the export's parity report (for people)."""
 
-    kind: str  # the export format that wrote the artifact: "onnx", "engine", "pt2", ...
+    kind: str  # the artifact kind: "onnx", "engine", "pt2", ... (the format that made the file)
     inputs: list[TensorSpec]
     outputs: list[TensorSpec]
     preprocess: dict[str, Any]
     batch: BatchRange
-    precision: str
-    task: str = "features"  # "features", or the head's task: "depth", "seg", "pose"
-    model: dict[str, Any] = field(default_factory=dict)
+    precision: str  # a name in base/precision.py
+    task: str = "features"  # "features", or the head's task: "depth", "seg", "pose", ...
+    model: ModelSection = field(default_factory=ModelSection)
     dynamic_hw: bool = False
     parity: dict[str, Any] = field(default_factory=dict)
-    head: dict[str, Any] | None = None
-    onnx: dict[str, Any] | None = None
-    engine: dict[str, Any] | None = None
+    head: HeadSection | None = None
+    onnx: OnnxSection | None = None
+    engine: EngineSection | None = None
     # INT8 artifacts: mode (static / dynamic), batch_dependent, calibration, reduce_range, the TensorRT build
-    quantization: dict[str, Any] | None = None
-    pt2: dict[str, Any] | None = None  # AOTInductor package: device, torch version, compile facts
+    quantization: QuantizationSection | None = None
+    pt2: Pt2Section | None = None  # AOTInductor package: device, torch version, compile facts
+    extensions: dict[str, dict[str, Any]] = field(default_factory=dict)  # formats from other packages, by format name
     # written by write_sidecar
     format: str = SIDECAR_FORMAT
     artifact: ArtifactRecord | None = None
@@ -137,8 +163,13 @@ class Sidecar:
     def input_preprocess(self) -> Preprocess:
         return Preprocess.from_dict(self.preprocess)
 
+    @property
+    def batch_dependent(self) -> bool:
+        """True when an image's outputs depend on its batch-mates (dynamic INT8: activation scales span the batch)."""
+        return self.quantization is not None and self.quantization.batch_dependent
+
     def to_dict(self) -> dict[str, Any]:
-        return {k: v for k, v in to_dict(self).items() if v is not None}
+        return {k: v for k, v in to_dict(self).items() if v is not None and not (k == "extensions" and not v)}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], where: str = "sidecar") -> "Sidecar":
@@ -147,6 +178,19 @@ class Sidecar:
             return from_dict(cls, data, _path=where)
         except ConfigError as e:
             raise SidecarError(str(e).replace("config key", "field")) from e
+
+
+def default_model_name(meta: Sidecar) -> str:
+    """The name an artifact is served and stored under unless one is given: the timm model name (directory-safe),
+    plus the task for head graphs (``vit_small_patch16_224_depth``). Used by ``wherevit serve`` and Triton repositories."""
+    base = re.sub(r"[^A-Za-z0-9_.-]", "_", str(meta.model.model or "wherevit"))
+    return base if meta.task == "features" else f"{base}_{meta.task}"
+
+
+def triton_platform(kind: str) -> str | None:
+    """The Triton platform of an artifact kind (``onnxruntime_onnx``, ``tensorrt_plan``); None where Triton has none."""
+    entry = TRITON_PLATFORMS.get(kind)
+    return entry[0] if entry else None
 
 
 def sidecar_path(artifact: str | os.PathLike) -> Path:

@@ -28,6 +28,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     a = ap.parse_args()
     from wherevit.export.api import parse_batch
+    from wherevit.export.formats.engine import EngineOptions
     from wherevit.export.trt_builder import parse_compute_capabilities
 
     rows = []
@@ -36,12 +37,12 @@ def main() -> None:
             with tempfile.TemporaryDirectory() as tmp:
                 t0 = time.perf_counter()
                 res = export_artifacts(ExportRequest(model, Path(tmp), format="engine", precision=prec, batch=parse_batch(a.batch),
-                                                     trt_lib=a.trt_lib, compute_capabilities=parse_compute_capabilities(a.cc)))
+                                                     format_options={"engine": EngineOptions(a.trt_lib, parse_compute_capabilities(a.cc))}))
                 total = time.perf_counter() - t0
                 om, em = read_sidecar(res.onnx), read_sidecar(res.engine)
                 row = {"model": model, "precision": prec, "total_s": round(total, 2),
-                       "onnx_export_s": om.onnx["export_seconds"], "engine_build_s": em.engine["build_seconds"],
-                       "library": f"{em.engine['library']} {em.engine['version']}", "targets": em.engine["compute_capabilities"],
+                       "onnx_export_s": om.onnx.export_seconds, "engine_build_s": em.engine.build_seconds,
+                       "library": f"{em.engine.library} {em.engine.version}", "targets": em.engine.compute_capabilities,
                        "onnx_mb": round(res.onnx.stat().st_size / 2**20, 1), "engine_mb": round(res.engine.stat().st_size / 2**20, 1),
                        "onnx_parity_rel_l2": om.parity.get("scenes", {}).get("outputs", [{}])[0].get("rel_l2")}
                 print(json.dumps(row), flush=True)

@@ -34,9 +34,10 @@ import torch
 
 from wherevit.app.bench import TimingConfig, machine_info, time_callable
 from wherevit.app.machine import model_gflops
+from wherevit.base.config import to_dict
 from wherevit.base.cpu import cpu_isa
 from wherevit.base.image import Preprocess
-from wherevit.base.sidecar import read_sidecar, sidecar_path, write_sidecar
+from wherevit.base.sidecar import QuantizationSection, read_sidecar, sidecar_path, write_sidecar
 from wherevit.export.api import ExportRequest, export_artifacts
 from wherevit.export.quantize import PARITY_SEED, QuantOptions, calibration_set, generated_images, quantize_onnx
 from wherevit.runtime.backends.onnxruntime import OrtCpu
@@ -78,7 +79,7 @@ def _cpu_ms(fn, bufs, seconds: float) -> float:
 def _variants(model: str, out: Path, calib_count: int) -> tuple[dict[str, Path], object, Preprocess]:
     """fp32 + INT8 variants; returns paths, the PyTorch fp32 reference module and the preprocessing."""
     fp32, int8 = out / "model_fp32.onnx", out / "model_int8.onnx"
-    if not (int8.is_file() and sidecar_path(int8).is_file() and read_sidecar(int8).model.get("checkpoint") == model):
+    if not (int8.is_file() and sidecar_path(int8).is_file() and read_sidecar(int8).model.checkpoint == model):
         res = export_artifacts(ExportRequest(model, out, precision="int8", batch=(1, 1, 8), format_options={"int8": QuantOptions(calib_count=calib_count)}))
         fp32, int8 = res.onnx, res.int8
     paths = {"fp32": fp32, "int8 static (export default)": int8}
@@ -87,7 +88,7 @@ def _variants(model: str, out: Path, calib_count: int) -> tuple[dict[str, Path],
     meta = read_sidecar(fp32)
     ref = reference_model(dataclasses.replace(meta, precision="fp32"))
     pre = meta.input_preprocess()
-    default_rr = read_sidecar(int8).quantization["reduce_range"]
+    default_rr = read_sidecar(int8).quantization.reduce_range
     extra = [("int8 dynamic", QuantOptions(mode="dynamic", calib_count=calib_count))]
     # the other reduce_range choice, to show what the ISA-based default buys
     extra.append((f"int8 static, reduce_range={not default_rr}", QuantOptions(calib_count=calib_count, reduce_range=not default_rr)))
@@ -95,7 +96,7 @@ def _variants(model: str, out: Path, calib_count: int) -> tuple[dict[str, Path],
     for name, q in extra:
         dst = out / (name.replace(" ", "_").replace(",", "").replace("=", "_") + ".onnx")
         facts = quantize_onnx(fp32, dst, q, calib if q.mode == "static" else None)
-        write_sidecar(dst, dataclasses.replace(meta, precision="int8", quantization=facts, artifact=None))
+        write_sidecar(dst, dataclasses.replace(meta, precision="int8", quantization=QuantizationSection(**facts), artifact=None))
         paths[name] = dst
     return paths, ref, pre
 
@@ -208,7 +209,7 @@ def main() -> None:
         "contention": {"loadavg_at_start": load_start, "loadavg_at_end": os.getloadavg(), "cores": os.cpu_count(),
                        "note": "the machine is shared with other sessions; latencies are each variant's best round"},
         "machine": machine, "torch_sgemm_2048_gflops": torch_peak, "rows": rows, "verdict": verdict,
-        "quantization": {name: read_sidecar(p).quantization for name, p in paths.items() if "int8" in name},
+        "quantization": {name: to_dict(read_sidecar(p).quantization) for name, p in paths.items() if "int8" in name},
     }
     a.out.parent.mkdir(parents=True, exist_ok=True)
     a.out.write_text(json.dumps(result, indent=2, default=str))

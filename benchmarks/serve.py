@@ -30,7 +30,7 @@ import tritonclient.http as th
 
 from wherevit import runtime
 from wherevit.app.bench import TimingConfig, machine_info, time_callable
-from wherevit.base.sidecar import read_sidecar
+from wherevit.base.sidecar import default_model_name, read_sidecar
 
 
 def free_port() -> int:
@@ -166,7 +166,7 @@ def main() -> None:
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
                             preexec_fn=None if shutil.which("taskset") else (lambda: os.sched_setaffinity(0, server_cpus)))
     url, gurl = f"127.0.0.1:{port}", f"127.0.0.1:{gport}"
-    name = str(meta.model.get("model"))
+    name = default_model_name(meta)  # what `wherevit serve` calls it
     rows = []
     try:
         for _ in range(600):

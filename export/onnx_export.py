@@ -27,13 +27,15 @@ from torch import nn
 
 from wherevit.base.errors import InvalidRequest
 from wherevit.base.io import atomic_write_with
+from wherevit.base.precision import PRECISIONS
 from wherevit.train.backbone import backbone_features
 
 __all__ = ["FeatureModel", "OnnxExportOptions", "export_onnx", "check_onnx", "slim_onnx", "DTYPES"]
 
 log = logging.getLogger("wherevit.export")
 
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+# torch dtype of every float precision in the table (base/precision.py)
+DTYPES = {name: getattr(torch, p.dtype) for name, p in PRECISIONS.items() if p.dtype is not None}
 
 
 class FP32LayerNorm(nn.Module):

@@ -2,9 +2,9 @@
 
 The images are disjoint from the calibration set (other generated-scene seeds, plus the folder's
 images beyond ``--calib-count`` when a folder was given). Cosine goes through the one comparator
-(``wherevit.runtime.compare.compare(..., min_cosine=...)``). For head graphs the head's metric on
-generated 3-D scenes (depth RMSE, segmentation mIoU, pose rotation error) is computed from the fp32
-reference and from the quantised graph, and the change is reported.
+(``wherevit.runtime.compare.compare(..., min_cosine=...)``). For head graphs the head task's own metric
+on generated scenes (``HeadTask.parity_metric``: depth RMSE, segmentation mIoU, pose rotation error,
+...) is computed from the fp32 reference and from the quantised graph, and the change is reported.
 """
 
 from __future__ import annotations
@@ -64,45 +64,20 @@ def cosine_parity(ref_model, artifact: Path, feeds: dict[str, np.ndarray], min_c
 
 def head_metric_change(ref_model, artifact: Path, pre: Preprocess, task: str, count: int = 16,
                        seed: int = PARITY_SEED + 7) -> dict:
-    """The head's metric from fp32 PyTorch and from ``artifact`` on ``count`` generated scene pairs."""
-    from wherevit.train.data.scenes3d import render_pair
-    from wherevit.train.evals.dense_metrics import confusion_matrix, depth_metrics, mean_iou, pose_metrics
+    """The head task's own metric (``HeadTask.parity_metric``) from fp32 PyTorch and from ``artifact`` on
+    ``count`` generated scenes."""
+    from wherevit.train.downstream.tasks import get_head_task
 
-    size = max(pre.size)
-    pairs = [render_pair(seed + i, size) for i in range(count)]
+    head_task = get_head_task(task)
+    images, truth = head_task.parity_scenes(count, max(pre.size), seed)
+    feeds = {name: pre(images[name]) for name in head_task.input_names}
     sess = _session(artifact)
     names = [o.name for o in sess.get_outputs()]
-    if task == "pose":
-        feeds = {"images_a": pre([p["a"]["rgb"] for p in pairs]), "images_b": pre([p["b"]["rgb"] for p in pairs])}
-    else:
-        feeds = {"images": pre([p["a"]["rgb"] for p in pairs])}
-    ref = torch_reference(ref_model, feeds)
-    got = dict(zip(names, sess.run(names, feeds)))
-    import cv2
-
-    def resized(a: np.ndarray, interp) -> np.ndarray:  # ground truth at the graph's output resolution
-        h, w = pre.size
-        return np.stack([cv2.resize(x, (w, h), interpolation=interp) for x in a])
-
-    if task == "depth":
-        gt = resized(np.stack([p["a"]["depth"] for p in pairs]), cv2.INTER_NEAREST)
-        a, b = depth_metrics(ref["depth"], gt)["rmse"], depth_metrics(got["depth"], gt)["rmse"]
-        metric, better = "depth RMSE (m)", "lower"
-    elif task == "seg":
-        gt = resized(np.stack([p["a"]["labels"] for p in pairs]).astype(np.uint8), cv2.INTER_NEAREST)
-        c = ref["logits"].shape[1]
-        a = mean_iou(confusion_matrix(ref["logits"].argmax(1), gt, c))["miou"]
-        b = mean_iou(confusion_matrix(got["logits"].argmax(1), gt, c))["miou"]
-        metric, better = "segmentation mIoU", "higher"
-    elif task == "pose":
-        T = np.stack([p["T_ab"] for p in pairs])
-        a = pose_metrics(ref["rotation"], ref["translation"], T[:, :3, :3], T[:, :3, 3])["rot_err_median_deg"]
-        b = pose_metrics(got["rotation"], got["translation"], T[:, :3, :3], T[:, :3, 3])["rot_err_median_deg"]
-        metric, better = "pose rotation error, median (deg)", "lower"
-    else:
-        raise ValueError(f"unknown head task {task!r}")
-    return {"metric": metric, "better": better, "scenes": count, "seed": seed, "fp32_pytorch": float(a),
-            "int8": float(b), "change": float(b - a)}
+    a = head_task.parity_score(torch_reference(ref_model, feeds), truth)
+    b = head_task.parity_score(dict(zip(names, sess.run(names, feeds))), truth)
+    m = head_task.parity_metric
+    return {"metric": m.title, "better": "higher" if m.higher_is_better else "lower", "scenes": count, "seed": seed,
+            "fp32_pytorch": float(a), "int8": float(b), "change": float(b - a)}
 
 
 def comparison_report(cmp: Comparison) -> dict:

@@ -32,6 +32,8 @@ from wherevit.base.cpu import CpuIsa, cpu_isa
 from wherevit.base.errors import WherevitError
 from wherevit.base.image import IMAGE_EXTENSIONS, ImageDecodeError, Preprocess, read_image
 from wherevit.base.io import atomic_path
+from wherevit.base.options import option
+from wherevit.base.precision import DEFAULT_MIN_COSINE
 
 __all__ = [
     "QuantOptions", "CalibrationError", "CalibrationSet", "QUANT_MODES", "CALIB_METHODS", "MIN_CALIB_IMAGES",
@@ -52,21 +54,26 @@ class CalibrationError(WherevitError, ValueError):
     """Calibration input that cannot calibrate: missing or empty folder, unreadable image, too few images."""
 
 
-@dataclass
+@dataclass(frozen=True)
 class QuantOptions:
-    """How ``--precision int8`` quantises. ``calib`` None means generated scenes."""
+    """How ``--precision int8`` quantises (the INT8 step's options). ``calib`` None means generated scenes."""
 
-    mode: str = "static"
-    method: str = "minmax"
-    calib: str | None = None
-    calib_count: int = 64
-    per_channel: bool = True
-    reduce_range: bool | None = None  # None: True on a CPU without VNNI (ONNX Runtime's advice), else False
-    symmetric_activations: bool = False  # int8 activations with zero point 0 (TensorRT needs this; set for engines)
-    quantize_bias: bool = True  # int32 biases (ONNX Runtime fuses them); TensorRT's parser takes only 8-bit DQ inputs
-    min_cosine: float = 0.99
-    parity_count: int = 16
-    calib_batch: int = 8
+    mode: str = option("static", cli="--quant", choices=QUANT_MODES,
+                       help="int8: static Q/DQ (calibrated, batch-independent) or dynamic (scales per call over the batch; "
+                            "served one image at a time).")
+    method: str = option("minmax", cli="--calib-method", choices=CALIB_METHODS, help="int8: calibration method.")
+    calib: str | None = option(None, cli="--calib", metavar="DIR", help="int8: folder of calibration images (default: generated scenes).")
+    calib_count: int = option(64, cli="--calib-count", help="int8: calibration images used.")
+    per_channel: bool = option(True, cli=False)
+    # None: True on a CPU without VNNI (ONNX Runtime's advice), else False
+    reduce_range: bool | None = option(None, cli="--reduce-range/--full-range",
+                                       help="int8: 7-bit weights (default: on exactly when the CPU lacks VNNI).")
+    symmetric_activations: bool = option(False, cli=False)  # int8 activations with zero point 0 (TensorRT needs this; set for engines)
+    quantize_bias: bool = option(True, cli=False)  # int32 biases (ONNX Runtime fuses them); TensorRT's parser takes only 8-bit DQ inputs
+    min_cosine: float = option(DEFAULT_MIN_COSINE, cli="--min-cosine",
+                               help="int8: fail below this per-sample cosine similarity to PyTorch fp32 (any float output).")
+    parity_count: int = option(16, cli=False)
+    calib_batch: int = option(8, cli=False)
 
     def __post_init__(self) -> None:
         if self.mode not in QUANT_MODES:

@@ -24,6 +24,7 @@ from pathlib import Path
 
 from wherevit.base.errors import InvalidRequest, WherevitError
 from wherevit.base.io import atomic_write_bytes
+from wherevit.base.precision import get_precision
 
 __all__ = [
     "TrtFlavour", "BuildPlan", "plan_build", "detect_flavour", "build_engine", "EngineBuildError",
@@ -31,6 +32,7 @@ __all__ = [
 ]
 
 LIBRARIES = ("tensorrt", "tensorrt_rtx")
+WEAK_ONNX_PRECISION = "fp32"  # weakly typed TensorRT 10 parses a float32 graph and lowers it by builder flags
 # TensorRT-RTX targets when building without a GPU: Ampere, Ada and Blackwell consumer/workstation
 # parts. (Hopper, 9.0, is not supported by TensorRT-RTX at all.)
 DEFAULT_RTX_TARGETS = ("SM80", "SM86", "SM89", "SM120")
@@ -101,10 +103,9 @@ def plan_build(flavour: TrtFlavour, precision: str, compute_capabilities: tuple[
                strongly_typed: bool | None = None) -> BuildPlan:
     """Decide network flags, builder flags and the ONNX precision for a library version.
 
-    ``int8``: the network is parsed from the Q/DQ ONNX (``onnx_precision`` "int8")."""
-    if precision not in ("fp32", "fp16", "bf16", "int8"):
-        raise InvalidRequest(f"precision must be fp32, fp16, bf16 or int8, got {precision!r}")
-    qdq = ("explicit quantisation: int8 where the ONNX has Q/DQ nodes, float elsewhere",) if precision == "int8" else ()
+    A quantised precision (``int8``): the network is parsed from the Q/DQ ONNX (``onnx_precision`` "int8")."""
+    p = get_precision(precision)  # an unknown name lists the table's
+    qdq = ("explicit quantisation: int8 where the ONNX has Q/DQ nodes, float elsewhere",) if p.quantized else ()
     if compute_capabilities and not flavour.has_compute_capability_targets:
         raise InvalidRequest(f"{flavour.module} {flavour.version} builds for the GPU it runs on; "
                          "compute-capability targets are a TensorRT-RTX option")
@@ -122,11 +123,11 @@ def plan_build(flavour: TrtFlavour, precision: str, compute_capabilities: tuple[
     if strongly_typed:
         return BuildPlan(flavour, precision, precision, ("STRONGLY_TYPED",), (), (),
                          ("strongly typed on request",) + qdq)
-    if precision == "int8":
-        return BuildPlan(flavour, precision, precision, (), ("INT8",), (), qdq)
-    flags = {"fp32": (), "fp16": ("FP16",), "bf16": ("BF16",)}[precision]
+    flags = (p.trt_flag,) if p.trt_flag else ()  # the precision table's TensorRT BuilderFlag (none for fp32)
+    if p.quantized:  # TensorRT 10 weakly typed honours Q/DQ nodes with the INT8 flag
+        return BuildPlan(flavour, precision, precision, (), flags, (), qdq)
     notes = ("weakly typed: float32 ONNX, the builder may pick lower-precision kernels",)
-    return BuildPlan(flavour, precision, "fp32", (), flags, (), notes)
+    return BuildPlan(flavour, precision, WEAK_ONNX_PRECISION, (), flags, (), notes)
 
 
 def detect_flavour(lib: str = "auto") -> TrtFlavour:

@@ -19,13 +19,14 @@ from typing import Mapping
 
 import numpy as np
 
-__all__ = ["OutputError", "Comparison", "compare", "cosine_per_sample", "DEFAULT_RTOL", "DEFAULT_MIN_COSINE", "COSINE_PRECISIONS"]
+from wherevit.base.precision import DEFAULT_MIN_COSINE, PRECISIONS
 
-# Relative L2 error bounds by precision: fp32 graphs differ from PyTorch only by op order.
-DEFAULT_RTOL = {"fp32": 1e-4, "fp16": 1e-2, "bf16": 3e-2}
-# Quantised artifacts (and CPU bf16 autocast) are judged by per-sample cosine similarity instead.
-DEFAULT_MIN_COSINE = 0.99
-COSINE_PRECISIONS = ("int8",)
+__all__ = ["OutputError", "Comparison", "compare", "cosine_per_sample", "DEFAULT_RTOL", "DEFAULT_MIN_COSINE"]
+
+# The bounds are the precision table's (base/precision.py): relative L2 by float precision (fp32 graphs
+# differ from PyTorch only by op order), and the per-sample cosine bound of quantised graphs and
+# mixed-precision (bf16) bench rows.
+DEFAULT_RTOL = {name: p.rtol for name, p in PRECISIONS.items() if p.rtol is not None}
 
 
 @dataclass

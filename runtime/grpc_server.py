@@ -9,17 +9,28 @@ or as typed ``contents``; outputs always as ``raw_output_contents`` (what triton
 Errors carry Triton's status codes: INVALID_ARGUMENT for a bad tensor, NOT_FOUND for an unknown
 model, UNAVAILABLE when the queue is full or the server stops, DEADLINE_EXCEEDED past a deadline
 (the call's gRPC deadline or the request's ``timeout`` parameter, in microseconds).
+A message that does not parse as its protobuf type is INVALID_ARGUMENT too (grpc's default
+deserializer would answer INTERNAL, the gRPC twin of a 500); INTERNAL is left for a backend failure.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any
 
 import numpy as np
 
 from wherevit.base.errors import WherevitError
-from wherevit.runtime.kserve import DATATYPES, InferRequest, ProtocolError, RequestedOutput, datatype_of, tensor_from_bytes
+from wherevit.runtime.kserve import (
+    DATATYPES,
+    InferRequest,
+    ProtocolError,
+    RequestedOutput,
+    check_shape,
+    datatype_of,
+    tensor_from_bytes,
+)
 from wherevit.runtime.service import InferenceService
 
 try:
@@ -71,12 +82,15 @@ def _typed_tensor(name: str, shape: list[int], dt: str, contents) -> np.ndarray 
     if field_name is None:
         raise ProtocolError(f"input {name!r}: {dt} has no typed contents in the protocol; send it in raw_input_contents")
     values = getattr(contents, field_name)
-    count = int(np.prod(shape, dtype=np.int64)) if shape else 1
+    count = math.prod(shape)  # exact: np.prod in int64 wraps around to 0 for [2**32, 2**32]
     if len(values) != count:
         raise ProtocolError(f"input {name!r}: shape {shape} needs {count} elements, got {len(values)} in {field_name}")
     if dt == "BYTES":
         return list(values)
-    return np.asarray(values, dtype=DATATYPES[dt]).reshape(shape)
+    try:
+        return np.asarray(values, dtype=DATATYPES[dt]).reshape(shape)
+    except OverflowError:  # int_contents carry 32-bit values: 300 is no INT8 or UINT8
+        raise ProtocolError(f"input {name!r}: a value in {field_name} is out of the range of {dt}") from None
 
 
 def infer_request_from_proto(req) -> InferRequest:
@@ -94,6 +108,7 @@ def infer_request_from_proto(req) -> InferRequest:
         shape = [int(d) for d in t.shape]
         if any(d < 0 for d in shape):
             raise ProtocolError(f"input {t.name!r}: shape {shape} has a negative dimension")
+        check_shape(t.name, shape)
         if t.name in inputs:
             raise ProtocolError(f"input {t.name!r} given twice")
         inputs[t.name] = tensor_from_bytes(t.name, shape, t.datatype, raw[i]) if raw else _typed_tensor(t.name, shape, t.datatype, t.contents)
@@ -182,6 +197,58 @@ class TritonGrpcService(service_pb2_grpc.GRPCInferenceServiceServicer if _MISSIN
         return resp
 
 
+class _Undecodable:
+    """What the request deserializer hands over when the bytes are not the method's protobuf message."""
+
+    def __init__(self, error: Exception):
+        self.error = error
+
+
+def _safe_deserializer(message_cls):
+    def deserialize(data: bytes):
+        try:
+            return message_cls.FromString(data)
+        except Exception as e:  # google.protobuf.message.DecodeError, or upb's RecursionError-like limits
+            return _Undecodable(e)
+
+    return deserialize
+
+
+def _guarded(method):
+    async def call(request, context):
+        if isinstance(request, _Undecodable):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"the request is not a valid protobuf message ({request.error})")
+        return await method(request, context)
+
+    return call
+
+
+def _unimplemented(name: str):
+    async def call(request, context):
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, f"{name} is not served by wherevit")
+
+    return call
+
+
+def _generic_handler(servicer: "TritonGrpcService"):
+    """The service's method handlers built from its descriptor, as the generated ``add_..._to_server`` does,
+    but with a deserializer that turns undecodable bytes into INVALID_ARGUMENT instead of INTERNAL, and
+    UNIMPLEMENTED (not the generated stubs' exception) for the methods we do not serve."""
+    desc = service_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"]
+    kinds = {(False, False): grpc.unary_unary_rpc_method_handler, (False, True): grpc.unary_stream_rpc_method_handler,
+             (True, False): grpc.stream_unary_rpc_method_handler, (True, True): grpc.stream_stream_rpc_method_handler}
+    handlers = {}
+    for m in desc.methods:
+        req_cls, resp_cls = getattr(service_pb2, m.input_type.name), getattr(service_pb2, m.output_type.name)
+        impl = getattr(servicer, m.name) if m.name in type(servicer).__dict__ else _unimplemented(m.name)
+        streaming = m.client_streaming or m.server_streaming
+        handlers[m.name] = kinds[(m.client_streaming, m.server_streaming)](
+            impl if streaming else _guarded(impl),
+            request_deserializer=req_cls.FromString if streaming else _safe_deserializer(req_cls),
+            response_serializer=resp_cls.SerializeToString)
+    return grpc.method_handlers_generic_handler(desc.full_name, handlers)
+
+
 async def start_grpc(service: InferenceService, host: str, port: int):
     """Start the gRPC endpoint on the running event loop; returns the ``grpc.aio.Server`` (``stop(grace)`` it)."""
     require_grpc()
@@ -190,7 +257,7 @@ async def start_grpc(service: InferenceService, host: str, port: int):
     # so_reuseport off: a second server on the same port must fail, not silently take half the traffic.
     server = grpc.aio.server(options=[("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", -1),
                                       ("grpc.so_reuseport", 0)])
-    service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(TritonGrpcService(service), server)
+    server.add_generic_rpc_handlers((_generic_handler(TritonGrpcService(service)),))
     try:
         bound = server.add_insecure_port(f"{host}:{port}")
     except RuntimeError:  # newer grpcio raises instead of returning 0

@@ -18,7 +18,7 @@ from typing import Iterable, Sequence, Union
 import numpy as np
 
 from wherevit.base.errors import InvalidRequest
-from wherevit.base.image import ImageDecodeError, decode_image, read_image, to_rgb_uint8
+from wherevit.base.image import DEFAULT_MAX_IMAGE_PIXELS, ImageDecodeError, decode_image, read_image, to_rgb_uint8
 from wherevit.base.sidecar import Sidecar, read_sidecar
 from wherevit.runtime.backends import (
     Backend,
@@ -27,7 +27,7 @@ from wherevit.runtime.backends import (
     auto_order,
     registered_backends,
 )
-from wherevit.runtime.backends.base import unloadable_backends
+from wherevit.runtime.backends.base import BACKENDS, unloadable_backends
 
 __all__ = ["Model", "Features", "load", "ImageLike", "available_backends", "batch_dependent", "non_finite_count"]
 
@@ -65,7 +65,7 @@ class Features:
 
 def batch_dependent(meta: Sidecar) -> bool:
     """True when an image's outputs depend on its batch-mates (the sidecar's ``quantization.batch_dependent``)."""
-    return bool((meta.quantization or {}).get("batch_dependent", False))
+    return meta.batch_dependent
 
 
 def available_backends(meta: Sidecar) -> dict[str, str | None]:
@@ -74,9 +74,17 @@ def available_backends(meta: Sidecar) -> dict[str, str | None]:
 
 
 class Model:
-    """An artifact opened on one backend. Use ``embed`` for images, ``run`` for preprocessed batches."""
+    """An artifact opened on one backend. Use ``embed`` for images, ``run`` for preprocessed batches.
 
-    def __init__(self, artifact: str | os.PathLike, backend: str = "auto", **backend_opts):
+    ``max_image_pixels`` caps the size an encoded image (path or bytes) may declare in its header; larger
+    ones are refused before decoding (``ImageTooLarge``). None lifts the cap (trusted input only)."""
+
+    def __init__(self, artifact: str | os.PathLike, backend: str = "auto", *, max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
+                 **backend_opts):
+        if max_image_pixels is not None and (not isinstance(max_image_pixels, int) or isinstance(max_image_pixels, bool)
+                                             or max_image_pixels < 1):
+            raise InvalidRequest(f"max_image_pixels must be a positive integer or None, got {max_image_pixels!r}")
+        self.max_image_pixels = max_image_pixels
         self.artifact = Path(artifact)
         self.meta = read_sidecar(self.artifact)
         self.preprocess = self.meta.input_preprocess()
@@ -90,16 +98,14 @@ class Model:
         self.backend = self._open_backend(backend, backend_opts)
 
     def _open_backend(self, name: str, opts: dict) -> Backend:
-        backends = registered_backends()
-        if name != "auto":
-            if name not in backends:
-                raise InvalidRequest(f"unknown backend {name!r}; known: {', '.join(backends)}")
-            return backends[name](self.artifact, self.meta, **opts).activate()
+        if name != "auto":  # by name: imports that backend's entry point only (a torch backend imports torch when run)
+            return BACKENDS.get(name)(self.artifact, self.meta, **opts).activate()
         reasons = []
         for cand in auto_order():
-            reason = backends[cand].unavailable_reason(self.meta)
+            cls = BACKENDS.get(cand)
+            reason = cls.unavailable_reason(self.meta)
             if reason is None:
-                return backends[cand](self.artifact, self.meta, **opts).activate()
+                return cls(self.artifact, self.meta, **opts).activate()
             reasons.append(f"{cand}: {reason}")
         reasons += unloadable_backends().values()
         raise BackendUnavailable(f"no backend can run {self.artifact.name} here:\n  " + "\n  ".join(reasons))
@@ -121,14 +127,15 @@ class Model:
         """Paths, encoded bytes or HWC arrays (uint8/uint16/float in [0, 1]) -> HWC uint8 RGB.
 
         ``color_order`` applies to arrays only ("RGB", or "BGR" for OpenCV-loaded arrays);
-        files and bytes are decoded to RGB.
+        files and bytes are decoded to RGB, after their header passed the ``max_image_pixels`` cap.
+        A float array outside [0, 1] (e.g. 0-255 data after ``astype(np.float32)``) is an error.
         """
         out = []
         for i, im in enumerate(images):
             if isinstance(im, (str, os.PathLike)):
-                out.append(read_image(im))
+                out.append(read_image(im, max_pixels=self.max_image_pixels))
             elif isinstance(im, (bytes, bytearray, memoryview)):
-                out.append(decode_image(im, what=f"image {i}"))
+                out.append(decode_image(im, what=f"image {i}", max_pixels=self.max_image_pixels))
             elif isinstance(im, np.ndarray):
                 if im.ndim == 3 and im.shape[0] in (1, 3, 4) and im.shape[-1] not in (1, 3, 4):
                     raise InputError(f"image {i}: shape {im.shape} looks CHW; pass HWC arrays")
@@ -206,6 +213,9 @@ def non_finite_count(x: np.ndarray) -> int:
     return int(np.size(x) - np.count_nonzero(np.isfinite(x)))
 
 
-def load(artifact: str | os.PathLike, backend: str = "auto", **backend_opts) -> Model:
-    """Open an exported artifact (its sidecar beside it) on ``backend`` ("auto" picks the fastest available)."""
-    return Model(artifact, backend, **backend_opts)
+def load(artifact: str | os.PathLike, backend: str = "auto", *, max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
+         **backend_opts) -> Model:
+    """Open an exported artifact (its sidecar beside it) on ``backend`` ("auto" picks the fastest available).
+
+    ``max_image_pixels``: the most pixels an encoded image given to ``embed``/``predict`` may declare."""
+    return Model(artifact, backend, max_image_pixels=max_image_pixels, **backend_opts)

@@ -6,29 +6,42 @@ Endpoints: ``GET /v2``, ``/v2/health/live``, ``/v2/health/ready``, ``/v2/models/
 ``/v2/models/<m>/ready``, ``/v2/models/<m>/config`` (Triton's shape), ``/v2/models/<m>/stats`` and
 ``/v2/models/stats`` (Triton's statistics), ``POST /v2/repository/index``, ``POST
 /v2/models/<m>/infer`` (JSON and binary tensor data), and ``GET /metrics`` (Prometheus). Every
-error, unknown routes included, is ``{"error": "..."}`` with its status. Binds to 127.0.0.1 by default.
+error, unknown routes included, is ``{"error": "..."}`` with its status (a 405 keeps its ``Allow``
+header, RFC 9110 15.5.6). Binds to 127.0.0.1 by default.
+
+Status codes: 200; 400 for a request the server cannot honour (malformed JSON or tensors, wrong
+inputs, an image refused from its header, JSON nested deeper than 1024, a body over
+``--max-request-mb``); 404 unknown model, version or route; 405 wrong method; 503 queue full or
+stopping; 504 deadline passed; 500 only for a failure of the server's own (a backend error), never
+for a request's content.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
+import socket
 
 from aiohttp import web
 
-from wherevit.base.errors import InvalidRequest
+from wherevit.base.errors import InvalidRequest, WherevitError
 from wherevit.runtime.kserve import ProtocolError, encode_infer_response, parse_infer_request
 from wherevit.runtime.model import Model
 from wherevit.runtime.service import InferenceService, ModelNotFound, ServeConfig
 
-__all__ = ["ServeConfig", "InferenceService", "ModelNotFound", "create_app", "serve"]
+__all__ = ["ServeConfig", "InferenceService", "ModelNotFound", "ServeError", "create_app", "serve"]
 
 log = logging.getLogger("wherevit.serve")
 
 _HTTP_STATUS = {"not_found": 404, "bad_request": 400, "unavailable": 503, "deadline": 504, "error": 500}
 
 
-def _error(status: int, msg: str) -> web.Response:
-    return web.json_response({"error": msg}, status=status)
+class ServeError(WherevitError, RuntimeError):
+    """The server cannot start as asked (address in use, unknown host, no permission for the port)."""
+
+
+def _error(status: int, msg: str, headers: dict[str, str] | None = None) -> web.Response:
+    return web.json_response({"error": msg}, status=status, headers=headers)
 
 
 def create_app(service: InferenceService) -> web.Application:
@@ -41,7 +54,8 @@ def create_app(service: InferenceService) -> web.Application:
         except web.HTTPException as e:  # unknown route, wrong method, body too large: the same JSON shape
             if e.status < 400:
                 raise
-            return _error(e.status, f"{e.reason}: {request.method} {request.path}")
+            allow = {"Allow": e.headers["Allow"]} if "Allow" in e.headers else None  # 405 must say what is allowed
+            return _error(e.status, f"{e.reason}: {request.method} {request.path}", allow)
         except Exception as e:
             kind = service.failed(e)
             if kind == "error":  # a backend failure: this request fails, the server keeps serving
@@ -83,7 +97,10 @@ def create_app(service: InferenceService) -> web.Application:
         name = model_of(request)
         if request.content_length is not None and request.content_length > limit:
             raise ProtocolError(f"request body of {request.content_length} bytes exceeds the {limit}-byte limit (--max-request-mb)")
-        body = await request.read()
+        try:
+            body = await request.read()
+        except web.HTTPRequestEntityTooLarge:  # a chunked body without Content-Length: the same 400 as above
+            raise ProtocolError(f"request body exceeds the {limit}-byte limit (--max-request-mb)") from None
         if len(body) > limit:
             raise ProtocolError(f"request body of {len(body)} bytes exceeds the {limit}-byte limit (--max-request-mb)")
         hl = request.headers.get("Inference-Header-Content-Length")
@@ -99,11 +116,12 @@ def create_app(service: InferenceService) -> web.Application:
     async def metrics(_):
         return web.Response(body=service.metrics.render(), content_type="text/plain", charset="utf-8")
 
-    app = web.Application(middlewares=[errors], client_max_size=limit + (1 << 20))
+    app = web.Application(middlewares=[errors], client_max_size=limit)
     m = "/v2/models/{model}"
     app.add_routes([
         web.post(m + "/infer", infer),  # first: aiohttp tries dynamic routes in order, and this is the hot one
-        web.get("/v2", server_meta), web.get("/v2/health/live", live), web.get("/v2/health/ready", ready),
+        web.get("/v2", server_meta), web.get("/v2/", server_meta),  # the OIP REST spec writes it /v2/
+        web.get("/v2/health/live", live), web.get("/v2/health/ready", ready),
         web.get(m, model_meta), web.get(m + "/versions/{v}", model_meta),
         web.get(m + "/ready", model_ready), web.get(m + "/versions/{v}/ready", model_ready),
         web.get("/v2/models/stats", model_stats),  # all models' statistics (plain routes match before {model})
@@ -147,12 +165,18 @@ def serve(artifact: str, cfg: ServeConfig, backend: str = "auto") -> None:
         from wherevit.runtime.grpc_server import require_grpc
 
         require_grpc()  # before the model loads: a missing package is named at once
-    model = Model(artifact, backend)
+    model = Model(artifact, backend, max_image_pixels=cfg.max_image_pixels)
     if cfg.batching.max_batch > model.max_batch and not model.batch_dependent:
         raise InvalidRequest(f"--max-batch {cfg.batching.max_batch} exceeds the artifact's max batch {model.max_batch}")
     service = InferenceService(model, cfg)
     try:
         web.run_app(create_app(service), host=cfg.host, port=cfg.port, print=None, shutdown_timeout=30,
                     access_log=None)
+    except OSError as e:  # from bind(), before any request was served: one line, not a traceback
+        if e.errno in (errno.EADDRINUSE, errno.EADDRNOTAVAIL, errno.EACCES) or isinstance(e, socket.gaierror):
+            hint = {errno.EADDRINUSE: "in use: choose another --port", errno.EACCES: "not permitted: ports below 1024 need root"}
+            raise ServeError(f"cannot serve on {cfg.host}:{cfg.port}: {e.strerror or e}"
+                             f"{' (' + hint[e.errno] + ')' if e.errno in hint else ''}") from None
+        raise
     finally:
         model.close()

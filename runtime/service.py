@@ -14,11 +14,9 @@ the gRPC endpoint converts them to Triton's protobuf messages, so the two cannot
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import json
 import logging
-import re
 import time
 from dataclasses import dataclass, field
 
@@ -26,7 +24,8 @@ import numpy as np
 
 from wherevit import __version__
 from wherevit.base.errors import InvalidRequest, WherevitError
-from wherevit.base.image import ImageDecodeError, decode_image
+from wherevit.base.image import DEFAULT_MAX_IMAGE_PIXELS, ImageDecodeError
+from wherevit.base.sidecar import default_model_name, triton_platform
 from wherevit.runtime.backends import InputError
 from wherevit.runtime.batching import (
     BatchingConfig,
@@ -35,6 +34,7 @@ from wherevit.runtime.batching import (
     QueueFull,
     ShuttingDown,
 )
+from wherevit.runtime.decoding import ImageBatchDecoder
 from wherevit.runtime.kserve import InferRequest, ProtocolError, datatype_of, triton_type
 from wherevit.runtime.metrics import ServerMetrics
 from wherevit.runtime.model import Model, non_finite_count
@@ -51,6 +51,8 @@ class ServeConfig:
     batching: BatchingConfig = field(default_factory=BatchingConfig)
     max_request_mb: float = 64.0
     warmup: bool = True
+    max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS  # per encoded image, read from its header before decoding
+    decode_workers: int = 2  # threads decoding images: decoded memory <= decode_workers x one image at the cap
 
     @property
     def max_request_bytes(self) -> int:
@@ -98,11 +100,12 @@ class InferenceService:
                            "serving it one image at a time (max batch 1), never batched with other requests")
             log.warning(self.notice)
         self.model, self.cfg = model, cfg
-        base = cfg.name or re.sub(r"[^A-Za-z0-9_.-]", "_", str(model.meta.model.get("model") or "wherevit"))
+        base = cfg.name or default_model_name(model.meta)  # the same default a Triton repository uses
         self.name, self.images_name = base, f"{base}_images"
         self.metrics = ServerMetrics(cfg.batching.max_batch)
         self.stats = StatsRegistry([self.name, self.images_name], self.version)
         self.batcher = DynamicBatcher(model.run_outputs, cfg.batching, self.metrics)
+        self.decoder = ImageBatchDecoder(model.preprocess, cfg.max_image_pixels, cfg.decode_workers)
         self.ready = False
         self.input_shape = [int(d) for d in model.meta.inputs[0].shape[1:]]
         self.bytes_names = {n: n.replace("images", "image_bytes", 1) for n in model.input_names}
@@ -120,6 +123,7 @@ class InferenceService:
     async def stop(self) -> None:
         self.ready = False
         await self.batcher.stop()
+        self.decoder.close()
 
     def failed(self, exc: BaseException) -> str:
         """Count a failed request (Prometheus outcome) and return its kind (see ``error_kind``)."""
@@ -159,7 +163,9 @@ class InferenceService:
 
     @property
     def platform(self) -> str:
-        return "tensorrt_plan" if self.model.meta.kind == "engine" else "onnxruntime_onnx"
+        """Triton's platform for the artifact's kind; empty where Triton has none (a .pt2), as Triton
+        reports backend-defined models (the config's ``backend`` names the wherevit backend)."""
+        return triton_platform(self.model.meta.kind) or ""
 
     def model_config(self, name: str) -> dict:
         """Triton's model-config JSON (dims exclude the batch dimension); parses as ``model_config_pb2.ModelConfig``."""
@@ -200,12 +206,22 @@ class InferenceService:
             raise ProtocolError(f"input {wire!r}: {rows} images in one request, more than max_batch_size {limit}; "
                                 "split the request (the server batches requests together)")
 
+    def _check_images(self, name: str, req: InferRequest) -> None:
+        """Inputs, datatypes, counts and every image header (format, pixel cap): cheap, before any decoding."""
+        wires = [self.bytes_names[n] for n in self.model.input_names]
+        if set(req.inputs) != set(wires):
+            raise ProtocolError(f"model {name!r} takes input(s) {sorted(wires)}, got {sorted(req.inputs)}")
+        for wire in wires:
+            if req.datatypes[wire] != "BYTES":
+                raise ProtocolError(f"input {wire!r} must be a BYTES tensor of encoded images, got {req.datatypes[wire]}")
+            self._check_rows(wire, len(req.inputs[wire]))
+            self.decoder.check(req.inputs[wire], wire)
+
     def _decoded_batch(self, wire: str, req: InferRequest) -> np.ndarray:
-        x = req.inputs[wire]
-        if req.datatypes[wire] != "BYTES":
+        if req.datatypes[wire] != "BYTES":  # (checked by _check_images too; cheap enough to keep _feeds self-contained)
             raise ProtocolError(f"input {wire!r} must be a BYTES tensor of encoded images, got {req.datatypes[wire]}")
-        self._check_rows(wire, len(x))
-        return self.model.preprocess([decode_image(b, what=f"{wire}[{i}]") for i, b in enumerate(x)])
+        self._check_rows(wire, len(req.inputs[wire]))
+        return self.decoder.decode(req.inputs[wire], wire)
 
     def _tensor(self, wire: str, req: InferRequest) -> np.ndarray:
         x = req.inputs[wire]
@@ -243,8 +259,9 @@ class InferenceService:
                 unknown = [o.name for o in req.outputs if o.name not in self.model.output_names]
                 if unknown:
                     raise ProtocolError(f"unknown output(s) {unknown}; outputs are {self.model.output_names}")
-            if name == self.images_name:  # decoding is CPU work: keep it off the event loop
-                x = await asyncio.get_running_loop().run_in_executor(None, self._feeds, name, req)
+            if name == self.images_name:  # decoding is CPU work: off the event loop, on the bounded decode pool
+                self._check_images(name, req)
+                x = await self.decoder.run(self._feeds, name, req)
             else:
                 x = self._feeds(name, req)
             timeout_us = req.parameters.get("timeout")

@@ -45,7 +45,7 @@ def _lint(tmp: Path, config: Path) -> subprocess.CompletedProcess:
 def test_layer_contracts_hold(tmp_path):
     res = _lint(_package_tree(tmp_path), ROOT / "pyproject.toml")
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-2000:]
-    assert "0 broken" in res.stdout
+    assert "0 broken" in res.stdout and "No import circles between siblings KEPT" in res.stdout
 
 
 def test_a_layer_violation_is_caught(tmp_path):
@@ -58,3 +58,15 @@ def test_a_layer_violation_is_caught(tmp_path):
     res = _lint(tree, ROOT / "pyproject.toml")
     assert res.returncode != 0
     assert "BROKEN" in res.stdout and "wherevit.base.bad" in res.stdout
+
+
+def test_an_import_circle_is_caught(tmp_path):
+    """The check can fail: a format that imports the API that runs it (the circle 0.1 had) breaks acyclic_siblings."""
+    tree = _package_tree(tmp_path / "pkg")
+    export = tree / "wherevit" / "export"
+    export.unlink()
+    shutil.copytree(ROOT / "export", export)
+    (export / "formats" / "bad.py").write_text("from wherevit.export import api  # noqa\n")
+    res = _lint(tree, ROOT / "pyproject.toml")
+    assert res.returncode != 0
+    assert "No import circles between siblings BROKEN" in res.stdout and ".formats -> .api" in res.stdout

@@ -1,5 +1,6 @@
-"""The registries have one shape: a new backend or export format is one class and one registration,
-added by us or by another package's entry point; a duplicate name is refused everywhere."""
+"""The registries have one shape: a new backend, export format, plug-in or head task is one class and one
+registration, added by us or by another package's entry point (loaded lazily, by name); a duplicate name
+is refused everywhere and an unknown one reads the same way in every registry."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from wherevit.base.sidecar import read_sidecar, sidecar_path, write_sidecar
 from wherevit.export.api import ExportRequest, export_artifacts
 from wherevit.export.formats import ExportFormat, format_chain, register_format, registered_formats
 from wherevit.export.formats import base as formats_base
+from wherevit.export.request import StepResult
 from wherevit.runtime import load
 from wherevit.runtime.backends import Backend, auto_order, registered_backends
 from wherevit.runtime.backends import base as backends_base
@@ -38,13 +40,11 @@ class NumpyOnnxCopy(ExportFormat):
 
     def build(self, ctx):
         src = ctx.produced["onnx"]
-        out = ctx.track(ctx.out_dir / f"{ctx.stem}.toy")
+        out = ctx.track(ctx.artifact_path(self.name, ctx.sidecar.precision, self.suffixes[0]))
         out.write_bytes(src.read_bytes()[::-1])
         meta = dataclasses.replace(read_sidecar(src), kind="toy", artifact=None)
         ctx.track(sidecar_path(out))
-        write_sidecar(out, meta)
-        ctx.produced[self.name] = out
-        return out
+        return StepResult(out, write_sidecar(out, meta))
 
 
 class ToyBackend(Backend):
@@ -91,8 +91,10 @@ def test_duplicate_names_are_refused(clean_registries):
 
 
 def test_unknown_format_names_the_registered_ones(trained_run, tmp_path):
-    with pytest.raises(ValueError, match="--format must be one of .*engine.*onnx"):
+    # every registry's lookup is Registry.get: one message shape (was "--format must be one of ..." before 0.2)
+    with pytest.raises(ValueError, match="unknown export format 'tflite'; registered export formats: engine, onnx, pt2"):
         export_artifacts(ExportRequest(str(trained_run), tmp_path, format="tflite"))
+    assert not list(tmp_path.iterdir())  # refused before anything was written
 
 
 def _fake_distribution(root: Path, group: str, name: str, target: str) -> None:
@@ -117,3 +119,69 @@ def test_backends_and_formats_from_entry_points(tmp_path, monkeypatch, clean_reg
     assert registered_backends()["toy-ort"].__name__ == "ToyBackend"
     assert registered_formats()["toy"].__name__ == "NumpyOnnxCopy"
     sys.modules.pop("wherevit_toy_plugin", None)
+
+
+# -- one shape for every registry ------------------------------------------------------------------
+
+def _registries():
+    from wherevit.train.downstream.tasks import HEAD_TASKS
+    from wherevit.train.plugins.base import PLUGINS
+
+    return {"backend": backends_base.BACKENDS, "export format": formats_base.FORMATS, "plug-in": PLUGINS, "head task": HEAD_TASKS}
+
+
+@pytest.mark.parametrize("kind", ["backend", "export format", "plug-in", "head task"])
+def test_every_registry_reads_an_unknown_name_the_same_way(kind):
+    reg = _registries()[kind]
+    with pytest.raises(ValueError) as e:
+        reg.get("nope")
+    assert str(e.value) == f"unknown {kind} 'nope'; registered {kind}s: {', '.join(reg.names())}"
+    assert reg.names() == sorted(reg.items())  # names() lists without importing; items() imports: the same set
+
+
+def test_entry_points_are_loaded_by_name_only(tmp_path, monkeypatch):
+    """get(name) imports that entry point's module alone; names() imports none; a broken one is named with its reason."""
+    from wherevit.base.registry import Registry
+
+    (tmp_path / "wherevit_lazy_ok.py").write_text("class Thing:\n    name = 'ok'\n")
+    (tmp_path / "wherevit_lazy_heavy.py").write_text("raise ImportError('needs a library that is not installed')\n")
+    dist = tmp_path / "wherevit_lazy-0.1.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: wherevit_lazy\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text("[wherevit.test_lazy]\nok = wherevit_lazy_ok:Thing\nheavy = wherevit_lazy_heavy:Thing\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    reg = Registry("thing", "wherevit.test_lazy")
+    assert reg.names() == ["heavy", "ok"]
+    assert "wherevit_lazy_ok" not in sys.modules and "wherevit_lazy_heavy" not in sys.modules
+    assert reg.get("ok").__name__ == "Thing"
+    assert "wherevit_lazy_ok" in sys.modules and "wherevit_lazy_heavy" not in sys.modules
+    with pytest.raises(ValueError, match=r"unknown thing 'heavy'; registered things: ok; thing 'heavy' .* cannot be imported "
+                                         r"here: needs a library"):
+        reg.get("heavy")
+    assert reg.names() == ["ok"]
+    sys.modules.pop("wherevit_lazy_ok", None)
+
+
+def test_torch_backends_are_entry_points_and_auto_imports_no_torch(onnx_artifact):
+    """runtime.load(backend="auto") lists every backend (the PyTorch ones are entry points) without importing torch;
+    runtime.load(backend="torch-eager") imports it by name, with no bench in between."""
+    import subprocess
+
+    code = (
+        "import sys, numpy as np\n"
+        "from wherevit import runtime\n"
+        "from wherevit.runtime.backends.base import BACKENDS\n"
+        f"art = {str(onnx_artifact)!r}\n"
+        "assert {'torch-eager', 'torch-compile', 'pt2'} <= set(BACKENDS.items())\n"
+        "with runtime.load(art) as m:\n"
+        "    x = np.random.default_rng(0).standard_normal((2, 3, 32, 32)).astype(np.float32)\n"
+        "    a = m.run(x).cls\n"
+        "    assert m.backend.name == 'ort-cpu'\n"
+        "assert 'torch' not in sys.modules, 'auto imported torch'\n"
+        "with runtime.load(art, backend='torch-eager') as m:\n"
+        "    b = m.run(x).cls\n"
+        "assert np.abs(a - b).max() < 1e-3, np.abs(a - b).max()\n"
+        "print('ok')\n"
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0 and res.stdout.strip() == "ok", res.stdout + res.stderr

@@ -26,13 +26,14 @@ from safetensors.torch import load_file, safe_open, save_file
 from wherevit import __version__
 from wherevit.base.errors import InvalidRequest, WherevitError
 from wherevit.base.image import Preprocess
-from wherevit.base.io import atomic_write_text, atomic_write_with, check_writable_dir
+from wherevit.base.io import atomic_write_text, atomic_write_with, check_writable_dir, sha256_file
 from wherevit.train.backbone import create_backbone, describe_backbone
 from wherevit.train.plugins import plain_backbone_state
+from wherevit.train.weights import WeightsError, backbone_from_weights, fitting_models, read_weights
 
 __all__ = [
     "CheckpointError", "save_checkpoint", "load_checkpoint", "latest_checkpoint", "rng_state",
-    "save_backbone", "load_backbone", "plain_backbone", "BACKBONE_FORMAT",
+    "save_backbone", "load_backbone", "plain_backbone", "named_source", "BACKBONE_FORMAT",
 ]
 
 BACKBONE_FORMAT = "wherevit.backbone/1"
@@ -192,58 +193,118 @@ def _seeded_backbone(name: str, dynamic_img_size: bool, **kwargs) -> torch.nn.Mo
 
 
 def load_backbone(spec: str | Path, which: str = "teacher", dynamic_img_size: bool = True,
-                  expect_model: str | None = None, random_init: bool = False) -> tuple[torch.nn.Module, dict]:
-    """Load a backbone for export or evaluation, returning ``(model in eval mode, info)``.
+                  expect_model: str | None = None, random_init: bool = False, weights: str | Path | None = None,
+                  pretrained: bool = False, img_size: int | None = None) -> tuple[torch.nn.Module, dict]:
+    """Load a backbone for export, evaluation, heads or benchmarks: ``(model in eval mode, info)``.
 
     ``spec`` is a ``backbone.safetensors``, a training checkpoint directory or run directory (the
-    ``which`` network of its newest checkpoint), or a timm model name (random weights, for trying
-    export without training; initialised from seed 0, so every call gives the same weights).
-    ``expect_model`` guards against exporting the wrong architecture.
+    ``which`` network of its newest checkpoint), or a timm model name: with ``weights`` (a file in
+    any layout ``train/weights.py`` reads: timm, DINO, DINOv2, iBOT, MAE, wherevit), with
+    ``pretrained`` (timm's own download), or else random weights initialised from seed 0 (every
+    call gives the same weights; for trying export without training). ``img_size`` builds a named
+    model at that size (timm resamples the position grid once, at load); by default a weights file
+    keeps its own grid. ``expect_model`` guards against exporting the wrong architecture.
     ``random_init`` keeps the architecture and discards the weights (the floor in evaluations).
+    ``info["weights"]`` records where the weights came from (file, SHA-256, layout).
     """
+    if weights is not None or pretrained:
+        model, info = _named_backbone(str(spec), weights, which, dynamic_img_size, expect_model, random_init, pretrained, img_size)
+        if not random_init:
+            info["weights"]["loaded_by"] = "pretrained" if pretrained else "weights"  # how to load them again (named_source)
+        return model, info
     path = Path(spec)
     if not path.exists() and "/" not in str(spec) and not str(spec).endswith(".safetensors"):
         # seeded: export, bench reference and runtime agree on the weights
-        model = _seeded_backbone(str(spec), dynamic_img_size).eval()
+        kw = {"img_size": img_size} if img_size else {}
+        model = _seeded_backbone(str(spec), dynamic_img_size, **kw).eval()
         size = list(model.patch_embed.img_size)
-        info = {"format": BACKBONE_FORMAT, "model": str(spec), "timm_kwargs": {}, "source": "random-init",
+        info = {"format": BACKBONE_FORMAT, "model": str(spec), "timm_kwargs": kw, "source": "random-init",
                 "step": None, "arch": describe_backbone(model),
-                "preprocess": Preprocess(size=tuple(size)).to_dict()}
+                "preprocess": Preprocess(size=tuple(size)).to_dict(), "weights": {"layout": "random-init", "seed": 0}}
         return model, info
     file = _resolve_backbone_file(path)
-    state, meta = _load_safetensors(file)
-    if "wherevit" in meta:
-        info = json.loads(meta["wherevit"])
-    elif "config" in meta:  # a full training checkpoint: pick the requested network's backbone
-        if which not in ("teacher", "student"):
-            raise InvalidRequest(f"which must be 'teacher' or 'student', got {which!r}")
-        cfg = json.loads(meta["config"])
-        from wherevit.base.config import from_dict
-        from wherevit.train.backbone import timm_kwargs
-        from wherevit.train.config import TrainConfig
-
-        tc = from_dict(TrainConfig, cfg)
-        prefix = f"{which}.backbone."
-        state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
-        kw = {k: v for k, v in timm_kwargs(tc.model).items() if k != "drop_path_rate"}
-        info = {"format": BACKBONE_FORMAT, "model": tc.model.name, "timm_kwargs": kw, "source": which,
-                "step": int(meta.get("step", 0)), "preprocess": Preprocess(size=(tc.model.img_size,) * 2).to_dict()}
-        # bake / drop what plug-ins attached to the backbone (a positional field), as at save time
-        probe = _seeded_backbone(tc.model.name, True, **kw)
-        info.update(plain_backbone_state(tc.plugins, state, probe))
-    else:
-        raise CheckpointError(f"{file}: safetensors file without wherevit metadata (not a wherevit backbone or checkpoint)")
+    try:
+        w = read_weights(file, which)
+    except WeightsError as e:
+        raise CheckpointError(str(e)) from e
+    if not w.layout.startswith("wherevit"):
+        fits = fitting_models(w.state)
+        raise CheckpointError(f"{file} is a {w.layout}-layout weights file, not a wherevit run; name its model and pass the "
+                              f"file with --weights, e.g. `{fits[0] if fits else '<timm model>'} --weights {file}`"
+                              + (f" (it fits: {', '.join(fits)})" if fits else ""))
+    info = dict(w.recorded)
     if expect_model and info["model"] != expect_model:
         raise CheckpointError(f"{file} holds a {info['model']} backbone, but {expect_model} was requested")
     model = _seeded_backbone(info["model"], dynamic_img_size, **info["timm_kwargs"])  # a random-init floor is reproducible
     if random_init:
-        info.update(source="random-init", step=None, file=str(file))
+        info.update(source="random-init", step=None, file=str(file), weights={"layout": "random-init", "seed": 0})
         info["arch"] = describe_backbone(model)
         return model.eval(), info
     try:
-        model.load_state_dict(state, strict=True)
+        model.load_state_dict(w.state, strict=True)
     except RuntimeError as e:
         raise CheckpointError(f"{file}: weights do not match {info['model']} with {info['timm_kwargs']}:\n{e}") from e
     info["arch"] = describe_backbone(model)
     info["file"] = str(file)
+    info["weights"] = w.record()
     return model.eval(), info
+
+
+def named_source(weights_record: dict | None) -> dict:
+    """The ``load_backbone`` arguments that rebuild a named model's weights from a sidecar's weights
+    record (``model.weights``: ``weights`` and ``which``, or ``pretrained``); ``{}`` when ``checkpoint`` alone says it."""
+    rec = weights_record or {}
+    if rec.get("loaded_by") == "pretrained":
+        return {"pretrained": True}
+    if rec.get("loaded_by") == "weights" and rec.get("path"):
+        net = rec.get("network")
+        return {"weights": rec["path"], "which": "student" if net == "student" else "teacher"}
+    return {}
+
+
+def _pretrained_record(cfg: dict) -> dict:
+    """Where timm's pretrained weights came from: its config's source, and the local file with its
+    SHA-256 where one can be found (a ``file`` entry, or the Hugging Face cache timm downloaded to)."""
+    record = {k: cfg.get(k) for k in ("tag", "hf_hub_id", "url", "file") if cfg.get(k)}
+    local = cfg.get("file")
+    if not local and cfg.get("hf_hub_id"):
+        try:
+            from huggingface_hub import try_to_load_from_cache
+
+            for name in ("model.safetensors", "pytorch_model.bin", "open_clip_pytorch_model.bin"):
+                hit = try_to_load_from_cache(cfg["hf_hub_id"], name)
+                if isinstance(hit, str):
+                    local = hit
+                    break
+        except ImportError:  # timm without huggingface_hub downloads by URL; the record keeps the URL
+            pass
+    if local and Path(local).is_file():
+        record.update(path=str(local), bytes=Path(local).stat().st_size, sha256=sha256_file(local))
+    return {"layout": "timm-pretrained", **record}
+
+
+def _named_backbone(name: str, weights: str | Path | None, which: str, dynamic_img_size: bool, expect_model: str | None,
+                    random_init: bool, pretrained: bool, img_size: int | None) -> tuple[torch.nn.Module, dict]:
+    """A timm model by name with a weights file (``weights``) or timm's own pretrained weights."""
+    if weights is not None and pretrained:
+        raise InvalidRequest("give either a weights file or --pretrained (timm's download), not both")
+    if Path(name).exists() or name.endswith((".safetensors", ".pth", ".pt")):
+        raise InvalidRequest(f"with --weights/--pretrained the checkpoint argument names the timm model "
+                             f"(e.g. vit_small_patch14_dinov2), got the path {name!r}")
+    if expect_model and name != expect_model:
+        raise CheckpointError(f"the model is {name}, but {expect_model} was requested")
+    if pretrained:
+        kw = {"img_size": img_size} if img_size else {}
+        model = (_seeded_backbone(name, dynamic_img_size, **kw) if random_init
+                 else create_backbone(name, pretrained=True, dynamic_img_size=dynamic_img_size, **kw)).eval()
+        record = _pretrained_record(getattr(model, "pretrained_cfg", {}) or {})
+        info = {"format": BACKBONE_FORMAT, "model": name, "timm_kwargs": kw, "source": "timm-pretrained", "step": None,
+                "arch": describe_backbone(model), "preprocess": Preprocess(size=tuple(model.patch_embed.img_size)).to_dict(),
+                "weights": record if not random_init else {"layout": "random-init"}}
+        return model, info
+    model, info = backbone_from_weights(name, read_weights(weights, which), img_size=img_size, dynamic_img_size=dynamic_img_size)
+    if random_init:  # the same architecture at seed 0: the floor of an evaluation
+        fresh = _seeded_backbone(name, dynamic_img_size, **info["timm_kwargs"]).eval()
+        info.update(source="random-init", step=None, weights={"layout": "random-init", "seed": 0, "architecture_of": info["weights"]})
+        return fresh, info
+    return model, info

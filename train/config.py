@@ -2,7 +2,11 @@
 
 Every field has a default that is sensible at ImageNet/ViT-S scale; the presets in ``configs/``
 override what differs. Unknown keys are errors (``wherevit.base.config.from_dict``). Plug-in sections
-are validated by each plug-in's own config dataclass when the plug-in is created.
+are validated by each plug-in's own config dataclass when the config loads (``TrainConfig.validate``).
+
+``CropConfig`` and ``IBOTConfig`` live in ``train/host_config.py`` (re-exported here): plug-ins read
+them through ``HostSpec``, so they sit below both this module and the plug-ins, and the plug-ins never
+import this one (this module imports the plug-in registry to validate ``plugins:``, not the reverse).
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from pathlib import Path
 from typing import Any, Literal, Optional
 
 from wherevit.base.config import ConfigError, apply_overrides, from_dict, load_yaml, to_dict
+from wherevit.train.host_config import CropConfig, IBOTConfig  # re-exported: the sections plug-ins see (HostSpec)
 
 __all__ = [
     "ModelConfig", "CropConfig", "DataConfig", "DinoConfig", "IBOTConfig", "OptimConfig", "TrainConfig",
@@ -38,37 +43,19 @@ class ModelConfig:
     drop_path_rate: float = 0.1
     pretrained: bool = False  # True downloads timm weights: never in tests or CI
     kwargs: dict[str, Any] = field(default_factory=dict)  # any other timm VisionTransformer argument
+    # Start from a weights file (train/weights.py reads timm, DINO, DINOv2, iBOT, MAE and wherevit
+    # layouts): student and teacher backbones both load it, its position grid resampled to img_size
+    # by timm; heads start fresh. Ignored on --resume (the checkpoint holds everything).
+    weights: Optional[str] = None
+    weights_network: Literal["teacher", "student"] = "teacher"  # which network of a two-network checkpoint
 
     def validate(self) -> None:
         if self.img_size <= 0:
             raise ValueError(f"img_size must be positive, got {self.img_size}")
+        if self.weights and self.pretrained:
+            raise ValueError("weights and pretrained both set: start from the file (weights) or timm's download (pretrained), not both")
         if not 0 <= self.drop_path_rate < 1:
             raise ValueError(f"drop_path_rate must be in [0, 1), got {self.drop_path_rate}")
-
-
-@dataclass
-class CropConfig:
-    """DINO multi-crop: global views go to student and teacher, local views to the student only."""
-
-    n_global: int = 2
-    global_size: int = 224
-    global_scale: tuple[float, float] = (0.32, 1.0)
-    n_local: int = 8
-    local_size: int = 96
-    local_scale: tuple[float, float] = (0.05, 0.32)
-    flip_p: float = 0.5
-    color_jitter_p: float = 0.8
-    grayscale_p: float = 0.2
-    blur_p: float = 0.5
-    solarize_p: float = 0.1
-
-    def validate(self) -> None:
-        if self.n_global < 2:
-            raise ValueError("n_global must be >= 2 (DINO compares different views)")
-        for name in ("global_scale", "local_scale"):
-            lo, hi = getattr(self, name)
-            if not 0 < lo <= hi <= 1:
-                raise ValueError(f"{name} must satisfy 0 < min <= max <= 1, got {(lo, hi)}")
 
 
 @dataclass
@@ -125,41 +112,6 @@ class DinoConfig:
 
 
 @dataclass
-class IBOTConfig:
-    """iBOT masked patch prediction, a host option (docs/METHODS.md, iBOT section; DINOv2 defaults).
-
-    The student's global crops are masked (blocks of patch embeddings replaced by a learned mask
-    token); its patch tokens at masked sites predict the teacher's patch distribution on the
-    unmasked crop. The masked forward also feeds the DINO loss. The teacher temperature follows the
-    DINO schedule (``dino.warmup_teacher_temp`` -> ``dino.teacher_temp``).
-    """
-
-    enabled: bool = False
-    weight: float = 1.0
-    mask_probability: float = 0.5  # share of global crops that are masked (stratified per batch)
-    mask_ratio: tuple[float, float] = (0.1, 0.5)  # masked share of a masked crop's patches
-    mask_pattern: str = "block"  # "block" (BEiT), "random" or "cross" (whole rows / columns)
-    student_temp: float = 0.1
-    center_momentum: float = 0.9
-    separate_head: bool = False  # False: the patch head is the DINO head (DINOv2 default)
-    out_dim: int = 0  # separate head only; 0: dino.out_dim
-
-    def validate(self) -> None:
-        # ConfigError with the full key: this section always sits at "ibot"
-        from wherevit.train.data.masking import MASK_PATTERNS
-
-        if self.mask_pattern not in MASK_PATTERNS:
-            raise ConfigError(f"ibot.mask_pattern: unknown mask pattern {self.mask_pattern!r}; choose from {', '.join(MASK_PATTERNS)}")
-        if not 0 <= self.mask_probability <= 1:
-            raise ConfigError(f"ibot.mask_probability must be in [0, 1], got {self.mask_probability}")
-        lo, hi = self.mask_ratio
-        if not 0 <= lo <= hi <= 1:
-            raise ConfigError(f"ibot.mask_ratio must satisfy 0 <= min <= max <= 1, got {[lo, hi]}")
-        if self.weight < 0 or self.out_dim < 0:
-            raise ConfigError("ibot.weight and ibot.out_dim must be >= 0")
-
-
-@dataclass
 class OptimConfig:
     """AdamW with cosine schedules; lr = base_lr * global_batch_size / 256."""
 
@@ -173,6 +125,17 @@ class OptimConfig:
     # "module": each student module's own norm (DINOv2); "parameter": each parameter's (DINO); "global":
     # one norm over backbone and heads (before methods version 2). train/clipping.py says more.
     clip_mode: Literal["module", "parameter", "global"] = "module"
+    # Continued pretraining (train/param_groups.py): block i of L trains at lr * layer_decay ** (L - i),
+    # the embeddings at layer_decay ** (L + 1), the final norm and the heads at lr (1.0: off); and the
+    # patch embedding, the tokens and the first freeze_blocks blocks stay as loaded (0: none frozen).
+    layer_decay: float = 1.0
+    freeze_blocks: int = 0
+
+    def validate(self) -> None:
+        if not 0 < self.layer_decay <= 1:
+            raise ValueError(f"layer_decay must be in (0, 1], got {self.layer_decay}")
+        if self.freeze_blocks < 0:
+            raise ValueError(f"freeze_blocks must be >= 0, got {self.freeze_blocks}")
 
 
 @dataclass
@@ -198,15 +161,13 @@ class TrainConfig:
     def validate(self) -> None:
         if self.total_steps <= 0:
             raise ValueError("total_steps must be positive")
-        from wherevit.train.plugins import registered_plugins
+        from wherevit.train.plugins.base import PLUGINS
 
-        known = registered_plugins()
         for name in self.plugins:
-            if name not in known:
-                raise ConfigError(f"unknown plug-in 'plugins.{name}'; registered plug-ins: {', '.join(sorted(known))}")
-            pcfg = known[name].parse_config(self.plugins[name] or {}, path=f"plugins.{name}")
+            cls = PLUGINS.get(name, label=f"plugins.{name}")  # an unknown name lists the registered plug-ins
+            pcfg = cls.parse_config(self.plugins[name] or {}, path=f"plugins.{name}")
             if pcfg.weight > 0:
-                known[name].check_run_config(pcfg, self)
+                cls.check_run_config(pcfg, self)
 
     def to_dict(self) -> dict:
         return to_dict(self)

@@ -38,7 +38,9 @@ from wherevit.train.data.views import ViewSpec
 from wherevit.train.distributed import DistInfo, barrier, init_distributed
 from wherevit.train.meta_arch import SSLMetaArch
 from wherevit.train.metrics import MetricLogger
+from wherevit.train.param_groups import freeze_layers, param_groups
 from wherevit.train.schedules import Schedules
+from wherevit.train.warm_start import initialised_from, start_from_weights
 
 __all__ = ["TrainResult", "train", "resolve_device", "build_source", "build_optimizer", "build_loader"]
 
@@ -73,14 +75,10 @@ def build_source(cfg: TrainConfig) -> ImageSource:
 
 
 def build_optimizer(student: torch.nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
-    """AdamW; biases, norms, tokens and position embeddings get no weight decay."""
-    decay, no_decay = [], []
-    for name, p in student.named_parameters():
-        if not p.requires_grad:
-            continue
-        skip = p.ndim <= 1 or name.endswith((".bias", "pos_embed", "pos_field", "cls_token", "reg_token", "mask_token"))
-        (no_decay if skip else decay).append(p)
-    groups = [{"params": decay, "apply_wd": True}, {"params": no_decay, "apply_wd": False}]
+    """AdamW over ``param_groups`` (no weight decay on biases, norms, tokens and position embeddings;
+    ``optim.layer_decay`` and ``optim.freeze_blocks`` for continued pretraining)."""
+    freeze_layers(student, cfg.optim.freeze_blocks)
+    groups = param_groups(student, cfg.optim.layer_decay)
     fused = next(student.parameters()).is_cuda
     return torch.optim.AdamW(groups, lr=0.0, betas=cfg.optim.betas, weight_decay=0.0, fused=fused or None)
 
@@ -172,7 +170,11 @@ def _setup_run(cfg: TrainConfig, run_dir: Path, resume: bool, stop_at: int | Non
     barrier()
 
     torch.manual_seed(cfg.seed)  # identical init on every rank (DDP also broadcasts rank 0's)
-    meta = SSLMetaArch(cfg).to(device)
+    meta = SSLMetaArch(cfg)
+    started = None
+    if cfg.model.weights and not resume:  # both backbones from the file; heads fresh (a resume restores all)
+        started = start_from_weights(meta, cfg, run_dir if dist_info.is_main else None)
+    meta = meta.to(device)
     optimizer = build_optimizer(meta.student, cfg)
     start, rng_restored = 0, False
     if resume:
@@ -190,6 +192,8 @@ def _setup_run(cfg: TrainConfig, run_dir: Path, resume: bool, stop_at: int | Non
     loader, source = build_loader(cfg, meta, dist_info, start, pin=device.type == "cuda")
     use_bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and device.type == "cuda")
     logger = MetricLogger(run_dir, cfg.total_steps, start, enabled=dist_info.is_main, progress=progress)
+    if started is not None:
+        logger.event(start, "weights", started)
     logger.message(f"data: {source.describe()}; model: {cfg.model.name}; plug-ins: {', '.join(meta.plugins) or 'none'}; "
                    f"ibot: {'on' if cfg.ibot.enabled else 'off'}; "
                    f"device: {device}{' x' + str(dist_info.world_size) if dist_info.enabled else ''}; "
@@ -209,7 +213,7 @@ def _report_skipped(batch: dict, skipped: dict[str, None], logger: MetricLogger)
 
 def _apply_schedule(optimizer: torch.optim.Optimizer, sched: Schedules, step: int) -> None:
     for g in optimizer.param_groups:
-        g["lr"] = float(sched.lr[step])
+        g["lr"] = float(sched.lr[step]) * g.get("lr_scale", 1.0)
         g["weight_decay"] = float(sched.weight_decay[step]) if g["apply_wd"] else 0.0
 
 
@@ -261,6 +265,7 @@ def _export_backbone(run: _Run, step: int) -> Path:
     net = run.meta.teacher if cfg.export_from == "teacher" else run.meta.student
     preprocess = Preprocess(size=(cfg.model.img_size,) * 2).to_dict()  # what export and the runtime will apply
     plain, notes = plain_backbone(net.backbone.state_dict(), cfg.model.name, timm_kwargs(cfg.model), cfg.plugins)
+    notes.update(initialised_from(run.run_dir))  # where model.weights came from, carried into every export
     return save_backbone(run.run_dir / "backbone.safetensors", plain, cfg.model.name, timm_kwargs(cfg.model),
                          preprocess, cfg.export_from, step, to_dict(cfg), notes)
 
@@ -270,6 +275,8 @@ def train(cfg: TrainConfig, run_dir: str | Path, resume: bool = False, stop_at: 
     """Pretrain per ``cfg`` into ``run_dir``; ``stop_at`` ends early at that step (schedules unchanged).
 
     Run under ``torchrun`` for several processes; the same call is a single process otherwise.
+    The process group it joins stays joined (a second call reuses it); the process's entry point
+    leaves it before exiting, as the CLI does with ``distributed.leave_process_group_on_exit``.
     Each step: next batch -> schedule -> losses and optimizer step -> EMA -> log -> checkpoint.
     """
     run, loader, _source = _setup_run(cfg, Path(run_dir), resume, stop_at, progress)
@@ -297,6 +304,9 @@ def train(cfg: TrainConfig, run_dir: str | Path, resume: bool = False, stop_at: 
                 _save_checkpoint(run, step)
     finally:
         run.logger.close()
+        # the last references to the iterator (a persistent loader keeps one too): its __del__ stops
+        # and joins the data-loader workers now, also when an exception's traceback keeps this frame
+        del it, loader
 
     backbone_path = None
     if run.dist_info.is_main:

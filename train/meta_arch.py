@@ -237,10 +237,8 @@ class SSLMetaArch(nn.Module):
         self.ibot_fields = ("masks",) + tuple(f for p in plugins.values() for f in p.ibot_sites)
 
     def _check_plugins(self, plugins: Mapping[str, Plugin]) -> None:
-        ib = self.cfg.ibot
-        for name, p in plugins.items():
-            if p.requires_ibot and not ib.enabled:
-                raise ConfigError(f"plugins.{name} needs iBOT masked prediction: set ibot.enabled: true")
+        for p in plugins.values():  # the plug-in's own cross-section checks (requires_ibot, ...): one rule, Plugin.check_run_config
+            type(p).check_run_config(p.cfg, self.cfg)
         providers = [n for n, p in plugins.items() if p.provides_positions]
         if len(providers) > 1:
             raise ConfigError(f"plug-ins {', '.join(f'plugins.{n}' for n in providers)} all replace the positional "

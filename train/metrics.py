@@ -45,6 +45,12 @@ class MetricLogger:
             for k, v in values.items():
                 self.tb.add_scalar(k, v, step)
 
+    def event(self, step: int, name: str, data: dict) -> None:
+        """A record that is not a metric (where the weights came from): ``{"step", "event": name, **data}``."""
+        if self.enabled:
+            self.file.write(json.dumps({"step": step, "event": name, **data}) + "\n")
+            self.file.flush()
+
     def message(self, text: str) -> None:
         if self.enabled:
             self.bar.write(text)

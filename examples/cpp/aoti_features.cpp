@@ -1,6 +1,7 @@
 // wherevit_aoti: run a wherevit AOTInductor package (.pt2) on image files, from C++.
 //
 //   wherevit_aoti MODEL.pt2 [--out DIR] [--device cpu|cuda] [--dump-input] [--no-verify] IMAGE [IMAGE ...]
+//   wherevit_aoti MODEL.pt2 [...] --input-npy BATCH.npy [--input-npy BATCH_B.npy]   (preprocessed float32 NCHW)
 //
 // Reads MODEL.pt2.json (the sidecar), decodes and preprocesses every image exactly as it says,
 // runs the package with torch::inductor::AOTIModelPackageLoader in batches within the sidecar's
@@ -25,7 +26,9 @@ namespace {
 
 int usage(const char* argv0) {
   std::cerr << "usage: " << argv0 << " MODEL.pt2 [--out DIR] [--device cpu|cuda] [--dump-input] [--no-verify] IMAGE [IMAGE ...]\n"
-            << "  MODEL.pt2.json (its sidecar) must sit beside it; a two-input (pose) model takes pairs a1 b1 a2 b2 ...\n";
+            << "       " << argv0 << " MODEL.pt2 [...] --input-npy BATCH.npy [--input-npy BATCH_B.npy]\n"
+            << "  MODEL.pt2.json (its sidecar) must sit beside it; a two-input (pose) model takes pairs a1 b1 a2 b2 ...\n"
+            << "  --input-npy: an already preprocessed float32 [N, 3, H, W] batch per model input, in the sidecar's order\n";
   return 2;
 }
 
@@ -43,36 +46,26 @@ std::string npy_descr(at::ScalarType t, size_t* itemsize) {
 int main(int argc, char** argv) {
   std::string model_path, out_dir, device = "cpu";
   bool dump_input = false, verify = true;
-  std::vector<std::string> images;
+  std::vector<std::string> images, npy;
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     if (a == "-h" || a == "--help") return usage(argv[0]);
     if ((a == "--out" || a == "-o") && i + 1 < argc) { out_dir = argv[++i]; continue; }
     if (a == "--device" && i + 1 < argc) { device = argv[++i]; continue; }
+    if (a == "--input-npy" && i + 1 < argc) { npy.push_back(argv[++i]); continue; }
     if (a == "--dump-input") { dump_input = true; continue; }
     if (a == "--no-verify") { verify = false; continue; }
     if (model_path.empty()) model_path = a; else images.push_back(a);
   }
-  if (model_path.empty() || images.empty()) return usage(argv[0]);
+  if (model_path.empty() || (images.empty() && npy.empty())) return usage(argv[0]);
   try {
     const wherevit::Sidecar sc = wherevit::read_sidecar(model_path, "pt2");
     if (verify) wherevit::verify_artifact(model_path, sc);
     const size_t n_in = sc.inputs.size();
-    if (images.size() % n_in != 0)
-      throw std::runtime_error("this " + sc.task + " model takes " + std::to_string(n_in) + " images per sample; got " +
-                               std::to_string(images.size()) + " image(s)");
-    const int64_t total = static_cast<int64_t>(images.size() / n_in);
-
-    std::vector<cv::Mat> rgb;
-    for (const auto& p : images) rgb.push_back(wherevit::read_rgb(p));
-    // One float32 NCHW batch per input: sample k's image for input i is images[k * n_in + i].
+    int64_t total = 0;
+    std::vector<std::vector<float>> batches = wherevit::load_feeds(sc, images, npy, &total);
     std::vector<at::Tensor> feeds;
-    for (size_t i = 0; i < n_in; ++i) {
-      std::vector<cv::Mat> group;
-      for (int64_t k = 0; k < total; ++k) group.push_back(rgb[static_cast<size_t>(k) * n_in + i]);
-      std::vector<float> x = wherevit::preprocess(group, sc.pre);
-      feeds.push_back(at::from_blob(x.data(), {total, 3, sc.pre.height, sc.pre.width}, at::kFloat).clone());
-    }
+    for (auto& x : batches) feeds.push_back(at::from_blob(x.data(), {total, 3, sc.pre.height, sc.pre.width}, at::kFloat).clone());
     if (!out_dir.empty()) std::filesystem::create_directories(out_dir);
     if (dump_input && !out_dir.empty())
       for (size_t i = 0; i < n_in; ++i)

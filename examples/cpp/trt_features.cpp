@@ -1,6 +1,7 @@
 // wherevit_trt: run a wherevit TensorRT / TensorRT-RTX engine (.engine) on image files, from C++.
 //
 //   wherevit_trt MODEL.engine [--out DIR] [--dump-input] [--no-verify] IMAGE [IMAGE ...]
+//   wherevit_trt MODEL.engine [...] --input-npy BATCH.npy [--input-npy BATCH_B.npy]   (preprocessed float32 NCHW)
 //
 // The same shape as wherevit_aoti: sidecar (MODEL.engine.json) -> OpenCV decode + preprocess ->
 // batches within the engine's profile -> outputs printed and written as DIR/<output>.npy.
@@ -91,7 +92,8 @@ struct DeviceBuffer {
 };
 
 int usage(const char* argv0) {
-  std::cerr << "usage: " << argv0 << " MODEL.engine [--out DIR] [--dump-input] [--no-verify] IMAGE [IMAGE ...]\n";
+  std::cerr << "usage: " << argv0 << " MODEL.engine [--out DIR] [--dump-input] [--no-verify] IMAGE [IMAGE ...]\n"
+            << "       " << argv0 << " MODEL.engine [...] --input-npy BATCH.npy [--input-npy BATCH_B.npy]\n";
   return 2;
 }
 
@@ -100,16 +102,17 @@ int usage(const char* argv0) {
 int main(int argc, char** argv) {
   std::string model_path, out_dir;
   bool dump_input = false, verify = true;
-  std::vector<std::string> images;
+  std::vector<std::string> images, npy;
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     if (a == "-h" || a == "--help") return usage(argv[0]);
     if ((a == "--out" || a == "-o") && i + 1 < argc) { out_dir = argv[++i]; continue; }
+    if (a == "--input-npy" && i + 1 < argc) { npy.push_back(argv[++i]); continue; }
     if (a == "--dump-input") { dump_input = true; continue; }
     if (a == "--no-verify") { verify = false; continue; }
     if (model_path.empty()) model_path = a; else images.push_back(a);
   }
-  if (model_path.empty() || images.empty()) return usage(argv[0]);
+  if (model_path.empty() || (images.empty() && npy.empty())) return usage(argv[0]);
   try {
     const wherevit::Sidecar sc = wherevit::read_sidecar(model_path, "engine");
     if (verify) wherevit::verify_artifact(model_path, sc);
@@ -120,16 +123,9 @@ int main(int argc, char** argv) {
     check_engine_compat(sc, std::to_string(prop.major) + "." + std::to_string(prop.minor));
 
     const size_t n_in = sc.inputs.size();
-    if (images.size() % n_in != 0) throw std::runtime_error("this model takes " + std::to_string(n_in) + " images per sample");
-    const int total = static_cast<int>(images.size() / n_in);
-    std::vector<cv::Mat> rgb;
-    for (const auto& p : images) rgb.push_back(wherevit::read_rgb(p));
-    std::vector<std::vector<float>> feeds;
-    for (size_t i = 0; i < n_in; ++i) {
-      std::vector<cv::Mat> group;
-      for (int k = 0; k < total; ++k) group.push_back(rgb[static_cast<size_t>(k) * n_in + i]);
-      feeds.push_back(wherevit::preprocess(group, sc.pre));
-    }
+    int64_t total64 = 0;
+    const std::vector<std::vector<float>> feeds = wherevit::load_feeds(sc, images, npy, &total64);
+    const int total = static_cast<int>(total64);
     if (!out_dir.empty()) std::filesystem::create_directories(out_dir);
     const int64_t h = sc.pre.height, w = sc.pre.width, sample = 3 * h * w;
     if (dump_input && !out_dir.empty())

@@ -4,6 +4,8 @@
 // model.engine.json): input names and size, resize mode, interpolation rule, mean/std, colour
 // order, batch range and output names. The preprocessing below is a line-by-line port of
 // wherevit/base/image.py (Preprocess) so the C++ app feeds the model the same floats as Python.
+// Built with WHEREVIT_NO_OPENCV (CMake does so where OpenCV is missing) the apps take already
+// preprocessed batches as .npy files (--input-npy) instead of image files.
 #pragma once
 
 #include <algorithm>
@@ -17,9 +19,11 @@
 #include <vector>
 
 #include <nlohmann/json.hpp>
+#ifndef WHEREVIT_NO_OPENCV
 #include <opencv2/core.hpp>
 #include <opencv2/imgcodecs.hpp>
 #include <opencv2/imgproc.hpp>
+#endif
 
 namespace wherevit {
 
@@ -155,6 +159,7 @@ inline void verify_artifact(const std::string& artifact, const Sidecar& s) {
                              "...; the file was replaced or corrupted -- re-export both together");
 }
 
+#ifndef WHEREVIT_NO_OPENCV
 // Decoded file -> contiguous HxWx3 uint8 RGB, as wherevit.base.image.to_rgb_uint8 does
 // (16-bit / 257 rounded, float * 255 rounded and clipped, gray -> RGB, alpha dropped).
 inline cv::Mat read_rgb(const std::string& path) {
@@ -238,6 +243,7 @@ inline std::vector<float> preprocess(const std::vector<cv::Mat>& rgb_images, con
   }
   return out;
 }
+#endif  // WHEREVIT_NO_OPENCV
 
 // A NumPy .npy file (format 1.0, little-endian, C order): np.load reads it directly.
 inline void write_npy(const std::string& path, const void* data, const std::string& descr, size_t itemsize,
@@ -264,6 +270,84 @@ inline void write_npy(const std::string& path, const void* data, const std::stri
     if (!f) throw std::runtime_error(path + ": write failed");
   }
   if (std::rename(tmp.c_str(), path.c_str()) != 0) throw std::runtime_error(path + ": cannot move into place");
+}
+
+// A float32 .npy file (little-endian, C order, format 1.x or 2.x): its shape and values, checked
+// against the file's size so a truncated or mislabelled file is an error, not garbage.
+inline std::vector<float> read_npy_f32(const std::string& path, std::vector<int64_t>* shape) {
+  std::ifstream f(path, std::ios::binary);
+  if (!f) throw std::runtime_error(path + ": cannot read");
+  char magic[8];
+  f.read(magic, 8);
+  if (!f || std::memcmp(magic, "\x93NUMPY", 6) != 0 || (magic[6] != 1 && magic[6] != 2))
+    throw std::runtime_error(path + ": not a .npy file (format 1.x or 2.x)");
+  uint32_t hlen = 0;
+  unsigned char len[4] = {0, 0, 0, 0};
+  f.read(reinterpret_cast<char*>(len), magic[6] == 1 ? 2 : 4);
+  hlen = uint32_t(len[0]) | uint32_t(len[1]) << 8 | uint32_t(len[2]) << 16 | uint32_t(len[3]) << 24;
+  if (!f || hlen > (1u << 16)) throw std::runtime_error(path + ": bad .npy header length");
+  std::string header(hlen, '\0');
+  f.read(header.data(), hlen);
+  if (!f) throw std::runtime_error(path + ": truncated .npy header");
+  if (header.find("'descr': '<f4'") == std::string::npos)
+    throw std::runtime_error(path + ": expected float32 little-endian data ('<f4'); save with np.asarray(x, '<f4')");
+  if (header.find("'fortran_order': False") == std::string::npos) throw std::runtime_error(path + ": expected C order");
+  const size_t open = header.find("'shape': ("), close = header.find(')', open);
+  if (open == std::string::npos || close == std::string::npos) throw std::runtime_error(path + ": no shape in the .npy header");
+  shape->clear();
+  std::stringstream dims(header.substr(open + 10, close - open - 10));
+  std::string item;
+  size_t count = 1;
+  while (std::getline(dims, item, ',')) {
+    if (item.find_first_not_of(' ') == std::string::npos) continue;
+    shape->push_back(std::stoll(item));
+    if (shape->back() < 0) throw std::runtime_error(path + ": negative dimension");
+    count *= static_cast<size_t>(shape->back());
+  }
+  std::vector<float> data(count);
+  f.read(reinterpret_cast<char*>(data.data()), static_cast<std::streamsize>(count * sizeof(float)));
+  if (!f || f.peek() != std::char_traits<char>::eof())
+    throw std::runtime_error(path + ": the data does not match the header's shape (truncated or extra bytes)");
+  return data;
+}
+
+// One float32 NCHW batch per model input, from preprocessed .npy files (one per input, the sidecar's
+// input order) or from image files (sample k's image for input i is images[k * n_inputs + i]).
+inline std::vector<std::vector<float>> load_feeds(const Sidecar& sc, const std::vector<std::string>& images,
+                                                  const std::vector<std::string>& npy, int64_t* total) {
+  const size_t n_in = sc.inputs.size();
+  std::vector<std::vector<float>> feeds;
+  if (!npy.empty()) {
+    if (!images.empty()) throw std::runtime_error("give image files or --input-npy batches, not both");
+    if (npy.size() != n_in) throw std::runtime_error("this model has " + std::to_string(n_in) + " input(s); got " +
+                                                     std::to_string(npy.size()) + " --input-npy file(s)");
+    for (size_t i = 0; i < n_in; ++i) {
+      std::vector<int64_t> shape;
+      feeds.push_back(read_npy_f32(npy[i], &shape));
+      if (shape.size() != 4 || shape[1] != 3 || shape[2] != sc.pre.height || shape[3] != sc.pre.width || shape[0] < 1)
+        throw std::runtime_error(npy[i] + ": expected a [N, 3, " + std::to_string(sc.pre.height) + ", " +
+                                 std::to_string(sc.pre.width) + "] batch for input " + sc.inputs[i]);
+      if (i > 0 && shape[0] != *total) throw std::runtime_error("the --input-npy batches have different sizes");
+      *total = shape[0];
+    }
+    return feeds;
+  }
+#ifdef WHEREVIT_NO_OPENCV
+  throw std::runtime_error("this build has no OpenCV to decode images: pass preprocessed batches with --input-npy");
+#else
+  if (images.size() % n_in != 0)
+    throw std::runtime_error("this " + sc.task + " model takes " + std::to_string(n_in) + " images per sample; got " +
+                             std::to_string(images.size()) + " image(s)");
+  *total = static_cast<int64_t>(images.size() / n_in);
+  std::vector<cv::Mat> rgb;
+  for (const auto& p : images) rgb.push_back(read_rgb(p));
+  for (size_t i = 0; i < n_in; ++i) {
+    std::vector<cv::Mat> group;
+    for (int64_t k = 0; k < *total; ++k) group.push_back(rgb[static_cast<size_t>(k) * n_in + i]);
+    feeds.push_back(preprocess(group, sc.pre));
+  }
+  return feeds;
+#endif
 }
 
 }  // namespace wherevit

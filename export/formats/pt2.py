@@ -18,6 +18,7 @@ import shutil
 import tempfile
 import time
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
 
@@ -27,12 +28,14 @@ from torch import nn
 
 from wherevit.base.errors import InvalidRequest, WherevitError
 from wherevit.base.io import atomic_write_with
-from wherevit.base.sidecar import artifact_record, sidecar_path, write_sidecar
+from wherevit.base.options import option
+from wherevit.base.precision import get_precision, precision_names
+from wherevit.base.sidecar import Pt2Section, artifact_record, sidecar_path, write_sidecar
 from wherevit.export.formats.base import ExportContext, ExportFormat, register_format
 from wherevit.export.parity import ParityError, check_parity
-from wherevit.runtime.compare import DEFAULT_RTOL
+from wherevit.export.request import StepResult
 
-__all__ = ["Pt2Error", "Pt2Format", "pt2_device", "compiler_unavailable_reason", "compile_pt2", "run_pt2", "PT2_DEVICES"]
+__all__ = ["Pt2Error", "Pt2Format", "Pt2Options", "pt2_device", "compiler_unavailable_reason", "compile_pt2", "run_pt2", "PT2_DEVICES"]
 
 PT2_DEVICES = ("cpu", "cuda")
 
@@ -110,44 +113,49 @@ def run_pt2(runner, feeds: Mapping[str, np.ndarray], input_names: list[str], out
     return {n: o.detach().cpu().numpy() for n, o in zip(output_names, outs)}
 
 
+@dataclass(frozen=True)
+class Pt2Options:
+    device: str = option("cpu", cli="--device", choices=PT2_DEVICES,
+                         help="pt2 only: the device the package is compiled for (cuda needs a CUDA GPU here).")
+
+
 @register_format
 class Pt2Format(ExportFormat):
     """``pt2``: the wrapped model -> an AOTInductor package + parity (the package itself, loaded back) + sidecar."""
 
     name = "pt2"
     suffixes = (".pt2",)
+    precisions = precision_names(quantized=False)  # a compiled float graph; INT8 is the ONNX formats' step
+    Options = Pt2Options
+    help = "an AOTInductor package (C++: examples/cpp)"
 
     def check(self, req) -> None:
         if req.dynamic_hw:
             raise InvalidRequest("--dynamic-hw is for ONNX only; a .pt2 package is compiled for one input size (use --imgsz)")
-        pt2_device(req.device)
+        pt2_device(req.options(self.name, Pt2Options).device)
         reason = compiler_unavailable_reason()
         if reason:
             raise Pt2Error(f"{reason} (apt-get install g++)")
 
-    def build(self, ctx: ExportContext) -> Path:
-        req, precision = ctx.req, ctx.sidecar.precision
-        out = ctx.track(ctx.artifact_path(self, precision))
-        facts = compile_pt2(ctx.wrap(ctx.backbone, precision), out, ctx.batch, ctx.preprocess.size, req.device)
+    def build(self, ctx: ExportContext) -> StepResult:
+        precision, device = ctx.sidecar.precision, ctx.options(self).device
+        out = ctx.track(ctx.artifact_path(self.name, precision, self.suffixes[0]))
+        facts = compile_pt2(ctx.wrap(ctx.backbone, precision), out, ctx.batch, ctx.preprocess.size, device)
         record = artifact_record(out)
-        meta = dataclasses.replace(ctx.sidecar, kind=self.name, precision=precision, pt2=facts)
-        meta.parity = self._parity(ctx, out, req.device, precision)
+        meta = dataclasses.replace(ctx.sidecar, kind=self.name, precision=precision, pt2=Pt2Section(**facts))
+        meta.parity, cmp = self._parity(ctx, out, device, precision)
         ctx.track(sidecar_path(out))
-        write_sidecar(out, meta, record=record)
-        ctx.produced[self.name] = out
-        return out
+        return StepResult(out, write_sidecar(out, meta, record=record), cmp)
 
     @staticmethod
-    def _parity(ctx: ExportContext, out: Path, device: str, precision: str) -> dict:
+    def _parity(ctx: ExportContext, out: Path, device: str, precision: str):
         """The package as a user loads it (``aoti_load_package``) against PyTorch fp32; raises above tolerance."""
-        rtol = ctx.req.rtol or DEFAULT_RTOL[precision]
+        rtol = ctx.req.rtol or get_precision(precision).rtol
         runner = torch._inductor.aoti_load_package(str(out))
         names = (ctx.input_names, list(ctx.reference.output_names))
         cmp, report = check_parity(ctx.reference, lambda feeds: run_pt2(runner, feeds, *names, device), ctx.preprocess, rtol,
                                    batch=max(min(3, ctx.batch[2]), ctx.batch[0]))
-        if ctx.result is not None:
-            ctx.result.parity = cmp
         if not cmp:
             raise ParityError(f"pt2 parity failed for {out.name} (tolerance rel_l2 <= {rtol:g}):\n{cmp.summary()}")
         return {"backend": f"torch._inductor.aoti_load_package ({device})", "reference": "PyTorch fp32", "rtol": rtol,
-                "passed": True, **report}
+                "passed": True, **report}, cmp

@@ -12,6 +12,9 @@ preferred batch sizes are its opt and max) and the preprocessing, recorded as JS
 ``parameters`` because Triton receives already preprocessed tensors. An existing repository gains a
 new version directory; a version directory appears whole (built beside, then renamed) and the
 config is replaced atomically, so a polling Triton never sees half a model.
+
+``TritonOptions(images=ImagesOptions())`` (``--triton-images``) also writes ``<name>_images``, an
+ensemble that takes encoded image files (``triton_images.py``).
 """
 
 from __future__ import annotations
@@ -26,16 +29,20 @@ from pathlib import Path
 
 from wherevit.base.errors import WherevitError
 from wherevit.base.io import atomic_write_text, check_writable_dir
-from wherevit.base.sidecar import Sidecar, TensorSpec, read_sidecar, sidecar_path
+from wherevit.base.options import option
+from wherevit.base.precision import precision_names
+from wherevit.base.sidecar import TRITON_PLATFORMS, Sidecar, TensorSpec, default_model_name, read_sidecar, sidecar_path
 from wherevit.export.formats.base import ExportContext, ExportFormat, register_format
+from wherevit.export.formats.triton_images import ImagesOptions, TritonImageModels, check_images_models, write_images_models
+from wherevit.export.request import StepResult
 
 __all__ = ["TritonOptions", "TritonModel", "TritonRepositoryError", "triton_config_text", "write_triton_model",
-           "TritonOnnxFormat", "TritonEngineFormat"]
+           "TritonOnnxFormat", "TritonEngineFormat", "default_model_name"]
 
 # sidecar dtype -> Triton model-config data type
 _TRITON_TYPES = {"float32": "TYPE_FP32", "float16": "TYPE_FP16", "bfloat16": "TYPE_BF16", "int64": "TYPE_INT64",
                  "int32": "TYPE_INT32", "uint8": "TYPE_UINT8", "bool": "TYPE_BOOL"}
-_PLATFORMS = {"onnx": ("onnxruntime_onnx", "model.onnx"), "engine": ("tensorrt_plan", "model.plan")}
+_PLATFORMS = TRITON_PLATFORMS  # artifact kind -> (platform, model file): decided once, in base/sidecar.py
 _KINDS = {"auto": "KIND_AUTO", "gpu": "KIND_GPU", "cpu": "KIND_CPU", "model": "KIND_MODEL"}
 
 
@@ -45,13 +52,21 @@ class TritonRepositoryError(WherevitError, ValueError):
 
 @dataclass(frozen=True)
 class TritonOptions:
-    name: str | None = None  # model directory; default: the timm model name, plus the task for head graphs
-    version: int | None = None  # default: one above the highest version present (1 in a new repository)
-    max_queue_delay_us: int = 100  # how long Triton's dynamic batcher waits for a fuller batch
-    preferred_batch_sizes: tuple[int, ...] | None = None  # default: the profile's opt and max
-    instance_kind: str = "default"  # default: gpu for engines, auto for ONNX; or auto, gpu, cpu, model
-    instance_count: int = 1
-    gpus: tuple[int, ...] = ()  # GPU ids for KIND_GPU instances (empty: every GPU)
+    # model directory; default: the timm model name, plus the task for head graphs (base.sidecar.default_model_name)
+    name: str | None = option(None, cli="--triton-name", help="Triton model name (default: the timm model name, plus the head's task).")
+    # default: one above the highest version present (1 in a new repository)
+    version: int | None = option(None, cli="--triton-version", help="Model version to write (default: the next one).")
+    max_queue_delay_us: int = option(100, cli="--triton-queue-delay-us", help="Triton dynamic batching: max_queue_delay_microseconds.")
+    preferred_batch_sizes: tuple[int, ...] | None = option(None, cli=False)  # default: the profile's opt and max
+    instance_kind: str = option("default", cli="--triton-instance-kind", choices=("default", "auto", "gpu", "cpu", "model"),
+                                help="Triton instance_group kind (default: gpu for engines, auto for ONNX).")
+    instance_count: int = option(1, cli="--triton-instances", help="Triton instance_group count.")
+    gpus: tuple[int, ...] = option((), cli=False)  # GPU ids for KIND_GPU instances (empty: every GPU)
+    # also <name>_images: encoded images in (triton_images.py); None: the graph only
+    images: ImagesOptions | None = option(None, cli="--triton-images",
+                                          help="Also <name>_images: an ensemble taking encoded image files (BYTES) through a "
+                                               "Python-backend preprocessing model (needs numpy and opencv-python-headless "
+                                               "in Triton's Python).")
 
     def __post_init__(self) -> None:
         if self.instance_kind != "default" and self.instance_kind not in _KINDS:
@@ -72,6 +87,7 @@ class TritonModel:
     version_dir: Path
     model_file: Path
     notes: list[str] = field(default_factory=list)
+    images: TritonImageModels | None = None  # the encoded-image models, when asked for
 
 
 def _pbtxt_string(s: str) -> str:
@@ -92,17 +108,12 @@ def _tensor(spec: TensorSpec, is_input: bool) -> str:
     return f'  {{ name: {_pbtxt_string(spec.name)} data_type: {dtype}{fmt} dims: {_dims(spec.shape)} }}'
 
 
-def default_model_name(meta: Sidecar) -> str:
-    """The timm model name (a directory-safe form), plus the task for head graphs: ``vit_small_patch16_224_depth``."""
-    base = re.sub(r"[^A-Za-z0-9_.-]", "_", str(meta.model.get("model") or "wherevit"))
-    return base if meta.task == "features" else f"{base}_{meta.task}"
-
-
 def triton_config_text(meta: Sidecar, name: str, options: TritonOptions = TritonOptions()) -> str:
     """``config.pbtxt`` for an artifact described by ``meta`` (its sidecar)."""
     kind = meta.kind
     if kind not in _PLATFORMS:
-        raise TritonRepositoryError(f"artifact kind {kind!r}: Triton export takes an ONNX graph or an engine")
+        raise TritonRepositoryError(f"artifact kind {kind!r} has no Triton platform; Triton export takes "
+                                    f"{' or '.join(_PLATFORMS)} artifacts")
     platform = _PLATFORMS[kind][0]
     lo, opt, hi = meta.batch.min, meta.batch.opt, meta.batch.max
     if any(int(t.shape[0]) != -1 for t in meta.inputs):
@@ -184,12 +195,15 @@ def write_triton_model(artifact: str | os.PathLike, repo: str | os.PathLike, opt
     meta = read_sidecar(artifact)
     kind = meta.kind
     if kind not in _PLATFORMS:
-        raise TritonRepositoryError(f"{artifact}: kind {kind!r}; Triton export takes an ONNX graph or an engine")
+        raise TritonRepositoryError(f"{artifact}: kind {kind!r} has no Triton platform; Triton export takes "
+                                    f"{' or '.join(_PLATFORMS)} artifacts")
     name = options.name or default_model_name(meta)
     config = triton_config_text(meta, name, options)  # every check before anything is written
     model_dir = check_writable_dir(Path(repo) / name)
     versions = _versions(model_dir)
     _check_compatible(model_dir, versions, meta)
+    if options.images is not None:
+        check_images_models(repo, name, meta)
     version = options.version or (versions[-1] + 1 if versions else 1)
     version_dir = model_dir / str(version)
     if version_dir.exists():
@@ -204,46 +218,49 @@ def write_triton_model(artifact: str | os.PathLike, repo: str | os.PathLike, opt
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+    images = None
     try:
+        if options.images is not None:
+            images = write_images_models(repo, name, version, meta, options.images)
         config_path = atomic_write_text(model_dir / "config.pbtxt", config)
     except BaseException:
         shutil.rmtree(version_dir, ignore_errors=True)
+        if images is not None:
+            shutil.rmtree(images.preprocess_version_dir, ignore_errors=True)
         raise
     if move:
         sidecar_path(artifact).unlink(missing_ok=True)
     notes = []
-    if kind == "engine":
-        eng = meta.engine or {}
-        if eng.get("library") == "tensorrt_rtx":
+    if images is not None:
+        notes.append(f"Triton model {images.ensemble_name!r} takes encoded images (BYTES image_bytes, shape [B, 1]); "
+                     "its Python backend needs numpy and opencv-python-headless")
+    if meta.engine is not None:
+        if meta.engine.library == "tensorrt_rtx":
             notes.append("this engine was built with TensorRT-RTX; Triton's tensorrt_plan backend loads engines of the full "
                          "TensorRT it was built with: for Triton, build with --trt-lib tensorrt at the server's TensorRT version")
         else:
-            notes.append(f"engines load only in the TensorRT version that built them ({eng.get('version')}); "
+            notes.append(f"engines load only in the TensorRT version that built them ({meta.engine.version}); "
                          "use the Triton release that ships it")
-    return TritonModel(model_dir, config_path, version, version_dir, version_dir / filename, notes)
+    return TritonModel(model_dir, config_path, version, version_dir, version_dir / filename, notes, images)
 
 
 class _TritonFormat(ExportFormat):
     """``--format triton``: the graph this call exported, placed in a Triton model repository at ``--out``.
 
-    Options come from ``ExportRequest.format_options["triton"]`` (a ``TritonOptions``)."""
+    Options: a ``TritonOptions``. ``--precision int8`` packages the INT8 step's graph (or its engine)."""
 
     source: str
     suffixes = ()  # the output is a repository directory, not a file
+    precisions = precision_names()
+    Options = TritonOptions
 
-    def build(self, ctx: ExportContext) -> Path:
-        options = ctx.req.format_options.get("triton") or TritonOptions()
-        if not isinstance(options, TritonOptions):
-            raise TritonRepositoryError(f"format_options['triton'] must be a TritonOptions, got {type(options).__name__}")
+    def build(self, ctx: ExportContext) -> StepResult:
         src = ctx.produced[self.source]
-        res = write_triton_model(src, ctx.out_dir, options, move=True)
-        ctx.produced[self.source] = res.model_file  # it lives in the repository now
-        if ctx.result is not None:
-            ctx.result.artifacts[self.source] = res.model_file
-            ctx.result.sidecars = [sidecar_path(res.model_file) if p == sidecar_path(src) else p for p in ctx.result.sidecars]
-            ctx.result.notes += res.notes + [f"Triton model {res.model_dir.name!r} version {res.version}: {res.config}"]
-        ctx.produced[self.name] = res.model_file
-        return res.model_file
+        res = write_triton_model(src, ctx.out_dir, ctx.options(self), move=True)
+        notes = res.notes + [f"Triton model {res.model_dir.name!r} version {res.version}: {res.config}"]
+        # the artifact and its sidecar now live in the repository
+        moved = {src: res.model_file, sidecar_path(src): sidecar_path(res.model_file)}
+        return StepResult(res.model_file, sidecar_path(res.model_file), notes=notes, moved=moved)
 
 
 @register_format
@@ -251,6 +268,7 @@ class TritonOnnxFormat(_TritonFormat):
     name = "triton"
     needs = ("onnx",)
     source = "onnx"
+    help = "the ONNX graph in a Triton model repository at --out (a new version if the model is there)"
 
 
 @register_format
@@ -258,3 +276,4 @@ class TritonEngineFormat(_TritonFormat):
     name = "triton-engine"
     needs = ("engine",)
     source = "engine"
+    help = "the engine in a Triton model repository at --out"

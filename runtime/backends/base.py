@@ -3,17 +3,31 @@
 Public ``activate / infer / deactivate`` check state and inputs, then delegate to ``*_impl``.
 Optional libraries (onnxruntime providers, tensorrt, cuda-python) are imported inside the backend
 that needs them; ``unavailable_reason`` says, without raising, why a backend cannot run here.
+
+What a backend supports is declared on its class, so callers ask instead of probing:
+
+* ``kinds``        the artifact kinds it runs ("onnx", "engine", "pt2"; empty: any, see torch backends)
+* ``precisions``   the precisions (``base/precision.py``) it runs; others are refused with that list
+* ``device``, ``auto_priority``  where it runs, and its rank for ``backend="auto"``
+* ``stages_inputs``  True when ``to_device`` / ``infer_device`` keep inputs on the device (bench
+  ``--no-copies`` times only the work after the copy)
+
+and its optional abilities have a default on this class (Polygraphy's ``last_inference_time``):
+``sync()`` waits for queued device work (a no-op on a CPU), ``last_timings()`` is the last call's
+h2d / compute / d2h split or None, ``to_device`` / ``infer_device`` stage inputs (the default keeps
+host arrays). Bench calls them on every backend; no caller uses ``hasattr``.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import ClassVar, Mapping
+from typing import Any, ClassVar, Mapping
 
 import numpy as np
 
 from wherevit.base.errors import WherevitError
+from wherevit.base.precision import precision_names
 from wherevit.base.registry import Registry
 from wherevit.base.sidecar import Sidecar
 
@@ -38,8 +52,10 @@ class InputError(WherevitError, ValueError):
 class Backend(ABC):
     name: ClassVar[str]
     kinds: ClassVar[tuple[str, ...]]  # artifact kinds it runs: "onnx", "engine", ...
+    precisions: ClassVar[tuple[str, ...]] = precision_names()  # precisions it runs (base/precision.py)
     device: ClassVar[str] = "cpu"
     auto_priority: ClassVar[int | None] = None  # rank for backend="auto" (lower first); None: only by name
+    stages_inputs: ClassVar[bool] = False  # to_device/infer_device keep inputs on the device (bench --no-copies)
 
     def __init__(self, artifact: Path, meta: Sidecar):
         self.artifact = Path(artifact)
@@ -54,7 +70,14 @@ class Backend(ABC):
         """None when the backend can run ``meta``'s artifact here, else a sentence saying why not."""
         if meta.kind not in cls.kinds:
             return f"{cls.name} runs {'/'.join(cls.kinds)} artifacts, not {meta.kind}"
+        if meta.precision not in cls.precisions:
+            return cls.precision_reason(meta.precision)
         return cls._unavailable_impl(meta)
+
+    @classmethod
+    def precision_reason(cls, precision: str) -> str:
+        """Why this backend does not run ``precision`` (override to say more than the list)."""
+        return f"{cls.name} runs {', '.join(cls.precisions)} artifacts, not {precision}"
 
     @classmethod
     def _unavailable_impl(cls, meta: Sidecar) -> str | None:
@@ -104,6 +127,22 @@ class Backend(ABC):
             raise RuntimeError(f"backend {self.name} is not activated; call activate() or use it as a context manager")
         self.check_inputs(feeds)
         return self._infer_impl(feeds)
+
+    # -- optional abilities: the defaults are what a backend without them does ---------------------
+    def sync(self) -> None:  # noqa: B027 (optional: most backends return only when the work is done)
+        """Wait for work queued on the device (timing stops after this); a no-op where ``infer`` is synchronous."""
+
+    def last_timings(self) -> dict[str, float] | None:
+        """The last ``infer``'s split in ms (``h2d_ms``, ``compute_ms``, ``d2h_ms``), or None where it is not measured."""
+        return None
+
+    def to_device(self, feeds: Mapping[str, np.ndarray]) -> Any:
+        """Inputs staged for ``infer_device`` (on the device where ``stages_inputs``; the host arrays otherwise)."""
+        return feeds
+
+    def infer_device(self, staged: Any) -> Any:
+        """Run on inputs from ``to_device``; outputs may stay on the device. Default: ``infer``."""
+        return self.infer(staged)
 
     @abstractmethod
     def _activate_impl(self) -> None: ...

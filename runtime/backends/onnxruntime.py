@@ -37,8 +37,6 @@ class _Ort(Backend):
             return "onnxruntime is not installed (pip install onnxruntime, or onnxruntime-gpu for CUDA)"
         if cls.provider not in provs:
             return f"{cls.provider} is not in this onnxruntime build (available: {', '.join(provs)})"
-        if meta.precision in ("fp16", "bf16") and cls.provider == "CPUExecutionProvider":
-            return f"ONNX Runtime's CPU provider has no {meta.precision} MatMul kernels; use the fp32 artifact or a GPU"
         return None
 
     def _session_options(self):
@@ -75,6 +73,11 @@ class OrtCpu(_Ort):
     name = "ort-cpu"
     auto_priority = 40
     provider = "CPUExecutionProvider"
+    precisions = ("fp32", "int8")  # no fp16/bf16 MatMul kernels in the CPU provider
+
+    @classmethod
+    def precision_reason(cls, precision: str) -> str:
+        return f"ONNX Runtime's CPU provider has no {precision} MatMul kernels; use the fp32 artifact or a GPU"
 
 
 @register_backend

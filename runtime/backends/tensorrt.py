@@ -42,16 +42,16 @@ def installed_version(module: str) -> str | None:
 
 def check_engine_compat(meta: Sidecar, installed: str | None, device_cc: str | None) -> None:
     """Raise ``EngineMismatch`` when the engine cannot run with library ``installed`` on ``device_cc``."""
-    eng = meta.engine or {}
-    lib, built = eng.get("library", "?"), eng.get("version", "?")
-    rebuild = (f"rebuild it on this machine: wherevit export {meta.model.get('checkpoint', 'CKPT')} "
+    eng = meta.engine
+    lib, built = (eng.library, eng.version) if eng else ("?", "?")
+    rebuild = (f"rebuild it on this machine: wherevit export {meta.model.checkpoint or 'CKPT'} "
                f"--format engine --precision {meta.precision} --trt-lib {lib}")
     if installed is None:
         raise EngineMismatch(f"engine built by {lib} {built}, but {lib} is not installed here; install {lib}=={built} or {rebuild}")
     if installed != built:
         raise EngineMismatch(f"engine built by {lib} {built}, this machine has {lib} {installed}: TensorRT engines only load "
                              f"with the exact version that built them; {rebuild}")
-    targets = eng.get("compute_capabilities") or []
+    targets = eng.compute_capabilities if eng else []
     if device_cc is not None and targets and device_cc not in targets:
         extra = " (TensorRT-RTX does not support compute capability 9.0; use the full tensorrt package)" if (
             lib == "tensorrt_rtx" and device_cc.startswith("9.")) else f" --cc {device_cc}"
@@ -69,13 +69,15 @@ class TensorrtEngine(Backend):
 
     @classmethod
     def _unavailable_impl(cls, meta: Sidecar) -> str | None:
-        lib = (meta.engine or {}).get("library", "tensorrt")
+        if meta.engine is None:
+            return "the sidecar has no engine section (re-export with `wherevit export --format engine`)"
+        lib = meta.engine.library
         if installed_version(lib) is None:
             return f"{lib} is not installed"
         return cuda_unavailable_reason()
 
     def _activate_impl(self) -> None:
-        lib = self.meta.engine["library"]
+        lib = self.meta.engine.library
         check_engine_compat(self.meta, installed_version(lib), device_compute_capability())
         trt = importlib.import_module(lib)
         self.trt, self.rt = trt, cudart()
@@ -87,7 +89,7 @@ class TensorrtEngine(Backend):
         self.context = self.engine.create_execution_context()
         self.stream = cuda_check(self.rt.cudaStreamCreate())
         self.events = [cuda_check(self.rt.cudaEventCreate()) for _ in range(4)]
-        self.last_timings: dict[str, float] | None = None
+        self._timings: dict[str, float] | None = None
         self.device_buffers: dict[str, tuple[int, int]] = {}  # name -> (device pointer, bytes)
         self.host_buffers: dict[str, tuple[int, int]] = {}  # name -> (pinned host pointer, bytes)
         self.io = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
@@ -96,6 +98,9 @@ class TensorrtEngine(Backend):
             shape = self._max_shape(name)
             if shape is not None:
                 self._buffers(name, int(np.prod(shape)) * self.dtypes[name].itemsize)
+
+    def last_timings(self) -> dict[str, float] | None:
+        return self._timings
 
     def _max_shape(self, name: str) -> tuple[int, ...] | None:
         spec = self.inputs.get(name) or self.meta.output(name)
@@ -131,7 +136,7 @@ class TensorrtEngine(Backend):
         outs = self._bind_outputs()
         cuda_check(rt.cudaEventRecord(ev[1], stream))
         if not self.context.execute_async_v3(stream):
-            raise RuntimeError(f"{self.meta.engine['library']} execution failed")
+            raise RuntimeError(f"{self.meta.engine.library} execution failed")
         cuda_check(rt.cudaEventRecord(ev[2], stream))
         for name, (_shape, host) in outs.items():
             cuda_check(rt.cudaMemcpyAsync(host.ctypes.data, self.device_buffers[name][0], host.nbytes, d2h, stream))
@@ -139,7 +144,7 @@ class TensorrtEngine(Backend):
         cuda_check(rt.cudaStreamSynchronize(stream))
         # trtexec's split: host-to-device copies, GPU compute, device-to-host copies (ms)
         span = [cuda_check(rt.cudaEventElapsedTime(ev[i], ev[i + 1])) for i in range(3)]
-        self.last_timings = {"h2d_ms": span[0], "compute_ms": span[1], "d2h_ms": span[2]}
+        self._timings = {"h2d_ms": span[0], "compute_ms": span[1], "d2h_ms": span[2]}
         # copy out of the reused pinned buffers: results must not change under the caller on the next call
         return {k: host.view(self.dtypes[k]).reshape(shape).astype(np.float32 if self.dtypes[k] == np.float16 else self.dtypes[k])
                 for k, (shape, host) in outs.items()}

@@ -6,7 +6,17 @@ import json
 
 import pytest
 
-from wherevit.base.sidecar import BatchRange, Sidecar, SidecarError, TensorSpec, read_sidecar, sidecar_path, write_sidecar
+from wherevit.base.sidecar import (
+    BatchRange,
+    Sidecar,
+    SidecarError,
+    TensorSpec,
+    default_model_name,
+    read_sidecar,
+    sidecar_path,
+    triton_platform,
+    write_sidecar,
+)
 
 
 def _meta(**over) -> Sidecar:
@@ -60,3 +70,45 @@ def test_write_refuses_an_invalid_sidecar(artifact):
     with pytest.raises(SidecarError, match="batch"):
         write_sidecar(artifact, _meta(batch=BatchRange(4, 2, 8)))
     assert not sidecar_path(artifact).exists()
+
+
+# -- typed sections; sidecars written by wherevit 0.1 still read -------------------------------------------
+
+OLD = sorted((__import__("pathlib").Path(__file__).parents[1] / "data" / "sidecars_0_1").glob("*.json"))
+
+
+@pytest.mark.parametrize("path", OLD, ids=[p.name for p in OLD])
+def test_sidecars_written_by_0_1_read_into_typed_sections(path):
+    """Saved sidecars of every kind 0.1 wrote (ONNX fp16/int8, engine fp16/int8, pt2, a head graph, a Triton model)."""
+    data = json.loads(path.read_text())
+    meta = Sidecar.from_dict(data, where=path.name)
+    assert meta.model.model == "vit_tiny_patch16_224" and meta.model.checkpoint and meta.model.trained_network == "teacher"
+    assert Sidecar.from_dict(meta.to_dict()) == meta  # what this version writes reads back the same
+    if meta.kind == "engine":
+        assert meta.engine.library == "tensorrt_rtx" and meta.engine.profile.inputs == ["images"] and meta.onnx.opset == 18
+    if meta.kind == "pt2":
+        assert meta.pt2.device == "cpu" and meta.pt2.torch
+    if meta.precision == "int8":
+        q = meta.quantization
+        assert q.mode == "static" and q.batch_dependent is False and not meta.batch_dependent
+        assert q.source_onnx.file == "model_fp32.onnx" and q.calibration["method"] == "minmax"
+    if meta.head is not None:
+        assert meta.task == meta.head.task == "seg" and meta.head.file.endswith("head_seg.safetensors")
+        assert default_model_name(meta) == "vit_tiny_patch16_224_seg"
+    else:
+        assert default_model_name(meta) == "vit_tiny_patch16_224"
+
+
+def test_a_mistyped_section_field_is_named():
+    data = json.loads(next(p for p in OLD if p.name == "model_fp16.engine.json").read_text())
+    data["engine"]["compute_capabilities"] = "8.6"
+    with pytest.raises(SidecarError, match=r"engine\.compute_capabilities: expected a list"):
+        Sidecar.from_dict(data)
+    data["engine"] = {**data["engine"], "compute_capabilities": ["8.6"], "libary": "x"}
+    with pytest.raises(SidecarError, match=r"unknown field 'sidecar\.engine\.libary' \(did you mean 'library'\?\)"):
+        Sidecar.from_dict(data)
+
+
+def test_one_triton_platform_per_artifact_kind():
+    assert triton_platform("onnx") == "onnxruntime_onnx" and triton_platform("engine") == "tensorrt_plan"
+    assert triton_platform("pt2") is None  # Triton's PyTorch backend runs TorchScript, not AOTInductor packages

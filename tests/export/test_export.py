@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from wherevit.base.io import sha256_file
-from wherevit.base.sidecar import BatchRange, SidecarError, TensorSpec, read_sidecar, sidecar_path
+from wherevit.base.sidecar import BatchRange, EngineProfile, SidecarError, TensorSpec, read_sidecar, sidecar_path
 from wherevit.export.api import ExportRequest, ParityError, export_artifacts, parse_batch
 from wherevit.train.backbone import backbone_features
 from wherevit.train.checkpoint import CheckpointError, load_backbone
@@ -50,14 +50,14 @@ def test_sidecar_describes_the_artifact(onnx_artifact):
     meta = read_sidecar(onnx_artifact)
     assert meta.kind == "onnx"
     assert meta.artifact.sha256 == sha256_file(onnx_artifact)
-    assert meta.onnx["sha256"] == sha256_file(onnx_artifact)
+    assert meta.onnx.sha256 == sha256_file(onnx_artifact)
     assert meta.inputs == [TensorSpec("images", "float32", [-1, 3, 32, 32], meta.inputs[0].meaning, layout="NCHW")]
     assert meta.output_names == ["cls", "patch_tokens", "pooled"]
     assert meta.outputs[1].grid == [4, 4] and meta.grid == (4, 4)
     assert meta.preprocess["size"] == [32, 32] and meta.preprocess["color_order"] == "RGB"
     assert meta.batch == BatchRange(1, 4, 8)
-    assert meta.model["model"] == "vit_tiny_patch16_224" and meta.model["source"] == "teacher"
-    assert meta.model["timm_kwargs"]["embed_dim"] == 64
+    assert meta.model.model == "vit_tiny_patch16_224" and meta.model.source == "teacher"
+    assert meta.model.timm_kwargs["embed_dim"] == 64
     assert meta.created and meta.wherevit_version and meta.precision == "fp32"
 
 
@@ -121,7 +121,7 @@ def test_checkpoint_whose_weights_do_not_match_its_config(trained_run, tmp_path)
 def test_export_by_timm_name_with_random_weights(tmp_path):
     res = export_artifacts(ExportRequest("vit_tiny_patch16_224", tmp_path, batch=(1, 2, 4), imgsz=64))
     meta = read_sidecar(res.onnx)
-    assert meta.model["source"] == "random-init" and meta.inputs[0].shape == [-1, 3, 64, 64]
+    assert meta.model.source == "random-init" and meta.inputs[0].shape == [-1, 3, 64, 64]
     assert meta.parity["passed"]
 
 
@@ -139,17 +139,16 @@ def test_quickstart_checkpoint_exports_with_parity(tmp_path):
 def test_tensorrt_rtx_engine_from_trained_checkpoint(trained_run, tmp_path):
     import tensorrt_rtx
 
-    res = export_artifacts(ExportRequest(str(trained_run), tmp_path, format="engine", batch=(1, 4, 8), trt_lib="tensorrt_rtx",
-                                         compute_capabilities=("SM86", "SM89")))
+    res = export_artifacts(ExportRequest(str(trained_run), tmp_path, format="engine", batch=(1, 4, 8), format_options={"engine": {"trt_lib": "tensorrt_rtx", "compute_capabilities": ("SM86", "SM89")}}))
     assert res.engine.stat().st_size > 100_000
     meta = read_sidecar(res.engine)
     eng = meta.engine
     assert meta.kind == "engine"
-    assert eng["library"] == "tensorrt_rtx" and eng["version"] == tensorrt_rtx.__version__
-    assert eng["profile"] == {"inputs": ["images"], "min": [1, 3, 32, 32], "opt": [4, 3, 32, 32], "max": [8, 3, 32, 32]}
-    assert eng["compute_capabilities"] == ["8.6", "8.9"]
-    assert eng["network_flags"] == ["STRONGLY_TYPED"] and eng["builder_flags"] == []
-    assert meta.onnx["sha256"] == sha256_file(res.onnx)
+    assert eng.library == "tensorrt_rtx" and eng.version == tensorrt_rtx.__version__
+    assert eng.profile == EngineProfile(["images"], [1, 3, 32, 32], [4, 3, 32, 32], [8, 3, 32, 32])
+    assert eng.compute_capabilities == ["8.6", "8.9"]
+    assert eng.network_flags == ["STRONGLY_TYPED"] and eng.builder_flags == []
+    assert meta.onnx.sha256 == sha256_file(res.onnx)
     assert meta.artifact.sha256 == sha256_file(res.engine)
     # the plan is a plain serialized engine: the library deserialises its header without wherevit
     assert res.engine.read_bytes()[:4] != b"{"
@@ -158,17 +157,16 @@ def test_tensorrt_rtx_engine_from_trained_checkpoint(trained_run, tmp_path):
 @needs_rtx
 def test_tensorrt_rtx_fp16_engine_is_strongly_typed(trained_run, tmp_path):
     res = export_artifacts(ExportRequest(str(trained_run), tmp_path, format="engine", precision="fp16", batch=(1, 2, 4),
-                                         trt_lib="tensorrt_rtx", compute_capabilities=("SM89",)))
+                                         format_options={"engine": {"trt_lib": "tensorrt_rtx", "compute_capabilities": ("SM89",)}}))
     proto = onnx.load(str(res.onnx))
     assert res.onnx.name == "model_fp16.onnx"
     fp16_inits = [i for i in proto.graph.initializer if i.data_type == onnx.TensorProto.FLOAT16]
     assert fp16_inits, "fp16 ONNX should carry fp16 weights"
     assert read_sidecar(res.onnx).parity["passed"] is None  # no fp16 CPU kernels: stated, not faked
-    assert read_sidecar(res.engine).engine["onnx_precision"] == "fp16"
+    assert read_sidecar(res.engine).engine.onnx_precision == "fp16"
 
 
 @needs_rtx
 def test_rtx_refuses_hopper_target(trained_run, tmp_path):
     with pytest.raises(ValueError, match="does not support compute capability 9.0"):
-        export_artifacts(ExportRequest(str(trained_run), tmp_path, format="engine", trt_lib="tensorrt_rtx",
-                                       compute_capabilities=("SM90",)))
+        export_artifacts(ExportRequest(str(trained_run), tmp_path, format="engine", format_options={"engine": {"trt_lib": "tensorrt_rtx", "compute_capabilities": ("SM90",)}}))

@@ -74,7 +74,8 @@ def test_server_serves_a_two_input_pose_graph(heads, trained_run, tmp_path):
     s = Server(res.onnx)
     try:
         c = th.InferenceServerClient(s.url)
-        md = c.get_model_metadata("vit_tiny_patch16_224")
+        # served under the same default name a Triton repository gives it: the model name plus the task
+        md = c.get_model_metadata("vit_tiny_patch16_224_pose")
         assert [i["name"] for i in md["inputs"]] == ["images_a", "images_b"]
         xa, xb = (np.random.default_rng(i).standard_normal((2, 3, 32, 32)).astype(np.float32) for i in (1, 2))
         ins = []
@@ -82,11 +83,11 @@ def test_server_serves_a_two_input_pose_graph(heads, trained_run, tmp_path):
             inp = th.InferInput(name, list(x.shape), "FP32")
             inp.set_data_from_numpy(x)
             ins.append(inp)
-        r = c.infer("vit_tiny_patch16_224", ins)
+        r = c.infer("vit_tiny_patch16_224_pose", ins)
         with runtime.load(res.onnx) as model:
             ref = model.run_inputs({"images_a": xa, "images_b": xb})
         np.testing.assert_allclose(r.as_numpy("rotation"), ref["rotation"], rtol=1e-5, atol=1e-5)
-        assert [i["name"] for i in c.get_model_metadata("vit_tiny_patch16_224_images")["inputs"]] == ["image_bytes_a", "image_bytes_b"]
+        assert [i["name"] for i in c.get_model_metadata("vit_tiny_patch16_224_pose_images")["inputs"]] == ["image_bytes_a", "image_bytes_b"]
         # encoded pairs through the _images model: each input decoded and preprocessed, rows kept in order
         pairs = [render_pair(s, 48) for s in (3, 4)]
         ins = []
@@ -95,7 +96,7 @@ def test_server_serves_a_two_input_pose_graph(heads, trained_run, tmp_path):
             inp = th.InferInput(f"image_bytes_{key}", [len(pngs)], "BYTES")
             inp.set_data_from_numpy(np.array(pngs, dtype=object))
             ins.append(inp)
-        r = c.infer("vit_tiny_patch16_224_images", ins)
+        r = c.infer("vit_tiny_patch16_224_pose_images", ins)
         with runtime.load(res.onnx) as model:
             ref = model.predict([p["a"]["rgb"] for p in pairs], [p["b"]["rgb"] for p in pairs])
         np.testing.assert_allclose(r.as_numpy("rotation"), ref["rotation"], rtol=1e-5, atol=1e-5)
@@ -134,7 +135,7 @@ def test_head_graphs_become_triton_models(task, inputs, outputs, heads, trained_
 @pytest.mark.parametrize("task", ["depth", "pose"])
 def test_head_engines_build_with_tensorrt_rtx(task, heads, trained_run, tmp_path):
     res = export_artifacts(ExportRequest(str(trained_run), tmp_path, format="engine", head=str(heads / f"head_{task}.safetensors"),
-                                         batch=(1, 2, 4), trt_lib="tensorrt_rtx", compute_capabilities=("SM89",)))
+                                         batch=(1, 2, 4), format_options={"engine": {"trt_lib": "tensorrt_rtx", "compute_capabilities": ("SM89",)}}))
     meta = read_sidecar(res.engine)
     assert res.engine.name == f"{task}_fp32.engine" and meta.task == task
-    assert meta.engine["profile"]["inputs"] == (["images_a", "images_b"] if task == "pose" else ["images"])
+    assert meta.engine.profile.inputs == (["images_a", "images_b"] if task == "pose" else ["images"])

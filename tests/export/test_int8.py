@@ -44,14 +44,14 @@ def test_static_qdq_export_end_to_end(static_int8):
     meta = read_sidecar(res.int8)
     q = meta.quantization
     assert meta.kind == "onnx" and meta.precision == "int8"
-    assert q["mode"] == "static" and q["batch_dependent"] is False and q["per_channel"] is True
-    assert q["calibration"]["method"] == "minmax" and q["calibration"]["count"] == 16
-    assert q["calibration"]["data"].startswith("generated scenes")
-    assert q["source_onnx"]["file"] == "model_fp32.onnx"
-    assert isinstance(q["reduce_range"], bool) and q["reduce_range_reason"]
+    assert q.mode == "static" and q.batch_dependent is False and q.per_channel is True
+    assert q.calibration["method"] == "minmax" and q.calibration["count"] == 16
+    assert q.calibration["data"].startswith("generated scenes")
+    assert q.source_onnx.file == "model_fp32.onnx"
+    assert isinstance(q.reduce_range, bool) and q.reduce_range_reason
     # parity: cosine (mean and min over samples) for each output, above the threshold, on disjoint images
     par = meta.parity
-    assert par["passed"] is True and par["images"]["generated_seed"] != q["calibration"]["seed"]
+    assert par["passed"] is True and par["images"]["generated_seed"] != q.calibration["seed"]
     for o in par["outputs"]:
         assert o["min_cosine"] == 0.99 and 0.99 <= o["cos_min"] <= o["cos_mean"] <= 1.0 + 1e-9
     assert {o["name"] for o in par["outputs"]} == {"cls", "patch_tokens", "pooled"}
@@ -80,8 +80,8 @@ def test_runtime_runs_int8_through_the_same_embed(static_int8):
 
 def test_dynamic_export_is_marked_batch_dependent_and_run_per_image(dynamic_int8):
     meta = read_sidecar(dynamic_int8.int8)
-    assert meta.quantization["mode"] == "dynamic" and meta.quantization["batch_dependent"] is True
-    assert "calibration" not in meta.quantization and meta.parity["passed"] is True
+    assert meta.quantization.mode == "dynamic" and meta.quantization.batch_dependent is True
+    assert meta.quantization.calibration is None and meta.parity["passed"] is True
     ops = {n.op_type for n in onnx.load(str(dynamic_int8.int8)).graph.node}
     assert ops & {"DynamicQuantizeLinear", "MatMulInteger", "DynamicQuantizeMatMul"}
     bright = _images(1, seed=5, scale=3.0)  # a batch-mate with a wider activation range
@@ -147,7 +147,7 @@ def test_folder_calibration_holds_out_the_rest_for_parity(trained_run, tmp_path)
         cv2.imwrite(str(folder / f"s{i:02d}.png"), cv2.cvtColor(im, cv2.COLOR_RGB2BGR))
     res = _export(trained_run, tmp_path / "o", calib=str(folder), method="percentile")
     meta = read_sidecar(res.int8)
-    cal = meta.quantization["calibration"]
+    cal = meta.quantization.calibration
     assert cal["data"] == str(folder) and cal["count"] == 16 and cal["files_in_folder"] == 24 and cal["method"] == "percentile"
     assert meta.parity["images"]["held_out_folder_images"] == 8 and meta.parity["passed"]
 
@@ -201,10 +201,10 @@ needs_rtx = pytest.mark.skipif(importlib.util.find_spec("tensorrt_rtx") is None,
 @needs_rtx
 def test_qdq_graph_goes_to_tensorrt_rtx_and_the_outcome_is_recorded(trained_run, tmp_path):
     res = export_artifacts(ExportRequest(str(trained_run), tmp_path, format="engine", precision="int8", batch=(1, 2, 4),
-                                         compute_capabilities=("SM86",), format_options={"int8": QuantOptions(calib_count=8)}))
+                                         format_options={"engine": {"compute_capabilities": ("SM86",)}, "int8": QuantOptions(calib_count=8)}))
     meta = read_sidecar(res.int8)
-    tb = meta.quantization["tensorrt_build"]
-    assert meta.quantization["activations"].startswith("int8, symmetric")  # what TensorRT accepts
+    tb = meta.quantization.tensorrt_build
+    assert meta.quantization.activations.startswith("int8, symmetric")  # what TensorRT accepts
     if tb["built"]:
         assert res.engine is not None and res.engine.is_file()
         assert read_sidecar(res.engine).precision == "int8"
@@ -224,7 +224,7 @@ def test_head_graph_int8_keeps_the_head_float_and_reports_its_metric(task, metri
     meta = read_sidecar(res.int8)
     assert res.int8.name == f"{task}_int8.onnx" and meta.task == task
     q = meta.quantization
-    assert q["nodes_excluded"] and "head layers" in q["kept_float"]  # the head's 1x1 conv stays float
+    assert q.nodes_excluded and "head layers" in q.kept_float  # the head's 1x1 conv stays float
     hm = meta.parity["head_metric"]
     assert hm["metric"] == metric and hm["scenes"] == 16
     assert np.isfinite(hm["fp32_pytorch"]) and np.isfinite(hm["int8"]) and hm["change"] == pytest.approx(hm["int8"] - hm["fp32_pytorch"])

@@ -25,7 +25,7 @@ def test_exported_graph_with_the_baked_field_matches_the_field_forward(tmp_path)
     train(cfg, tmp_path / "run", progress=False)
     res = export_artifacts(ExportRequest(str(tmp_path / "run"), tmp_path / "art", batch=(1, 2, 2)))
     side = read_sidecar(res.onnx)
-    positional = side.model["positional"]
+    positional = side.model.positional
     assert side.parity["passed"]  # the baked graph also passed export's own parity check
     assert positional["kind"] == "posfield" and positional["baked_into"] == "pos_embed"
     assert positional["export_scale"] == "mean" and positional["field_forward_max_abs_diff"] < 1e-5
@@ -58,7 +58,7 @@ def test_exported_graph_with_the_baked_field_matches_the_field_forward(tmp_path)
     if importlib.util.find_spec("tensorrt_rtx") is None:
         return
     eng = export_artifacts(ExportRequest(str(tmp_path / "run"), tmp_path / "eng", format="engine", batch=(1, 2, 2),
-                                         trt_lib="tensorrt_rtx", compute_capabilities=("SM86",)))
+                                         format_options={"engine": {"trt_lib": "tensorrt_rtx", "compute_capabilities": ("SM86",)}}))
     meta = read_sidecar(eng.engine)
-    assert eng.engine.stat().st_size > 10_000 and meta.engine["library"] == "tensorrt_rtx"
-    assert meta.model["positional"]["baked_into"] == "pos_embed"
+    assert eng.engine.stat().st_size > 10_000 and meta.engine.library == "tensorrt_rtx"
+    assert meta.model.positional["baked_into"] == "pos_embed"

@@ -52,7 +52,7 @@ def test_pt2_export_sidecar_and_parity(pt2_artifact):
     assert meta.inputs[0].name == "images" and meta.inputs[0].shape == [-1, 3, 32, 32]
     assert meta.output_names == ["cls", "patch_tokens", "pooled"]
     assert meta.batch == BatchRange(2, 3, 4)
-    assert meta.pt2["device"] == "cpu" and meta.pt2["torch"] == torch.__version__
+    assert meta.pt2.device == "cpu" and meta.pt2.torch == torch.__version__
     par = meta.parity
     assert par["passed"] is True and par["reference"] == "PyTorch fp32" and par["rtol"] == DEFAULT_RTOL["fp32"]
     assert all(o["rel_l2"] < 1e-5 for kind in ("random", "scenes") for o in par[kind]["outputs"])
@@ -73,7 +73,7 @@ def test_pt2_backend_dynamic_batch_matches_pytorch(pt2_artifact, trained_run):
 def test_pt2_refusals_are_clear(trained_run, pt2_artifact, tmp_path):
     if not torch.cuda.is_available():
         with pytest.raises(Pt2Error, match="has none"):
-            export_artifacts(ExportRequest(str(trained_run), tmp_path, format="pt2", device="cuda"))
+            export_artifacts(ExportRequest(str(trained_run), tmp_path, format="pt2", format_options={"pt2": {"device": "cuda"}}))
     with pytest.raises(InvalidRequest, match="--dynamic-hw is for ONNX only"):
         export_artifacts(ExportRequest(str(trained_run), tmp_path, format="pt2", dynamic_hw=True))
     assert not list(tmp_path.iterdir())
@@ -81,7 +81,7 @@ def test_pt2_refusals_are_clear(trained_run, pt2_artifact, tmp_path):
 
     meta = read_sidecar(pt2_artifact)
     if not torch.cuda.is_available():
-        cuda = dataclasses.replace(meta, pt2={**meta.pt2, "device": "cuda"})
+        cuda = dataclasses.replace(meta, pt2=dataclasses.replace(meta.pt2, device="cuda"))
         assert "compiled for CUDA" in Pt2Backend.unavailable_reason(cuda)
     assert "runs pt2 artifacts" in Pt2Backend.unavailable_reason(dataclasses.replace(meta, kind="onnx"))
 
@@ -93,7 +93,7 @@ def test_pt2_parity_failure_leaves_nothing_behind(trained_run, pt2_artifact, tmp
 
     def reuse(model, out, batch, size, device="cpu"):
         out.write_bytes(pt2_artifact.read_bytes())
-        return {"device": device}
+        return {"device": device, "torch": torch.__version__}  # the pt2 section's required facts (it is typed now)
 
     monkeypatch.setattr(pt2, "compile_pt2", reuse)
     with pytest.raises(pt2.ParityError, match="pt2 parity failed for model_fp32.pt2"):
@@ -207,6 +207,30 @@ def test_cpp_aoti_app_matches_python_runtime(cpp_build, pt2_artifact, onnx_artif
     assert "cls float32 [6, 64]" in res.stdout and "patch_tokens float32 [6, 16, 64]" in res.stdout
     _check_against_python(tmp_path / "out", pt2_artifact, images)            # same package through torch
     _check_against_python(tmp_path / "out", onnx_artifact, images, "ort-cpu")  # and the ONNX artifact
+
+
+def test_cpp_aoti_app_takes_preprocessed_npy_batches(cpp_build, pt2_artifact, images, tmp_path):
+    """--input-npy (what a build without OpenCV takes): the batch Python preprocessed, the same outputs."""
+    exe = cpp_build[0] / "wherevit_aoti"
+    with runtime.load(pt2_artifact, backend="pt2") as m:
+        x = m.preprocess(m.load_images(images[:5]))
+        want = m.run(x).outputs
+    np.save(tmp_path / "x.npy", x)
+    res = subprocess.run([str(exe), str(pt2_artifact), "--out", str(tmp_path / "out"), "--input-npy", str(tmp_path / "x.npy")],
+                         capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert res.returncode == 0, res.stderr
+    cmp = compare(want, {k: np.load(tmp_path / "out" / f"{k}.npy") for k in want}, DEFAULT_RTOL["fp32"])
+    assert cmp, cmp.summary()
+    bad = tmp_path / "bad.npy"
+    np.save(bad, x[:, :, :16])  # wrong height
+    res = subprocess.run([str(exe), str(pt2_artifact), "--input-npy", str(bad)], capture_output=True, text=True)
+    assert res.returncode == 1 and "expected a [N, 3, 32, 32] batch for input images" in res.stderr
+    np.save(bad, x.astype(np.float64))
+    res = subprocess.run([str(exe), str(pt2_artifact), "--input-npy", str(bad)], capture_output=True, text=True)
+    assert res.returncode == 1 and "expected float32" in res.stderr
+    res = subprocess.run([str(exe), str(pt2_artifact), "--input-npy", str(tmp_path / "x.npy"), str(images[0])],
+                         capture_output=True, text=True)
+    assert res.returncode == 1 and "not both" in res.stderr
 
 
 def test_cpp_aoti_app_follows_the_sidecar_resize_mode(cpp_build, pt2_artifact, images, tmp_path):

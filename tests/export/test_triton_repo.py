@@ -109,8 +109,7 @@ def test_engine_model_repository(trained_run, tmp_path):
     from wherevit.export.api import ExportRequest, export_artifacts
 
     repo = tmp_path / "repo"
-    res = export_artifacts(ExportRequest(str(trained_run), repo, format="triton-engine", batch=(1, 2, 4), trt_lib="tensorrt_rtx",
-                                         compute_capabilities=("SM89",), format_options={"triton": TritonOptions(gpus=(0, 1))}))
+    res = export_artifacts(ExportRequest(str(trained_run), repo, format="triton-engine", batch=(1, 2, 4), format_options={"engine": {"trt_lib": "tensorrt_rtx", "compute_capabilities": ("SM89",)}, "triton-engine": TritonOptions(gpus=(0, 1))}))
     engine = repo / MODEL / "1" / "model.plan"
     assert res.engine == engine == res.primary and read_sidecar(engine).kind == "engine"  # moved in, hash still vouched for
     assert not list(repo.glob("*.engine*"))  # no stray plan at the repository root
@@ -144,3 +143,147 @@ def test_export_format_triton_through_the_registry_and_cli(trained_run, tmp_path
     assert r.exit_code == 0, r.output
     assert sorted(p.name for p in (repo / MODEL).iterdir()) == ["1", "2", "config.pbtxt"]
     assert parse_config(repo / MODEL / "config.pbtxt").instance_group[0].kind == model_config_pb2.ModelInstanceGroup.KIND_CPU
+
+
+# --- --triton-images: the encoded-image ensemble (served for real in test_triton_server.py) ----------------------
+def _images_options(**kw):
+    from wherevit.export.formats.triton_images import ImagesOptions
+
+    return ImagesOptions(**kw)
+
+
+def test_images_ensemble_configs_and_files(onnx_artifact, tmp_path):
+    from wherevit.export.formats.triton_images import vendored_sources
+
+    repo = tmp_path / "repo"
+    res = write_triton_model(onnx_artifact, repo, TritonOptions(images=_images_options(instance_count=3, max_request_mb=2)))
+    pre_name, ens_name = f"{MODEL}_preprocess", f"{MODEL}_images"
+    assert sorted(p.name for p in repo.iterdir()) == [MODEL, ens_name, pre_name]
+    assert res.images.ensemble_name == ens_name and any(ens_name in n for n in res.notes)
+    pre, ens = parse_config(repo / pre_name / "config.pbtxt"), parse_config(repo / ens_name / "config.pbtxt")
+    graph = parse_config(res.config)
+    # the preprocessing model: BYTES [B, 1] in, the graph's input out, on CPU processes
+    assert pre.backend == "python" and pre.max_batch_size == graph.max_batch_size == 8
+    assert [(i.name, i.data_type, list(i.dims)) for i in pre.input] == [("image_bytes", model_config_pb2.TYPE_STRING, [1])]
+    assert [(o.name, o.data_type, list(o.dims)) for o in pre.output] == [(i.name, i.data_type, list(i.dims)) for i in graph.input]
+    assert [(g.count, g.kind) for g in pre.instance_group] == [(3, model_config_pb2.ModelInstanceGroup.KIND_CPU)]
+    params = {k: v.string_value for k, v in pre.parameters.items()}
+    assert json.loads(params["wherevit.preprocess"]) == read_sidecar(onnx_artifact).preprocess
+    assert json.loads(params["wherevit.inputs"]) == {"image_bytes": ["images", "float32"]}
+    assert params["wherevit.max_request_bytes"] == str(2 << 20) and int(params["wherevit.max_image_pixels"]) == 1 << 26
+    # the ensemble: preprocessing -> graph, every graph output out, newest versions
+    assert ens.platform == "ensemble" and ens.max_batch_size == 8
+    assert [(o.name, list(o.dims)) for o in ens.output] == [(o.name, list(o.dims)) for o in graph.output]
+    s1, s2 = ens.ensemble_scheduling.step
+    assert (s1.model_name, s1.model_version, dict(s1.input_map), dict(s1.output_map)) == (
+        pre_name, -1, {"image_bytes": "image_bytes"}, {"images": "images"})
+    assert (s2.model_name, dict(s2.input_map), dict(s2.output_map)) == (
+        MODEL, {"images": "images"}, {o.name: o.name for o in graph.output})
+    # version 1 of the preprocessing model holds model.py and the torch-free modules it imports, verbatim
+    vdir = repo / pre_name / "1"
+    sources = vendored_sources()
+    assert {"model.py", "wherevit/base/errors.py", "wherevit/base/image.py"} <= set(sources)  # and whatever these import
+    assert all(rel == "model.py" or rel.startswith("wherevit/base/") for rel in sources)  # the torch-free layer only
+    for rel, src in sources.items():
+        assert (vdir / rel).read_bytes() == src.read_bytes()
+    assert (vdir / "wherevit" / "__init__.py").is_file() and (vdir / "wherevit" / "base" / "__init__.py").is_file()
+    assert (repo / ens_name / "1").is_dir() and not list((repo / ens_name / "1").iterdir())
+    # again: the graph and the preprocessing model gain version 2 together; the ensemble keeps its one version
+    again = write_triton_model(onnx_artifact, repo, TritonOptions(images=_images_options()))
+    assert again.version == 2 and (repo / pre_name / "2" / "model.py").is_file()
+    assert sorted(p.name for p in (repo / ens_name).iterdir()) == ["1", "config.pbtxt"]
+    assert not [p for p in (repo / pre_name).iterdir() if p.name.startswith(".")]
+
+
+def test_the_vendored_preprocessing_runs_without_torch_or_the_project(onnx_artifact, tmp_path):
+    """model.py imports its own copy of wherevit.base (not the installed one) and never torch."""
+    import subprocess
+    import sys
+
+    import cv2
+
+    res = write_triton_model(onnx_artifact, tmp_path / "repo", TritonOptions(images=_images_options()))
+    vdir = res.images.preprocess_version_dir
+    png = tmp_path / "a.png"
+    png.write_bytes(cv2.imencode(".png", np.random.default_rng(0).integers(0, 256, (40, 36, 3), np.uint8))[1].tobytes())
+    code = f"""
+import importlib.util, json, sys
+import numpy as np
+sys.modules['torch'] = None  # any `import torch` now fails
+spec = importlib.util.spec_from_file_location('model', {str(vdir / 'model.py')!r})
+model = importlib.util.module_from_spec(spec); spec.loader.exec_module(model)
+pre = json.loads({parse_config(res.images.preprocess_dir / 'config.pbtxt').parameters['wherevit.preprocess'].string_value!r})
+conv = model.ImagesToTensors(pre, {{'image_bytes': ('images', 'float32')}}, 1 << 20)
+x = conv({{'image_bytes': np.array([[open({str(png)!r}, 'rb').read()]], dtype=object)}})['images']
+np.save({str(tmp_path / 'x.npy')!r}, x)
+print(sys.modules['wherevit.base.image'].__file__)
+"""
+    out = subprocess.run([sys.executable, "-I", "-c", code], capture_output=True, text=True, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == str(vdir / "wherevit" / "base" / "image.py")
+    with runtime.load(res.model_file) as m:
+        np.testing.assert_array_equal(np.load(tmp_path / "x.npy"), m.preprocess([cv2.cvtColor(cv2.imread(str(png)), cv2.COLOR_BGR2RGB)]))
+
+
+def test_images_ensemble_for_a_two_input_graph(onnx_artifact):
+    from wherevit.export.formats.triton_images import ensemble_config_text, preprocess_config_text
+
+    meta = read_sidecar(onnx_artifact)
+    a, b = copy.deepcopy(meta.inputs[0]), copy.deepcopy(meta.inputs[0])
+    a.name, b.name, b.dtype = "images_a", "images_b", "float16"
+    meta.inputs = [a, b]
+    pre = text_format.Parse(preprocess_config_text(meta, "pose"), model_config_pb2.ModelConfig())
+    ens = text_format.Parse(ensemble_config_text(meta, "pose"), model_config_pb2.ModelConfig())
+    assert [i.name for i in pre.input] == [i.name for i in ens.input] == ["image_bytes_a", "image_bytes_b"]
+    assert [(o.name, o.data_type) for o in pre.output] == [("images_a", model_config_pb2.TYPE_FP32),
+                                                          ("images_b", model_config_pb2.TYPE_FP16)]
+    assert json.loads(pre.parameters["wherevit.inputs"].string_value) == {"image_bytes_a": ["images_a", "float32"],
+                                                                           "image_bytes_b": ["images_b", "float16"]}
+    assert dict(ens.ensemble_scheduling.step[1].input_map) == {"images_a": "images_a", "images_b": "images_b"}
+
+
+def test_images_models_refusals_leave_the_repository_as_it_was(onnx_artifact, tmp_path, monkeypatch):
+    from wherevit.export.formats import triton_images
+    from wherevit.export.formats.triton_images import ImagesOptions, TritonImagesError, check_images_models
+
+    repo = tmp_path / "repo"
+    (repo / f"{MODEL}_preprocess").mkdir(parents=True)
+    (repo / f"{MODEL}_preprocess" / "config.pbtxt").write_text('name: "theirs" backend: "python"\n')
+    with pytest.raises(TritonImagesError, match="was not written by wherevit"):
+        write_triton_model(onnx_artifact, repo, TritonOptions(images=ImagesOptions()))
+    assert not (repo / MODEL).exists() or not any((repo / MODEL).iterdir())  # nothing of the graph was written
+    meta = read_sidecar(onnx_artifact)
+    meta.inputs[0].shape, meta.inputs[0].layout = [-1, 16], None
+    with pytest.raises(TritonImagesError, match="not an NCHW image batch"):
+        check_images_models(tmp_path / "other", "m", meta)
+    with pytest.raises(TritonImagesError, match="invalid image-model options"):
+        ImagesOptions(max_request_mb=0)
+
+    # a failure while writing the image models removes this call's graph version and its own directories
+    repo2 = tmp_path / "repo2"
+    write_triton_model(onnx_artifact, repo2)
+    config_before = (repo2 / MODEL / "config.pbtxt").read_text()
+
+    def failing(*a, **k):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(triton_images, "atomic_write_text", failing)
+    with pytest.raises(OSError, match="disk full"):
+        write_triton_model(onnx_artifact, repo2, TritonOptions(images=ImagesOptions()))
+    assert sorted(p.name for p in repo2.iterdir()) == [MODEL]
+    assert sorted(p.name for p in (repo2 / MODEL).iterdir()) == ["1", "config.pbtxt"]
+    assert (repo2 / MODEL / "config.pbtxt").read_text() == config_before
+
+
+def test_cli_triton_images_flag(trained_run, tmp_path):
+    from click.testing import CliRunner
+
+    from wherevit.app.cli import main
+
+    repo = tmp_path / "repo"
+    r = CliRunner().invoke(main, ["export", str(trained_run), "--format", "triton", "--batch", "1:2:4", "--out", str(repo),
+                                  "--triton-images", "--triton-images-instances", "4"])
+    assert r.exit_code == 0, r.output
+    assert sorted(p.name for p in repo.iterdir()) == [MODEL, f"{MODEL}_images", f"{MODEL}_preprocess"]
+    assert parse_config(repo / f"{MODEL}_preprocess" / "config.pbtxt").instance_group[0].count == 4
+    assert f"{MODEL}_images" in r.output

@@ -11,7 +11,7 @@ import torch
 
 from wherevit import runtime
 from wherevit.base.image import ImageDecodeError
-from wherevit.base.sidecar import BatchRange, Sidecar, TensorSpec
+from wherevit.base.sidecar import BatchRange, EngineSection, ModelSection, Sidecar, TensorSpec
 from wherevit.runtime.backends import BackendUnavailable, InputError
 from wherevit.runtime.backends.tensorrt import EngineMismatch, check_engine_compat
 from wherevit.train.backbone import backbone_features
@@ -146,8 +146,9 @@ def test_unknown_and_unavailable_backends(onnx_artifact):
 
 ENGINE_META = Sidecar(
     kind="engine", inputs=[TensorSpec("images", "float32", [-1, 3, 32, 32])], outputs=[TensorSpec("cls", "float32", [-1, 64])],
-    preprocess={"size": [32, 32]}, batch=BatchRange(1, 1, 8), precision="fp16", model={"checkpoint": "runs/qs"},
-    engine={"library": "tensorrt_rtx", "version": "1.7.1.116", "compute_capabilities": ["8.6", "8.9"]})
+    preprocess={"size": [32, 32]}, batch=BatchRange(1, 1, 8), precision="fp16", model=ModelSection(checkpoint="runs/qs"),
+    engine=EngineSection(library="tensorrt_rtx", version="1.7.1.116", precision="fp16", onnx_precision="fp16",
+                         compute_capabilities=["8.6", "8.9"]))
 
 
 def test_engine_compat_names_both_sides():

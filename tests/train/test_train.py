@@ -10,7 +10,7 @@ import pytest
 import torch
 import yaml
 from conftest import tiny_train_dict
-from helpers import free_port
+from helpers import EXIT_PROBE, assert_left_cleanly, free_port
 from safetensors.torch import load_file
 
 from wherevit.train.checkpoint import CheckpointError, latest_checkpoint, load_backbone
@@ -108,10 +108,13 @@ def test_two_process_ddp_matches_one_process(tmp_path, centering, extra):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     base = [sys.executable, "-m", "wherevit.app.cli", "train", "--config", str(cfg_file), "--no-progress"]
     subprocess.run(base + ["--out", str(tmp_path / "one")], check=True, env=env, timeout=300)
-    port = free_port()
+    port, probe = free_port(), tmp_path / "probe"
+    probe.mkdir()
+    # the CLI under an exit probe: each rank also has to reach interpreter exit with its group left (issue 26)
     subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", "2",
-                    "--master_addr", "127.0.0.1", "--master_port", str(port)] + base[1:] + ["--out", str(tmp_path / "two")],
-                   check=True, env=env, timeout=300)
+                    "--master_addr", "127.0.0.1", "--master_port", str(port), str(EXIT_PROBE), str(probe)]
+                   + base[3:] + ["--out", str(tmp_path / "two")], check=True, env=env, timeout=300)
+    assert_left_cleanly(probe)
     one, two = _losses(tmp_path / "one", "loss"), _losses(tmp_path / "two", "loss")
     np.testing.assert_allclose(one[0], two[0], rtol=1e-4)  # step 1: identical data and weights
     a = load_file(str(tmp_path / "one" / "backbone.safetensors"))
@@ -130,9 +133,12 @@ def test_two_process_resume_is_exact(tmp_path, extra):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
 
     def torchrun(*args):
+        probe = tmp_path / f"probe{len(list(tmp_path.glob('probe*')))}"
+        probe.mkdir()
         subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", "2",
-                        "--master_addr", "127.0.0.1", "--master_port", str(free_port()), "-m", "wherevit.app.cli", "train",
+                        "--master_addr", "127.0.0.1", "--master_port", str(free_port()), str(EXIT_PROBE), str(probe), "train",
                         "--config", str(cfg_file), "--no-progress", *args], check=True, env=env, timeout=300)
+        assert_left_cleanly(probe)  # also after a run stopped early (--stop-at) and after a resumed one
 
     torchrun("--out", str(tmp_path / "straight"))
     torchrun("--out", str(tmp_path / "split"), "--stop-at", "2")

@@ -27,11 +27,10 @@ import numpy as np
 
 from wherevit.base.errors import WherevitError
 from wherevit.base.image import IMAGE_EXTENSIONS, read_image
-from wherevit.train.data.scenes3d import CLASSES, SceneSet
-from wherevit.train.evals.dense_metrics import IGNORE_INDEX
+from wherevit.train.downstream.metrics import IGNORE_INDEX
 
 __all__ = ["DenseSplit", "PairSplit", "DatasetError", "load_depth_folder", "load_seg_folder", "load_pose_folder",
-           "synthetic_splits", "folder_splits", "check_rigid"]
+           "holdout_split", "check_rigid"]
 
 
 class DatasetError(WherevitError, ValueError):
@@ -44,6 +43,9 @@ class DenseSplit:
     depth: np.ndarray | None = None  # (N, H, W) float32 metres, 0 = invalid
     labels: np.ndarray | None = None  # (N, H, W) uint8/int64, 255 = ignore
 
+    def __len__(self) -> int:
+        return len(self.rgb)
+
     def __getitem__(self, sl) -> "DenseSplit":
         return DenseSplit(self.rgb[sl], None if self.depth is None else self.depth[sl], None if self.labels is None else self.labels[sl])
 
@@ -53,6 +55,9 @@ class PairSplit:
     rgb_a: np.ndarray
     rgb_b: np.ndarray
     T_ab: np.ndarray  # (N, 4, 4) pose of b in a's camera frame
+
+    def __len__(self) -> int:
+        return len(self.rgb_a)
 
     def __getitem__(self, sl) -> "PairSplit":
         return PairSplit(self.rgb_a[sl], self.rgb_b[sl], self.T_ab[sl])
@@ -160,29 +165,9 @@ def load_pose_folder(root: str | os.PathLike, size: int, stride: int = 10) -> Pa
     return PairSplit(a, b, T_ab)
 
 
-def synthetic_splits(task: str, n_train: int, n_test: int, size: int, train_seed: int, test_seed: int, cache_dir=None):
-    """Generated scenes (disjoint seeds for train and test)."""
-    out = []
-    for n, seed in ((n_train, train_seed), (n_test, test_seed)):
-        s = SceneSet(n, size, seed, cache_dir)
-        if task == "pose":
-            out.append(PairSplit(s.data["a_rgb"], s.data["b_rgb"], s.data["T_ab"]))
-        else:
-            v = s.views()
-            out.append(DenseSplit(v["rgb"], v["depth"], v["labels"].astype(np.uint8)))
-    return tuple(out)
-
-
-def folder_splits(task: str, root: str | os.PathLike, size: int, n_classes: int = len(CLASSES), reduce_zero_label: bool = False,
-                  stride: int = 10):
-    """Load a folder in the task's layout and hold out every fifth item for testing."""
-    if task == "depth":
-        data = load_depth_folder(root, size)
-    elif task == "seg":
-        data = load_seg_folder(root, size, n_classes, reduce_zero_label)
-    else:
-        data = load_pose_folder(root, size, stride)
-    n = len(data.rgb if hasattr(data, "rgb") else data.rgb_a)
+def holdout_split(data, root: str | os.PathLike = "the data"):
+    """Hold out every fifth item (by position: sorted name) of ``data`` for testing -> (train, test)."""
+    n = len(data)
     test = np.arange(n) % 5 == 4
     if test.sum() == 0 or (~test).sum() == 0:
         raise DatasetError(f"{root}: {n} items is too few to split (need at least 5)")

@@ -1,9 +1,9 @@
-"""Train a head on frozen features and measure it on held-out scenes (``wherevit train-head``).
+"""Train a head on frozen features and measure it on held-out data (``wherevit train-head``), for any head task.
 
-Features are extracted once from the frozen backbone (``embed_images``) (CLS + patch grid per view); the head trains
-on them with AdamW. Every result carries a chance-level baseline computed on the same split:
-depth -> predicting the training set's mean depth everywhere; segmentation -> predicting the most
-frequent training class everywhere; pose -> predicting the mean training rotation and translation.
+Features are extracted once from the frozen backbone (``embed_images``: CLS + patch grid per image
+input); the task's head trains on them with AdamW and a cosine schedule. What differs between tasks
+(data, head, loss, metrics and their chance-level baseline) is the task's (``tasks/``); this module
+is the same loop for all of them.
 """
 
 from __future__ import annotations
@@ -14,31 +14,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from safetensors.torch import save_file
 from tqdm import tqdm
 
+from wherevit.base.config import to_dict
 from wherevit.base.io import atomic_write_text, atomic_write_with
 from wherevit.train.backbone import embed_images
-from wherevit.train.data.scenes3d import CLASSES
-from wherevit.train.downstream.datasets import folder_splits, synthetic_splits
-from wherevit.train.downstream.heads import (
-    DepthBinsHead,
-    LinearSegHead,
-    RelPoseHead,
-    geodesic_loss,
-    silog_loss,
-)
-from wherevit.train.evals.dense_metrics import (
-    confusion_matrix,
-    depth_metrics,
-    mean_iou,
-    pose_metrics,
-)
+from wherevit.train.downstream.tasks import HeadSplit, HeadTask, create_head_task
 
-__all__ = ["HeadTrainConfig", "TASKS", "fit_head", "load_task_data"]
-
-TASKS = ("depth", "seg", "pose")
+__all__ = ["HeadTrainConfig", "fit_head", "load_task_data", "head_task"]
 
 
 @dataclass
@@ -56,93 +40,67 @@ class HeadTrainConfig:
     cache_dir: str | None = None
 
 
+def head_task(task: str | HeadTask) -> HeadTask:
+    """A task instance: given, or registered ``task`` with its default options."""
+    return task if isinstance(task, HeadTask) else create_head_task(task)
+
+
 def _batches(n: int, bs: int, rng: np.random.Generator):
     idx = rng.permutation(n)
     for i in range(0, n, bs):
         yield torch.from_numpy(idx[i : i + bs])
 
 
-def load_task_data(task: str, data: str, cfg: HeadTrainConfig, n_classes: int = len(CLASSES), reduce_zero_label: bool = False):
+def load_task_data(task: str | HeadTask, data: str, cfg: HeadTrainConfig) -> tuple[HeadSplit, HeadSplit]:
     """``data`` is "synthetic" (generated scenes) or a folder in the task's layout -> (train, test) splits."""
+    task = head_task(task)
+    task.check_data(data)
     if data == "synthetic":
-        return synthetic_splits(task, cfg.n_train, cfg.n_test, cfg.size, cfg.train_seed, cfg.test_seed, cfg.cache_dir)
-    return folder_splits(task, data, cfg.size, n_classes, reduce_zero_label)
+        return (task.synthetic_split(cfg.n_train, cfg.size, cfg.train_seed, cfg.cache_dir),
+                task.synthetic_split(cfg.n_test, cfg.size, cfg.test_seed, cfg.cache_dir))
+    return task.folder_splits(data, cfg.size)
 
 
-def fit_head(task: str, backbone: torch.nn.Module, cfg: HeadTrainConfig | None = None, progress: bool = True,
-             out_dir: Path | None = None, splits: tuple | None = None, n_classes: int = len(CLASSES),
-             class_names: list[str] | None = None) -> tuple[torch.nn.Module, dict]:
-    """Train head ``task`` ("depth", "seg", "pose") on frozen ``backbone`` features; return (head, metrics).
+def fit_head(task: str | HeadTask, backbone: torch.nn.Module, cfg: HeadTrainConfig | None = None, progress: bool = True,
+             out_dir: Path | None = None, splits: tuple[HeadSplit, HeadSplit] | None = None) -> tuple[torch.nn.Module, dict]:
+    """Train head ``task`` (a registered name or a configured ``HeadTask``) on frozen ``backbone`` features;
+    return (head, metrics).
 
     ``splits`` is a (train, test) pair from ``load_task_data``; default: generated scenes per ``cfg``.
     Steps: extract frozen features -> build the head -> train it -> evaluate against the baseline ->
     save the head and its metrics.
     """
-    if task not in TASKS:
-        raise ValueError(f"unknown task {task!r}; choose from {', '.join(TASKS)}")
+    task = head_task(task)
     cfg = cfg or HeadTrainConfig()
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     train_split, test_split = splits or load_task_data(task, "synthetic", cfg)
     dim = int(backbone.embed_dim)
-    hw = tuple((train_split.rgb_a if task == "pose" else train_split.rgb).shape[1:3])
-    class_names = class_names or (list(CLASSES) if n_classes == len(CLASSES) else [str(i) for i in range(n_classes)])
+    hw = tuple(train_split.images[0].shape[1:3])
 
-    data = _extract(task, backbone, train_split, test_split)
-    head = RelPoseHead(dim) if task == "pose" else DepthBinsHead(dim) if task == "depth" else LinearSegHead(dim, n_classes)
-    losses = _train(task, head, data, hw, cfg, rng, progress)
-    metrics = _evaluate(task, head, data, hw, n_classes)
-    if task == "seg":
-        metrics["classes"] = class_names
-    metrics.update({"task": task, "first_loss": losses[0], "last_loss": float(np.mean(losses[-5:])), "config": asdict(cfg)})
+    feats = {s: [embed_images(backbone, im) for im in sp.images] for s, sp in (("train", train_split), ("test", test_split))}
+    targets = {s: {k: torch.from_numpy(v) for k, v in sp.targets.items()} for s, sp in (("train", train_split), ("test", test_split))}
+    head = task.build_head(dim)
+    losses = _train(task, head, feats["train"], targets["train"], len(train_split), hw, cfg, rng, progress)
+    with torch.no_grad():
+        head.eval()
+        metrics = task.evaluate(head, feats["test"], targets["train"], targets["test"], hw)
+    metrics.update({"task": task.name, "first_loss": losses[0], "last_loss": float(np.mean(losses[-5:])), "config": asdict(cfg)})
     if out_dir is not None:
-        _save(Path(out_dir), task, head, metrics, dim, class_names, n_classes, hw)
+        _save(Path(out_dir), task, head, metrics, dim, hw)
     return head, metrics
 
 
-@dataclass
-class _TaskData:
-    """Frozen features and targets per split ("train", "test"); pose features are (view a, view b)."""
-
-    feats: dict
-    targets: dict
-    n_train: int
-
-
-def _extract(task: str, backbone: torch.nn.Module, train_split, test_split) -> _TaskData:
-    """Frozen backbone features (extracted once) and the targets as tensors."""
-    splits = (("train", train_split), ("test", test_split))
-    if task == "pose":
-        feats = {s: [embed_images(backbone, sp.rgb_a), embed_images(backbone, sp.rgb_b)] for s, sp in splits}
-        targets = {s: torch.from_numpy(sp.T_ab.astype(np.float32)) for s, sp in splits}
-    else:
-        feats = {s: embed_images(backbone, sp.rgb) for s, sp in splits}
-        targets = {s: torch.from_numpy(sp.depth.astype(np.float32) if task == "depth" else sp.labels.astype(np.int64))
-                   for s, sp in splits}
-    return _TaskData(feats, targets, len(targets["train"]))
-
-
-def _loss(task: str, head: torch.nn.Module, data: _TaskData, idx: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
-    if task == "pose":
-        fa, fb = (f[idx] for f in data.feats["train"])
-        R, t = head(fa, fb)
-        Tg = data.targets["train"][idx]
-        return geodesic_loss(R, Tg[:, :3, :3]) + F.l1_loss(t, Tg[:, :3, 3])
-    if task == "depth":
-        return silog_loss(head(data.feats["train"][idx], hw), data.targets["train"][idx])
-    return F.cross_entropy(head(data.feats["train"][idx], hw), data.targets["train"][idx], ignore_index=255)
-
-
-def _train(task: str, head: torch.nn.Module, data: _TaskData, hw: tuple[int, int], cfg: HeadTrainConfig,
+def _train(task: HeadTask, head: torch.nn.Module, feats: list, targets: dict, n: int, hw: tuple[int, int], cfg: HeadTrainConfig,
            rng: np.random.Generator, progress: bool) -> list[float]:
     """AdamW with a cosine schedule over ``cfg.epochs``; returns the per-batch losses."""
     opt = torch.optim.AdamW(head.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, cfg.epochs)
     losses = []
-    for _ in tqdm(range(cfg.epochs), desc=f"train-head {task}", disable=not progress):
+    for _ in tqdm(range(cfg.epochs), desc=f"train-head {task.name}", disable=not progress):
         head.train()
-        for idx in _batches(data.n_train, cfg.batch_size, rng):
-            loss = _loss(task, head, data, idx, hw)
+        for idx in _batches(n, cfg.batch_size, rng):
+            loss = task.loss(head, [f[idx] for f in feats], {k: v[idx] for k, v in targets.items()}, hw)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -151,42 +109,10 @@ def _train(task: str, head: torch.nn.Module, data: _TaskData, hw: tuple[int, int
     return losses
 
 
-@torch.no_grad()
-def _evaluate(task: str, head: torch.nn.Module, data: _TaskData, hw: tuple[int, int], n_classes: int) -> dict:
-    """Test metrics, with the chance-level baseline (see the module docstring) under "baseline"."""
-    head.eval()
-    if task == "pose":
-        R, t = head(*data.feats["test"])
-        Tg = data.targets["test"].numpy()
-        metrics = pose_metrics(R.numpy(), t.numpy(), Tg[:, :3, :3], Tg[:, :3, 3])
-        Ttr = data.targets["train"].numpy()
-        U, _, Vt = np.linalg.svd(Ttr[:, :3, :3].mean(0))  # chordal mean rotation
-        R_mean = np.broadcast_to(U @ Vt, Tg[:, :3, :3].shape)
-        t_mean = np.broadcast_to(Ttr[:, :3, 3].mean(0), Tg[:, :3, 3].shape)
-        metrics["baseline"] = pose_metrics(R_mean, t_mean, Tg[:, :3, :3], Tg[:, :3, 3])
-        return metrics
-    test = data.feats["test"]
-    n_test = len(data.targets["test"])
-    pred = torch.cat([head(test[i : i + 256], hw) for i in range(0, n_test, 256)])
-    gt = data.targets["test"].numpy()
-    tr = data.targets["train"].numpy()
-    if task == "depth":
-        metrics = depth_metrics(pred.numpy(), gt)
-        metrics["baseline"] = depth_metrics(np.full_like(gt, tr[tr > 0].mean()), gt)
-        return metrics
-    metrics = mean_iou(confusion_matrix(pred.argmax(1).numpy(), gt, n_classes))
-    tr = tr.reshape(-1)
-    majority = np.bincount(tr[tr != 255], minlength=n_classes).argmax()
-    metrics["baseline"] = mean_iou(confusion_matrix(np.full_like(gt, majority), gt, n_classes))
-    return metrics
-
-
-def _save(out_dir: Path, task: str, head: torch.nn.Module, metrics: dict, dim: int, class_names: list[str],
-          n_classes: int, hw: tuple[int, int]) -> None:
-    """head_<task>.safetensors (with what export needs in its metadata) and head_<task>.json."""
+def _save(out_dir: Path, task: HeadTask, head: torch.nn.Module, metrics: dict, dim: int, hw: tuple[int, int]) -> None:
+    """head_<task>.safetensors (with the task's record in its metadata, what export needs) and head_<task>.json."""
     out_dir.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().contiguous() for k, v in head.state_dict().items()}
-    meta = {"wherevit": json.dumps({"format": "wherevit.head/1", "task": task, "embed_dim": dim, "classes": class_names,
-                                    "n_classes": n_classes, "image_size": list(hw)})}
-    atomic_write_with(out_dir / f"head_{task}.safetensors", lambda tmp: save_file(state, str(tmp), metadata=meta))
-    atomic_write_text(out_dir / f"head_{task}.json", json.dumps(metrics, indent=2))
+    meta = {"wherevit": json.dumps({k: v for k, v in to_dict(task.record(dim, hw)).items() if k != "file"})}
+    atomic_write_with(out_dir / f"head_{task.name}.safetensors", lambda tmp: save_file(state, str(tmp), metadata=meta))
+    atomic_write_text(out_dir / f"head_{task.name}.json", json.dumps(metrics, indent=2))

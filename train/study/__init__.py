@@ -36,7 +36,7 @@ def run_and_report(cfg: StudyConfig, runs_dir: str | Path | None = None, out: st
     runs are missing; calling again continues where it stopped.
     """
     from wherevit.base.config import to_dict
-    from wherevit.train.evals.suite import METRICS
+    from wherevit.train.evals.suite import metric_columns
     from wherevit.train.study.report import write_report
     from wherevit.train.study.runner import load_records, run_study
 
@@ -45,7 +45,7 @@ def run_and_report(cfg: StudyConfig, runs_dir: str | Path | None = None, out: st
         run_study(cfg, runs_dir, progress=progress, echo=echo, max_runs=max_runs)
     records, missing = load_records(cfg, runs_dir)
     tasks = set(cfg.evaluation.tasks)
-    metrics = {k: m for k, m in METRICS.items() if m[0] in tasks}
+    metrics = {k: m for k, m in metric_columns().items() if m[0] in tasks}
     labels = {v.name: v.label or v.name for v in cfg.variants}
     paths = write_report(Path(out or cfg.out), to_dict(cfg), records, [r.label for r in missing], metrics, command, labels)
     if missing:

@@ -34,7 +34,8 @@ class VariantSpec:
     """One row of the study table."""
 
     name: str
-    kind: Literal["trained", "random", "chance"] = "trained"
+    # "start": the study's starting weights (``weights``) evaluated as loaded, without training
+    kind: Literal["trained", "random", "chance", "start"] = "trained"
     # plug-in name -> settings over the study's plugin_settings and the preset's section ({}: those as they are)
     plugins: dict[str, dict[str, Any]] = field(default_factory=dict)
     host: list[str] = field(default_factory=list)  # host options, "dino.key=value" or "ibot.key=value"
@@ -69,6 +70,9 @@ class StudyConfig:
     # (Benjamini-Hochberg, false-discovery rate); verdicts are read off the adjusted p-values
     correction: Literal["holm", "bh"] = "holm"
     evaluation: SuiteConfig = field(default_factory=SuiteConfig)
+    # A weights file every trained variant starts from (model.weights: continued pretraining); the
+    # runs' cache keys hash its content, so a replaced file is trained again
+    weights: str | None = None
     runs_dir: str = "runs/study"  # training runs and one results file per run (the cache)
     out: str = "benchmarks/results/study"  # results.json, table.md, study.png
 
@@ -92,14 +96,15 @@ class StudyConfig:
         for item in self.budget:
             if "=" not in item:
                 raise ValueError(f"budget override {item!r} must look like key.path=value")
-        from wherevit.train.plugins import registered_plugins
+        from wherevit.train.plugins.base import PLUGINS, PluginError
 
-        known = registered_plugins()
         for v in self.variants:
             for p in v.plugins:
-                if p not in known:
-                    raise StudyError(f"variant {v.name!r} names plug-in {p!r}, which is not registered; "
-                                     f"registered plug-ins: {', '.join(sorted(known)) or 'none'}")
+                try:
+                    PLUGINS.get(p)  # the registry's one lookup: an unknown name lists the registered plug-ins
+                except PluginError:
+                    raise StudyError(f"variant {v.name!r} names plug-in {p!r}, which is not registered; registered "
+                                     f"{PLUGINS.kind}s: {', '.join(PLUGINS.names()) or 'none'}") from None
 
     def variant(self, name: str) -> VariantSpec:
         return {v.name: v for v in self.variants}[name]
@@ -120,6 +125,8 @@ def _base_dict(study: StudyConfig) -> dict[str, Any]:
         raise StudyError(f"study {study.name!r}: no training preset or file named {study.train!r}; presets: {', '.join(preset_names())}")
     data = load_yaml(path)
     apply_overrides(data, list(study.budget))
+    if study.weights:  # part of the budget: every trained variant starts from the same backbone
+        data.setdefault("model", {})["weights"] = study.weights
     return data
 
 

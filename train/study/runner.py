@@ -35,13 +35,14 @@ from typing import Any, Callable
 import torch
 
 from wherevit.base.config import to_dict
-from wherevit.base.io import atomic_write_text
+from wherevit.base.io import atomic_write_text, sha256_file
 from wherevit.train import loop
 from wherevit.train.backbone import create_backbone, timm_kwargs
 from wherevit.train.checkpoint import latest_checkpoint, load_backbone
 from wherevit.train.config import METHODS_VERSION, TrainConfig
 from wherevit.train.evals import suite
 from wherevit.train.study.config import StudyConfig, StudyError, budget_of, resolve_train_config
+from wherevit.train.weights import backbone_from_weights, read_weights
 
 __all__ = ["RunSpec", "plan_runs", "run_study", "load_records", "RESULT_FORMAT"]
 
@@ -88,12 +89,32 @@ def _folder_digest(folder: str | None) -> str | None:
     return _digest(sorted(entries))
 
 
+_SHA_CACHE: dict[tuple[str, int, int], str] = {}
+
+
+def _train_identity(cfg: TrainConfig) -> dict[str, Any]:
+    """What a training run's key hashes: the config's non-default values, with a starting weights file
+    (``model.weights``) named by its content (SHA-256) rather than its path: a replaced file gets new
+    runs, a moved one keeps them."""
+    ident = _non_default(cfg)
+    if cfg.model.weights:
+        path = Path(cfg.model.weights).expanduser()
+        if not path.is_file():
+            raise StudyError(f"model.weights: weights file not found: {path}")
+        st = path.stat()
+        stamp = (str(path.resolve()), st.st_size, st.st_mtime_ns)
+        if stamp not in _SHA_CACHE:
+            _SHA_CACHE[stamp] = sha256_file(path)
+        ident["model"] = {**ident.get("model", {}), "weights": f"sha256:{_SHA_CACHE[stamp]}"}
+    return ident
+
+
 @dataclass(frozen=True)
 class RunSpec:
     """One (variant, seed) of a study, with the keys of its cached files."""
 
     variant: str
-    kind: str  # "trained" or "random" (chance rows are derived, never run)
+    kind: str  # "trained", "random" or "start" (chance rows are derived, never run)
     seed: int
     train_cfg: TrainConfig
     evaluation: suite.SuiteConfig
@@ -124,12 +145,18 @@ def plan_runs(study: StudyConfig) -> list[RunSpec]:
             if v.kind == "trained":
                 budgets[v.name] = budget_of(cfg)
                 # the methods version: a changed default changes what the same non-default values train
-                train_key = _digest({"format": RESULT_FORMAT, "methods": METHODS_VERSION, "train": _non_default(cfg)})
+                train_key = _digest({"format": RESULT_FORMAT, "methods": METHODS_VERSION, "train": _train_identity(cfg)})
                 key = _digest({"format": RESULT_FORMAT, "kind": "trained", "train": train_key, "eval": ev_key})
+            elif v.kind == "start":
+                if not cfg.model.weights:
+                    raise StudyError(f"variant {v.name!r} is kind 'start' (the starting weights, untrained), but the study "
+                                     "has no weights: set 'weights' in the study file")
+                train_key = None
+                key = _digest({"format": RESULT_FORMAT, "kind": "start", "model": _train_identity(cfg)["model"], "eval": ev_key})
             else:
                 train_key = None
-                key = _digest({"format": RESULT_FORMAT, "kind": "random", "model": _non_default(cfg.model), "seed": seed,
-                               "eval": ev_key})
+                model_key = {k: val for k, val in _non_default(cfg.model).items() if k not in ("weights", "weights_network")}
+                key = _digest({"format": RESULT_FORMAT, "kind": "random", "model": model_key, "seed": seed, "eval": ev_key})
             runs.append(RunSpec(v.name, v.kind, seed, cfg, ev, train_key, key))
     first = next(iter(budgets.values()), None)
     for name, b in budgets.items():  # guaranteed by construction; checked because the comparison rests on it
@@ -181,6 +208,11 @@ def _execute(run: RunSpec, runs_dir: Path, progress: bool, echo: Callable[[str],
     if run.kind == "trained":
         model, info = _ensure_trained(run, runs_dir, progress, echo)
         record["train"] = info | {"curve": _train_summary(Path(info["run_dir"]))}
+    elif run.kind == "start":  # the loaded backbone at the study's input size, as every trained run starts
+        m = run.train_cfg.model
+        model, info = backbone_from_weights(m.name, read_weights(m.weights, m.weights_network), img_size=m.img_size,
+                                            timm_kwargs=timm_kwargs(m))
+        record["weights"] = info["weights"]
     else:
         model = _random_backbone(run.train_cfg, run.seed)
     t0 = time.perf_counter()

@@ -8,11 +8,12 @@ from wherevit.train.data.scenes3d import SceneSet, render_pair
 from wherevit.train.downstream.datasets import (
     DatasetError,
     check_rigid,
-    folder_splits,
+    holdout_split,
     load_depth_folder,
     load_pose_folder,
     load_seg_folder,
 )
+from wherevit.train.downstream.tasks import create_head_task
 
 
 def _img(path, h=12, w=16, v=100):
@@ -89,8 +90,11 @@ def test_folder_split_holds_out_every_fifth(tmp_path):
         _img(tmp_path / "images" / f"{i:02d}.jpg")
         (tmp_path / "annotations").mkdir(exist_ok=True)
         cv2.imwrite(str(tmp_path / "annotations" / f"{i:02d}.png"), np.zeros((12, 16), np.uint8))
-    train, test = folder_splits("seg", tmp_path, 8, n_classes=2)
-    assert len(train.rgb) == 8 and len(test.rgb) == 2
+    # through the task (the head-task registry replaced folder_splits(task, ...)): its layout, then the held-out fifth
+    train, test = create_head_task("seg", {"n_classes": 2}).folder_splits(tmp_path, 8)
+    assert len(train) == 8 and len(test) == 2 and train.targets["labels"].dtype == np.int64
+    with pytest.raises(DatasetError, match="4 items is too few to split"):
+        holdout_split(list(range(4)), "four")
 
 
 def test_generated_scenes_are_deterministic_with_consistent_geometry(tmp_path):

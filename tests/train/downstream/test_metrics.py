@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from wherevit.train.evals.dense_metrics import (
+from wherevit.train.downstream.metrics import (
     confusion_matrix,
     depth_metrics,
     mean_iou,

@@ -58,3 +58,68 @@ def test_bench_from_a_checkpoint_exports_first(trained_run, tmp_path):
 def test_unknown_backend_is_an_error(onnx_artifact, tmp_path):
     res = CliRunner().invoke(main, ["bench", str(onnx_artifact), "--backends", "warp-drive", "-o", str(tmp_path)])
     assert res.exit_code != 0 and "unknown backend" in res.output
+
+
+# -- backends are asked, not probed ------------------------------------------------------------------
+
+class _Recording:
+    """A minimal backend-like object: records which abilities bench used."""
+
+    name, stages_inputs = "rec", False
+
+    def __init__(self, timings=None, stages=False):
+        self.calls, self.timings, self.stages_inputs = [], timings, stages
+
+    def infer(self, feeds):
+        self.calls.append("infer")
+        return {"cls": feeds["images"].mean(axis=(2, 3))}
+
+    def to_device(self, feeds):
+        self.calls.append("to_device")
+        return feeds
+
+    def infer_device(self, staged):
+        self.calls.append("infer_device")
+        return self.infer(staged)
+
+    def sync(self):
+        self.calls.append("sync")
+
+    def last_timings(self):
+        return self.timings
+
+
+def test_bench_uses_declared_abilities(tmp_path):
+    import numpy as np
+
+    from wherevit.app.bench import BenchRequest, TimingConfig, _bench_backend
+
+    x = {"images": np.ones((2, 3, 4, 4), np.float32)}
+    req = BenchRequest("t", tmp_path, include_copies=False, timing=TimingConfig(warmup=0, min_iters=2, min_seconds=0.0, n_buffers=1))
+    host_only = _Recording()
+    row = _bench_backend(host_only, "fp32", 2, [x], None, 1e-4, tmp_path, req, x)
+    assert row.extra["copies"] == "included: this backend takes host arrays only" and "to_device" not in host_only.calls
+    assert "sync" in host_only.calls and row.h2d_ms is None
+    staging = _Recording(timings={"h2d_ms": 0.5, "compute_ms": 2.0, "d2h_ms": 0.25}, stages=True)
+    row = _bench_backend(staging, "fp32", 2, [x], None, 1e-4, tmp_path, req, x)
+    assert row.extra["copies"].startswith("excluded") and "infer_device" in staging.calls
+    assert (row.h2d_ms, row.compute_ms, row.d2h_ms) == (0.5, 2.0, 0.25)
+
+
+def test_the_base_backend_declares_what_a_backend_without_abilities_does(onnx_artifact):
+    import dataclasses
+
+    import numpy as np
+
+    from wherevit.base.sidecar import read_sidecar
+    from wherevit.runtime.backends.base import Backend
+    from wherevit.runtime.backends.onnxruntime import OrtCpu
+
+    meta = read_sidecar(onnx_artifact)
+    with OrtCpu(onnx_artifact, meta) as b:
+        x = {"images": np.zeros((1, 3, 32, 32), np.float32)}
+        assert b.last_timings() is None and b.sync() is None and b.to_device(x) is x and not b.stages_inputs
+        np.testing.assert_array_equal(b.infer_device(x)["cls"], b.infer(x)["cls"])
+    assert OrtCpu.precisions == ("fp32", "int8") and set(Backend.precisions) == {"fp32", "fp16", "bf16", "int8"}
+    assert OrtCpu.unavailable_reason(dataclasses.replace(meta, precision="fp16")) == (
+        "ONNX Runtime's CPU provider has no fp16 MatMul kernels; use the fp32 artifact or a GPU")
