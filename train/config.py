@@ -21,8 +21,13 @@ from wherevit.train.host_config import CropConfig, IBOTConfig  # re-exported: th
 
 __all__ = [
     "ModelConfig", "CropConfig", "DataConfig", "DinoConfig", "IBOTConfig", "OptimConfig", "TrainConfig",
-    "load_train_config", "preset_names", "config_path",
+    "load_train_config", "preset_names", "config_path", "METHODS_VERSION",
 ]
+
+# What a config trains, beyond its values: bump when a default changes the method (2: faithful
+# equivariance, iBOT centring per dino.centering, per-module clipping, SCRL's own views under posfield).
+# Study cache keys hash only non-default values, so they include this to never reuse older runs.
+METHODS_VERSION = 2
 
 
 @dataclass
@@ -117,6 +122,9 @@ class OptimConfig:
     weight_decay_end: float = 0.4
     betas: tuple[float, float] = (0.9, 0.999)
     clip_grad: float = 3.0  # 0 disables
+    # "module": each student module's own norm (DINOv2); "parameter": each parameter's (DINO); "global":
+    # one norm over backbone and heads (before methods version 2). train/clipping.py says more.
+    clip_mode: Literal["module", "parameter", "global"] = "module"
     # Continued pretraining (train/param_groups.py): block i of L trains at lr * layer_decay ** (L - i),
     # the embeddings at layer_decay ** (L + 1), the final norm and the heads at lr (1.0: off); and the
     # patch embedding, the tokens and the first freeze_blocks blocks stay as loaded (0: none frozen).

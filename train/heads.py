@@ -45,9 +45,12 @@ class DINOHead(nn.Module):
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, channels: slice | None = None) -> torch.Tensor:
+        """Prototype logits (..., out_dim), or only output ``channels`` (a slice of the prototypes:
+        the same numbers as slicing the full output, without computing the rest)."""
         x = F.normalize(self.mlp(x), dim=-1, p=2)
-        w = F.normalize(self.last_layer.weight, dim=1)
+        weight = self.last_layer.weight if channels is None else self.last_layer.weight[channels]
+        w = F.normalize(weight, dim=1)  # row-wise: a slice of rows normalises as in the full matrix
         if not self.norm_last_layer:
-            w = w * self.last_scale[:, None]
+            w = w * (self.last_scale if channels is None else self.last_scale[channels])[:, None]
         return F.linear(x, w)

@@ -28,6 +28,7 @@ from wherevit.train.checkpoint import (
     save_backbone,
     save_checkpoint,
 )
+from wherevit.train.clipping import clip_gradients
 from wherevit.train.config import TrainConfig
 from wherevit.train.data.dataset import MultiCrop, SSLDataset, StepBatchSampler
 from wherevit.train.data.scenes3d import SceneViews
@@ -227,8 +228,8 @@ def _optimise(run: _Run, batch: dict, step: int, params: list[torch.nn.Parameter
     total.backward()
     if step < cfg.dino.freeze_last_layer_steps:
         meta.student.dino_head.last_layer.weight.grad = None
-    if cfg.optim.clip_grad > 0:
-        logs["grad_norm"] = torch.nn.utils.clip_grad_norm_(params, cfg.optim.clip_grad).detach()
+    if cfg.optim.clip_grad > 0:  # per module (DINOv2) or per parameter (DINO): train/clipping.py
+        logs.update(clip_gradients(meta.clip_groups(), cfg.optim.clip_grad, cfg.optim.clip_mode))
     run.optimizer.step()
     meta.update_teacher(float(run.sched.momentum[step]))
     return logs

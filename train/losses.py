@@ -3,6 +3,8 @@ DINOv2's KoLeo term."""
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
@@ -20,23 +22,30 @@ def sinkhorn_knopp(logits: torch.Tensor, temp: float, n_iterations: int = 3) -> 
 
     Equal mass per prototype stops the teacher from putting the whole batch on a few prototypes, and
     unlike the EMA centre it acts within the current batch, so it needs no long history to work.
+    The number of samples is summed over ranks, so ranks may hold different numbers of rows (iBOT's
+    masked tokens; DINOv2 ``iBOTPatchLoss.sinkhorn_knopp_teacher`` all-reduces ``n_masked_patches``).
     """
     x = logits.float() / temp
-    # shift each sample's logits by its max so exp cannot overflow and every sample keeps mass; a
-    # per-sample factor is a column scaling, which Sinkhorn's column normalisation absorbs
-    q = torch.exp(x - x.max(dim=1, keepdim=True).values).t()  # (K, B)
-    world = dist.get_world_size() if is_distributed() else 1
-    n_samples, n_protos = q.shape[1] * world, q.shape[0]
-    total = q.sum().reshape(1)
+    # One shift for the whole global batch: it only scales every entry by the same factor, which the
+    # first normalisation by the total removes, so this is DINOv2's exp(t / temp) exactly, without
+    # overflow for large logits. (A per-sample shift would not be: it rescales columns before the
+    # first row normalisation, which changes the result of a finite number of iterations.)
+    shift = x.max().reshape(1) if x.numel() else x.new_full((1,), -math.inf)
     if is_distributed():
-        dist.all_reduce(total)
+        dist.all_reduce(shift, op=dist.ReduceOp.MAX)
+    q = torch.exp(x - shift).t()  # (K, B)
+    n_protos = q.shape[0]
+    stats = torch.stack([q.sum(), q.new_tensor(float(q.shape[1]))])  # total mass, number of samples
+    if is_distributed():
+        dist.all_reduce(stats)
+    total, n_samples = stats[0], stats[1]
     q /= total
     for _ in range(n_iterations):
         rows = q.sum(dim=1, keepdim=True)
         if is_distributed():
             dist.all_reduce(rows)
-        q /= rows.clamp_min(1e-30) * n_protos  # a prototype no sample is near keeps zero mass
-        q /= q.sum(dim=0, keepdim=True) * n_samples
+        q /= rows.clamp_min(1e-30) * n_protos  # each prototype gets 1 / K (one no sample is near keeps zero)
+        q /= q.sum(dim=0, keepdim=True).clamp_min(1e-30) * n_samples  # each sample gets 1 / B
     return (q * n_samples).t()
 
 
@@ -91,20 +100,30 @@ class DINOLoss(nn.Module):
 
 
 class IBOTPatchLoss(nn.Module):
-    """iBOT's masked patch loss with an EMA centre of the teacher's patch logits (docs/METHODS.md).
+    """iBOT's masked patch loss; the teacher's patch targets are centred as ``dino.centering`` says.
 
-    Per masked token: ``-sum softmax((t - c2) / tau_t) * log_softmax(s / tau_s)``, weighted by one
+    Per masked token: ``-sum q * log_softmax(s / tau_s)`` with ``q = softmax((t - c2) / tau_t)``
+    (``centering="ema"``, c2 an EMA of the teacher's masked-token logits) or Sinkhorn-Knopp over the
+    masked tokens of the global batch (``"sinkhorn"``), as DINOv2 centres patch targets the way it
+    centres CLS targets (``ssl_meta_arch.py`` ``get_teacher_output``). Each token is weighted by one
     over its crop's number of masked tokens, summed, and divided by the number of crops (masked or
-    not, as DINOv2 does): each masked crop counts once whatever its ratio.
+    not, as DINOv2's ``forward_masked`` does): each masked crop counts once whatever its ratio.
     """
 
-    def __init__(self, out_dim: int, student_temp: float = 0.1, center_momentum: float = 0.9):
+    def __init__(self, out_dim: int, student_temp: float = 0.1, center_momentum: float = 0.9,
+                 centering: str = "ema", sinkhorn_iterations: int = 3):
         super().__init__()
+        if centering not in ("ema", "sinkhorn"):
+            raise ValueError(f"centering must be 'ema' or 'sinkhorn', got {centering!r}")
         self.student_temp = student_temp
         self.center_momentum = center_momentum
+        self.centering = centering
+        self.sinkhorn_iterations = sinkhorn_iterations
         self.register_buffer("center", torch.zeros(1, out_dim))
 
     def teacher_probs(self, teacher_logits: torch.Tensor, teacher_temp: float) -> torch.Tensor:
+        if self.centering == "sinkhorn":
+            return sinkhorn_knopp(teacher_logits, teacher_temp, self.sinkhorn_iterations)
         return F.softmax((teacher_logits.float() - self.center) / teacher_temp, dim=-1)
 
     def forward(self, student_logits: torch.Tensor, teacher_probs: torch.Tensor, token_weights: torch.Tensor,
@@ -116,7 +135,8 @@ class IBOTPatchLoss(nn.Module):
     @torch.no_grad()
     def update_center(self, teacher_logits: torch.Tensor) -> None:
         """EMA of the mean teacher logit over the masked tokens of the global batch (all ranks);
-        unchanged when no rank had a masked token."""
+        unchanged when no rank had a masked token. Kept under Sinkhorn centring too (cheap), like
+        ``DINOLoss.update_center``."""
         batch_sum = teacher_logits.float().sum(dim=0, keepdim=True)  # (1, K), zeros for no tokens
         count = torch.tensor([teacher_logits.shape[0]], dtype=torch.float32, device=batch_sum.device)
         if is_distributed():

@@ -138,10 +138,10 @@ class StudentNetwork(nn.Module):
         inputs = _token_inputs(self.backbone, views, batch, provider, plan.aligned, masked=True)
         pos_mask_token = getattr(provider, "pos_mask_token", None)
         feats = embed_views(self.backbone, views, inputs, self.mask_token, pos_mask_token)
-        dino_logits = self.dino_head(torch.cat([feats[g].cls for g in plan.dino_groups]))
+        dino_logits = self.dino_head(torch.cat([feats[g].cls for g in plan.dino_groups]), plan.dino_channels)
         patch_logits = None
         if sites is not None:
-            patch_logits = self.patch_head(feats["global"].patch[sites.union])
+            patch_logits = self.patch_head(feats["global"].patch[sites.union], plan.patch_channels)
             ctx.ibot_loss_fn = lambda field: sites.loss(field, patch_logits)
         plugin_out = {name: p(feats, teacher, batch, ctx) for name, p in self.plugins.items()}
         return dino_logits, feats["global"].cls, patch_logits, plugin_out
@@ -165,14 +165,20 @@ class TeacherNetwork(nn.Module):
         if plan is not None and plan.provider is not None:
             inputs = _token_inputs(self.backbone, views, batch, plan.provider, plan.aligned, masked=False)
         feats = embed_views(self.backbone, views, inputs)
-        return feats, self.dino_head(feats["global"].cls)
+        return feats, self.dino_head(feats["global"].cls, plan.dino_channels if plan is not None else None)
 
 
 class _Plan:
-    """Per-run constants the networks' forwards need (not modules: nothing here is trained)."""
+    """Per-run constants the networks' forwards need (not modules: nothing here is trained).
 
-    def __init__(self, dino_groups: tuple[str, ...], aligned: frozenset[str], provider: Plugin | None):
+    ``dino_channels`` / ``patch_channels``: the output channels of the DINO / patch head the SSL
+    losses score (None: all); a plug-in's reserved channels (EC's z_equi) are left out of both.
+    """
+
+    def __init__(self, dino_groups: tuple[str, ...], aligned: frozenset[str], provider: Plugin | None,
+                 dino_channels: slice | None = None, patch_channels: slice | None = None):
         self.dino_groups, self.aligned, self.provider = dino_groups, aligned, provider
+        self.dino_channels, self.patch_channels = dino_channels, patch_channels
 
 
 class SSLMetaArch(nn.Module):
@@ -186,30 +192,38 @@ class SSLMetaArch(nn.Module):
         dim = student_bb.embed_dim
         make_head = lambda out_dim: DINOHead(dim, out_dim, d.hidden_dim, d.bottleneck_dim, d.n_layers, d.norm_last_layer)  # noqa: E731
         dino_groups = ("global", "local") if cfg.data.crops.n_local > 0 else ("global",)
+        ibot_out = ib.out_dim or d.out_dim
+        sep = ib.enabled and ib.separate_head
+        plugins = {name: create_plugin(name, params or {}, dim) for name, params in cfg.plugins.items()}
+        plugins = {n: p for n, p in plugins.items() if p.weight > 0}
+        self._check_plugins(plugins)
         host = HostSpec(
             embed_dim=dim, patch_size=int(student_bb.patch_embed.patch_size[0]), img_size=cfg.model.img_size,
             num_prefix_tokens=int(student_bb.num_prefix_tokens), has_pos_embed=student_bb.pos_embed is not None,
             crops=cfg.data.crops, ibot=ib, dino_groups=dino_groups, total_steps=cfg.total_steps, seed=cfg.seed,
-            global_batch_size=cfg.data.global_batch_size,
+            global_batch_size=cfg.data.global_batch_size, patch_head_dim=ibot_out if sep else d.out_dim,
+            positions_provided=any(p.provides_positions for p in plugins.values()),
+            host_views_altered=any(p.alters_host_views for p in plugins.values()),
         )
-        plugins = {name: create_plugin(name, params or {}, dim) for name, params in cfg.plugins.items()}
-        plugins = {n: p for n, p in plugins.items() if p.weight > 0}
-        self._check_plugins(plugins)
         for p in plugins.values():
             p.setup(host)
             p.attach(student_bb)
             p.attach(teacher_bb)
-        ibot_out = ib.out_dim or d.out_dim
-        sep = ib.enabled and ib.separate_head
+        reserved = self._reserved_channels(plugins, host.patch_head_dim)
         self.student = StudentNetwork(student_bb, make_head(d.out_dim), plugins,
                                       ibot_head=make_head(ibot_out) if sep else None, mask_token=ib.enabled)
         self.teacher = TeacherNetwork(teacher_bb, make_head(d.out_dim), ibot_head=make_head(ibot_out) if sep else None)
         teacher_keys = set(self.teacher.state_dict())
         self.teacher.load_state_dict({k: v for k, v in self.student.state_dict().items() if k in teacher_keys})
         self.teacher.requires_grad_(False)
-        self.dino_loss = DINOLoss(d.out_dim, d.student_temp, d.center_momentum, d.centering, d.sinkhorn_iterations)
+        # reserved channels of the patch head leave every SSL loss reading that head (the DINO loss too
+        # when the DINO head is the patch head)
+        dino_reserved = 0 if sep else reserved
+        self.dino_loss = DINOLoss(d.out_dim - dino_reserved, d.student_temp, d.center_momentum, d.centering,
+                                  d.sinkhorn_iterations)
         self.koleo_loss = KoLeoLoss()
-        self.ibot_loss = IBOTPatchLoss(ibot_out if sep else d.out_dim, ib.student_temp, ib.center_momentum) if ib.enabled else None
+        self.ibot_loss = IBOTPatchLoss(host.patch_head_dim - reserved, ib.student_temp, ib.center_momentum, d.centering,
+                                       d.sinkhorn_iterations) if ib.enabled else None
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1) * 255, persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1) * 255, persistent=False)
         self.host = host
@@ -218,7 +232,8 @@ class SSLMetaArch(nn.Module):
         self.teacher_groups = ("global",) + tuple(g for p in plugins.values() for g in p.teacher_views if g != "global")
         provider = next((p for p in plugins.values() if p.provides_positions), None)
         aligned = frozenset(dino_groups) | {g for p in plugins.values() for g in p.crop_aligned_views}
-        self._plan = _Plan(dino_groups, aligned, provider)
+        self._plan = _Plan(dino_groups, aligned, provider, slice(dino_reserved, None) if dino_reserved else None,
+                           slice(reserved, None) if reserved else None)
         self.ibot_fields = ("masks",) + tuple(f for p in plugins.values() for f in p.ibot_sites)
 
     def _check_plugins(self, plugins: Mapping[str, Plugin]) -> None:
@@ -229,9 +244,37 @@ class SSLMetaArch(nn.Module):
             raise ConfigError(f"plug-ins {', '.join(f'plugins.{n}' for n in providers)} all replace the positional "
                               "embedding; enable at most one")
 
+    @staticmethod
+    def _reserved_channels(plugins: Mapping[str, Plugin], width: int) -> int:
+        """Patch-head channels reserved by a plug-in (at most one may), checked against the head's width."""
+        claims = {n: p.reserved_head_channels for n, p in plugins.items() if p.reserved_head_channels > 0}
+        if len(claims) > 1:
+            raise ConfigError(f"plug-ins {', '.join(f'plugins.{n}' for n in claims)} all reserve patch-head channels; "
+                              "enable at most one of them")
+        for name, n in claims.items():
+            if n >= width:
+                raise ConfigError(f"plugins.{name} reserves {n} of the patch head's {width} output channels; the SSL "
+                                  "losses need some: lower its d_equi or raise dino.out_dim / ibot.out_dim")
+        return sum(claims.values())
+
     @property
     def plugins(self) -> Mapping[str, Plugin]:
         return self.student.plugins
+
+    def clip_groups(self) -> dict[str, list[nn.Parameter]]:
+        """The student's trainable parameters by module, as DINOv2 clips them (``train.py``: one
+        ``clip_grad_norm_`` per student module): the backbone (with the training-only mask token,
+        which sits in DINOv2's backbone), the DINO head, the iBOT head, and each plug-in."""
+        s = self.student
+        mods: dict[str, list[nn.Parameter]] = {
+            "backbone": list(s.backbone.parameters()) + ([s.mask_token] if s.mask_token is not None else []),
+            "dino_head": list(s.dino_head.parameters()),
+        }
+        if s.ibot_head is not None:
+            mods["ibot_head"] = list(s.ibot_head.parameters())
+        for name, p in s.plugins.items():
+            mods[f"plugins.{name}"] = list(p.parameters())
+        return {k: [p for p in v if p.requires_grad] for k, v in mods.items()}
 
     def view_samplers(self) -> dict[str, ViewSampler]:
         return {n: s for n, p in self.plugins.items() if (s := p.view_sampler()) is not None}
@@ -267,12 +310,11 @@ class SSLMetaArch(nn.Module):
         if self.ibot_loss is not None:
             sites = PatchSites(batch, self.ibot_fields, self.ibot_loss)
             with torch.no_grad():
-                t_patch_logits = self.teacher.patch_head(teacher_feats["global"].patch[sites.union])
+                t_patch_logits = self.teacher.patch_head(teacher_feats["global"].patch[sites.union], plan.patch_channels)
                 sites.teacher_probs = self.ibot_loss.teacher_probs(t_patch_logits, teacher_temp)
         ctx = StepContext(step=step, total_steps=self.cfg.total_steps, teacher_temp=teacher_temp,
                           student_head=self.student.dino_head, teacher_head=self.teacher.dino_head,
-                          student_patch_head=self.student.patch_head if sites is not None else None,
-                          teacher_patch_head=self.teacher.patch_head if sites is not None else None)
+                          student_patch_head=self.student.patch_head, teacher_patch_head=self.teacher.patch_head)
         s_logits, s_global_cls, s_patch_logits, plugin_out = student_fn(
             {g: views[g] for g in self.student_groups}, batch, teacher_feats, plan, sites, ctx)
 

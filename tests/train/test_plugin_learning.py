@@ -82,7 +82,7 @@ def _patchify(x: torch.Tensor, p: int) -> torch.Tensor:
 
 def test_reconstruction_beats_copying_the_second_view():
     p, S = 4, 16
-    cfg = EquivarianceConfig(crop_size=S, transform="se2", d_equi=32, decoder_dim=64, scale=(0.3, 0.6),
+    cfg = EquivarianceConfig(mode="decoupled", features="projection", crop_size=S, transform="se2", d_equi=32, decoder_dim=64, scale=(0.3, 0.6),
                              color_jitter_p=0.0, grayscale_p=0.0)
     torch.manual_seed(0)
     plugin = Equivariance(cfg, embed_dim=3 * p * p)

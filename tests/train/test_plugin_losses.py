@@ -220,7 +220,8 @@ def test_scrl_plugin_is_zero_for_identical_branches_and_skips_invalid_pairs():
 
     torch.manual_seed(0)
     plugin = SCRL(SCRLConfig(min_size=8, hidden_dim=32, out_dim=16), embed_dim=8)
-    plugin.setup(SimpleNamespace(patch_size=8, crops=SimpleNamespace(global_size=32)))
+    plugin.setup(SimpleNamespace(patch_size=8, crops=SimpleNamespace(global_size=32), positions_provided=False,
+                                 host_views_altered=False))
     plugin.predictor = torch.nn.Identity()  # identity predictor; the target projector is the projector's copy
     B, K = 3, 10
     one_view = torch.randn(B, 16, 8)
@@ -228,12 +229,12 @@ def test_scrl_plugin_is_zero_for_identical_branches_and_skips_invalid_pairs():
     r = np.random.default_rng(0)
     xy = torch.from_numpy(r.uniform(0, 16, (B, 1, K, 2))).float()
     boxes = torch.cat([xy, xy + 8], -1).expand(B, 2, K, 4)  # the same boxes in two identical views
-    batch = {"scrl": {"boxes": boxes, "valid": torch.tensor([True, True, False])}}
+    batch = {"scrl_boxes": {"boxes": boxes, "valid": torch.tensor([True, True, False])}}
     loss, logs = plugin(feats, feats, batch)
     assert abs(loss.item()) < 1e-5 and float(logs["scrl/valid_pairs"]) == pytest.approx(2 / 3)
     # a pair without a usable intersection contributes nothing: its boxes can be anything
-    batch["scrl"]["boxes"] = boxes.clone()
-    batch["scrl"]["boxes"][2, 1] = torch.tensor([0.0, 0.0, 32.0, 32.0])
+    batch["scrl_boxes"]["boxes"] = boxes.clone()
+    batch["scrl_boxes"]["boxes"][2, 1] = torch.tensor([0.0, 0.0, 32.0, 32.0])
     assert abs(plugin(feats, feats, batch)[0].item()) < 1e-5
-    batch["scrl"]["boxes"][0, 1] = torch.tensor([0.0, 0.0, 32.0, 32.0])  # ... unlike a valid pair's
+    batch["scrl_boxes"]["boxes"][0, 1] = torch.tensor([0.0, 0.0, 32.0, 32.0])  # ... unlike a valid pair's
     assert plugin(feats, feats, batch)[0].item() > 1e-3

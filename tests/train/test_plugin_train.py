@@ -26,7 +26,7 @@ PLUGINS = {
     "scrl": {"min_size": 8, "hidden_dim": 64, "out_dim": 32},
     "gtsa": {"n_local": 2, "global_size": 32, "local_size": 16, "projector_dim": 32, "out_dim": 32, "predictor_dim": 32,
              "rot_hidden": 32, "rot_bottleneck": 16, "roi_size": [2, 2], "num_matches": [8, 2]},
-    "equivariance": {"crop_size": 32, "d_equi": 16, "decoder_dim": 32},
+    "equivariance": {"crop_size": 32, "decoder_dim": 32},
 }
 
 
@@ -41,9 +41,12 @@ def _cfg(**over) -> TrainConfig:
 @pytest.mark.parametrize("name", sorted(PLUGINS))
 def test_plugin_loss_goes_down(tmp_path, name):
     # teacher, centre and the plug-ins' EMA targets held fixed (momentum 1), as in test_train.py
+    # the equivariance decoders learn pixels from scratch, and in the faithful default only v2 shows u:
+    # at the host's lr (3e-4 here) 40 steps barely move them, so that case trains at 5e-3
+    lr = {"optim.base_lr": 0.16} if name == "equivariance" else {}
     cfg = _cfg(total_steps=40, log_every=1, ckpt_every=40, plugins={name: PLUGINS[name]},
                **{"dino.warmup_teacher_temp": 0.04, "dino.teacher_temp": 0.04, "dino.momentum_teacher": 1.0,
-                  "dino.center_momentum": 1.0, "optim.warmup_steps": 1})
+                  "dino.center_momentum": 1.0, "optim.warmup_steps": 1, **lr})
     res = train(cfg, tmp_path, progress=False)
     loss = [r[f"loss/{name}"] for r in _rows(tmp_path)]
     assert np.mean(loss[-8:]) < np.mean(loss[:8]) - 0.05, loss
@@ -106,12 +109,17 @@ def test_bad_plugin_settings_name_the_key():
 
     with pytest.raises(ConfigError, match="plugins.scrl.min_size"):
         _cfg(plugins={"scrl": {"min_size": 32}})  # global crops are 32 px
-    with pytest.raises(ConfigError, match="plugins.equivariance.mode"):
-        _cfg(plugins={"equivariance": {**PLUGINS["equivariance"], "mode": "faithful"}, "scrl": PLUGINS["scrl"]})
+    with pytest.raises(PluginError, match="plugins.scrl.views: 'host'.*transforms the host's global views"):
+        SSLMetaArch(_cfg(plugins={"equivariance": PLUGINS["equivariance"], "scrl": {**PLUGINS["scrl"], "views": "host"}}))
+    with pytest.raises(PluginError, match="plugins.scrl.views: 'host'.*positional field"):
+        SSLMetaArch(_cfg(plugins={"posfield": {"field_size": 8}, "scrl": {**PLUGINS["scrl"], "views": "host"}},
+                         **{"ibot.enabled": True}))
     with pytest.raises(PluginError, match="plugins.gtsa.local_size"):
         SSLMetaArch(_cfg(plugins={"gtsa": {**PLUGINS["gtsa"], "local_size": 12}}))
     with pytest.raises(PluginError, match="plugins.equivariance.crop_size"):
-        SSLMetaArch(_cfg(plugins={"equivariance": {**PLUGINS["equivariance"], "crop_size": 30}}))
+        SSLMetaArch(_cfg(plugins={"equivariance": {**PLUGINS["equivariance"], "mode": "decoupled", "crop_size": 30}}))
+    with pytest.raises(PluginError, match="plugins.equivariance.d_equi"):
+        SSLMetaArch(_cfg(plugins={"equivariance": {**PLUGINS["equivariance"], "d_equi": 128}}))  # dino.out_dim is 128
 
 
 @pytest.mark.slow
@@ -131,7 +139,13 @@ def test_two_process_ddp_matches_one_process_with_the_plugins(tmp_path):
         np.testing.assert_allclose(one[0][key], two[0][key], rtol=1e-4, err_msg=key)  # step 1: same data and weights
     a = load_file(str(latest_checkpoint(tmp_path / "one") / "model.safetensors"))
     b = load_file(str(latest_checkpoint(tmp_path / "two") / "model.safetensors"))
-    for k in a:
+    # SCRL's MLPs (as kakaobrain/scrl's) put a bias before BatchNorm, which the norm subtracts again: its exact
+    # gradient is 0, so it only ever receives rounding noise, which Adam scales up to steps of lr either way
+    # (3.6e-4 apart after 3 steps; the target projector is their EMA). Nothing computes with it, so it is not
+    # a parameter the runs must agree on.
+    before_bn = {k for k in a if k.startswith("student.plugins.scrl.") and k.endswith("fc1.bias")}
+    assert before_bn == {f"student.plugins.scrl.{m}.fc1.bias" for m in ("projector", "predictor", "target_projector")}
+    for k in a.keys() - before_bn:
         torch.testing.assert_close(a[k], b[k], rtol=1e-3, atol=1e-4, msg=k)
 
 
@@ -155,14 +169,16 @@ def test_too_small_images_say_so(tmp_path, name):
         sampler(np.full((1, 1, 3), 100, np.uint8), np.random.default_rng(0))
 
 
-def test_equivariance_on_a_split_of_the_ibot_patch_head(tmp_path):
+@pytest.mark.parametrize("mode", ["faithful", "decoupled"])
+def test_equivariance_on_a_split_of_the_separate_ibot_patch_head(tmp_path, mode):
     from wherevit.train.meta_arch import SSLMetaArch
 
-    section = {**PLUGINS["equivariance"], "features": "ibot_head"}
-    with pytest.raises(ConfigError, match="plugins.equivariance.features"):
-        _cfg(plugins={"equivariance": section})  # iBOT off
-    cfg = _cfg(total_steps=2, log_every=1, ckpt_every=2, plugins={"equivariance": section}, **{"ibot.enabled": True})
-    assert "proj" not in dict(SSLMetaArch(cfg).plugins["equivariance"].named_children())
+    section = {**PLUGINS["equivariance"], "mode": mode}
+    cfg = _cfg(total_steps=2, log_every=1, ckpt_every=2, plugins={"equivariance": section},
+               **{"ibot.enabled": True, "ibot.separate_head": True, "ibot.out_dim": 64})
+    meta = SSLMetaArch(cfg)
+    assert meta.plugins["equivariance"].proj is None and meta.plugins["equivariance"].reserved_head_channels == 16
+    assert meta.ibot_loss.center.shape[-1] == 48 and meta.dino_loss.center.shape[-1] == 128  # DINO's head is not split
     train(cfg, tmp_path, progress=False)
     assert np.isfinite(_rows(tmp_path)[-1]["loss/equivariance"])
 

@@ -30,6 +30,11 @@ Build time (``SSLMetaArch.__init__``)
   ``add_ema_target(name, online)``  (helper, call in ``__init__``/``setup``) registers a frozen copy of
                                     ``online`` as ``self.<name>``; the host updates it after every
                                     optimizer step with the teacher's momentum (target projectors).
+  ``reserved_head_channels``        (int, after ``setup``) leading output channels of the student's
+                                    patch head (``HostSpec.patch_head_dim`` wide: the iBOT head, or the
+                                    DINO head when iBOT is off or shares it) that this plug-in takes for
+                                    itself: every SSL loss reading that head leaves them out (EC's
+                                    channel split). At most one plug-in reserves channels.
   ``requires_ibot = True``          refuse to run unless ``ibot.enabled`` (error names the key);
                                     ``check_run_config(cfg, run)`` (classmethod) holds any other check
                                     across config sections, run when the config is loaded.
@@ -45,7 +50,11 @@ Data workers (picklable objects; per-sample RNG, so resume and 1 -> N ranks stay
                                     host's ``global``/``local``), top-level per-sample entries, or
                                     transform a host group's images in place (EC's faithful mode).
                                     Reserved per-view fields the host reads: ``masks`` (content mask,
-                                    (V,gh,gw) bool, student only) and ``pos_masks`` (positional mask).
+                                    (V,gh,gw) bool, student only), ``pos_masks`` (positional mask) and
+                                    ``crop_agnostic`` ((V,) bool: the view's content no longer matches
+                                    its box, so a position provider gives it the crop-agnostic
+                                    embedding). A plug-in that transforms host views sets
+                                    ``alters_host_views`` so others know the boxes are not the content.
   ``student_views`` / ``teacher_views``  groups each network embeds (with the host's groups).
 
 Forward (inside the student's DDP forward)
@@ -65,8 +74,10 @@ Forward (inside the student's DDP forward)
                                     student views asks for its own group). ``batch`` is the collated
                                     sample dict (groups, hook entries), on the device. ``ctx`` is a
                                     ``StepContext``: step, total steps and progress (warm-ups), the
-                                    teacher temperature, the student and teacher DINO heads, the iBOT
-                                    patch heads and ``ctx.ibot_loss(field)`` (the iBOT loss at the
+                                    teacher temperature, the student and teacher DINO heads, the patch
+                                    heads (iBOT's, or the DINO heads when iBOT is off or shares them;
+                                    ``head(x, channels=slice)`` computes only some output channels)
+                                    and ``ctx.ibot_loss(field)`` (the iBOT loss at the
                                     global crops' sites in per-view field ``field``, e.g. ``pos_masks``,
                                     for plug-ins listing it in ``ibot_sites``). Return an unweighted
                                     scalar loss and detached scalar tensors to log; the host multiplies
@@ -146,6 +157,9 @@ class HostSpec:
     total_steps: int
     seed: int
     global_batch_size: int
+    patch_head_dim: int = 0  # output width of the student's patch head (iBOT's, or the DINO head's)
+    positions_provided: bool = False  # a plug-in replaces positional embeddings (posfield)
+    host_views_altered: bool = False  # a plug-in transforms host global views: their boxes no longer fit
 
 
 @dataclass
@@ -157,7 +171,8 @@ class StepContext:
     teacher_temp: float
     student_head: nn.Module  # the student's DINO head (gradients flow)
     teacher_head: nn.Module  # the teacher's DINO head (call under torch.no_grad)
-    student_patch_head: nn.Module | None = None  # iBOT patch heads (the DINO heads unless separate); None: iBOT off
+    # the patch heads: iBOT's, or the DINO heads when iBOT is off or shares them
+    student_patch_head: nn.Module | None = None
     teacher_patch_head: nn.Module | None = None
     ibot_loss_fn: Callable[[str], torch.Tensor] | None = None
 
@@ -183,6 +198,8 @@ class Plugin(nn.Module):
     requires_ibot: ClassVar[bool] = False
     ibot_sites: ClassVar[tuple[str, ...]] = ()  # per-view mask fields of "global" scored by the iBOT loss
     provides_positions: ClassVar[bool] = False
+    alters_host_views: bool = False  # transforms host global views in the data workers (EC's faithful mode)
+    reserved_head_channels: int = 0  # leading patch-head channels kept out of the SSL losses (set in setup)
 
     def __init__(self, cfg: PluginConfig, embed_dim: int):
         super().__init__()

@@ -1,31 +1,41 @@
 """Equivariance-coherent reconstruction (arXiv 2503.18753, AAAI-26), as a plug-in.
 
-From the paper (METHODS.md, read from its full text) and issue 12: the network embeds a pair
-``(u, g_theta u)``; K decoders reconstruct the intermediate states ``u_k = g_{k theta / (K + 1)} u``
-(K = 2: a third and two thirds of the way) from the equivariant part of both views' patch
-features, concatenated per token; loss ``(1/K) sum_k ||u_hat_k - u_k||^2`` (pixel MSE on
-normalised pixels), weight 1 (the paper: > 5 is unstable).
+From the paper (its full text was read; summarised in METHODS.md): the SSL views are
+``v1 = A1(I)`` and ``v2 = g_theta(u)`` with ``u = A2(I)``; K decoders reconstruct the intermediate
+states ``u_k = g_{k theta / (K + 1)} u`` (K = 2: a third and two thirds of the way) from the
+equivariant part of both views' patch features, concatenated per token; loss
+``(1/K) sum_k ||u_hat_k - u_k||^2`` (pixel MSE on normalised pixels), weight 1 (the paper: > 5 is
+unstable). The paper's method is the default (``mode: faithful``, ``features: head``):
 
-* transformations (config ``transform``): ``rotation`` (+-45 deg), ``translation`` (+-10 px at
-  224, i.e. a fraction of the view), ``se2`` (both), ``colour`` (brightness, contrast, saturation
-  +-0.4, hue +-0.1 turn) and ``all`` (se2 + colour, the paper's best with iBOT and DINOv2). Blur is
-  not offered: a partial blur is not the blur of a partial parameter. Intermediate states scale
-  every parameter by k / (K + 1); rotations by quarter turns and the identity are exact.
+* ``mode: faithful`` -- a data hook turns the host's global view 1 (u) into ``g_theta u`` in place,
+  so v2 *is* one of the host's SSL views (student and teacher, DINO and iBOT losses) and the pair is
+  the host's global views (0, 1): no extra forward pass. The hook marks view 1 ``crop_agnostic``:
+  its box no longer describes its content, so a positional field embeds it crop-agnostically (the
+  composition rule: the transformation must not be readable off the positions), and SCRL takes its
+  own views instead of the host's.
+* ``features: head`` -- z_equi is the first ``d_equi`` output channels of the SSL head's patch
+  output (the student's patch head: iBOT's, or the DINO head applied to patch tokens when iBOT is
+  off or shares it), and those channels are *reserved*: the host leaves them out of every SSL loss
+  reading that head (softmax, centre and Sinkhorn over the remaining prototypes), as the paper
+  splits z_inv (SSL loss) from z_equi. ``d_equi: 0`` (default) is a quarter of the head's width
+  (the paper: 2048 of iBOT's 8192).
+* transformations (``transform``): ``rotation`` (+-45 deg), ``translation`` (+-10 px at 224, i.e. a
+  fraction of the view), ``se2`` (both), ``colour`` (brightness, contrast, saturation +-0.4, hue
+  +-0.1 turn) and ``all`` (se2 + colour, the paper's best with iBOT and DINOv2). Intermediate states
+  scale every parameter by k / (K + 1); rotations by quarter turns and the identity are exact.
 * pairs and targets are made in the data workers from the per-sample generator (exact resume).
-* equivariant features (``features``): ``projection`` -- ``Linear(D -> d_equi)`` on the student's
-  patch tokens (our host has no patch-level SSL head unless iBOT is on); ``ibot_head`` (needs
-  iBOT) -- the first ``d_equi`` output channels of the student's iBOT patch head on the pair's
-  tokens, the paper's channel split. Unlike the paper, the host's iBOT loss still scores all of
-  the head's channels (it knows nothing of the split), so the two losses share those channels.
-* decoder (ours): per token ``Linear(2 d_equi -> dim)`` -> (B, dim, gh, gw) -> log2(patch)
-  transposed convs (4, stride 2) + GELU, topped up with 3x3 convs to four conv layers, the last to
-  3 channels.
-* ``mode``: ``decoupled`` (default) -- the pair is this plug-in's own view group ``equi``, embedded
-  with the crop-agnostic position embedding when the positional field is on; ``faithful`` -- a
-  data hook turns the host's global view 1 (u) into ``g_theta u`` in place and the pair is the
-  host's global views (0, 1), as in the paper (v1 = A1(I), v2 = g_theta(A2(I))): no extra forward
-  passes, but view 1's box no longer describes its content, so it refuses ``posfield`` (its
-  crop-aligned positions) and ``scrl`` (its boxes).
+
+Options we keep, with why (not the paper's method):
+
+* ``mode: decoupled`` -- the pair ``(u, g_theta u)`` is this plug-in's own student-only view group
+  ``equi`` (never in the SSL loss; crop-agnostic positions under the field). It leaves the host's
+  views untouched, at the price of two extra student forwards.
+* ``features: projection`` -- ``Linear(D -> d_equi)`` on the student's patch tokens, no channel of
+  any SSL head reserved (our earlier reconstruction, before the head split was implemented).
+* Blur is not offered: a partial blur is not the blur of a partial parameter.
+* The decoder is ours (the paper: one linear layer and four conv layers): per token
+  ``Linear(2 d_equi -> dim)`` -> (B, dim, gh, gw) -> log2(patch) transposed convs (4, stride 2) +
+  GELU, topped up with 3x3 convs to four conv layers, the last to 3 channels.
 
 Angles are counter-clockwise in the image as displayed (OpenCV's and ``np.rot90``'s convention).
 """
@@ -42,7 +52,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from wherevit.base.config import ConfigError
 from wherevit.base.image import IMAGENET_MEAN, IMAGENET_STD
 from wherevit.train.backbone import BackboneFeatures
 from wherevit.train.data.sources import DataError
@@ -61,7 +70,7 @@ class EquivarianceConfig(PluginConfig):
     """Hyper-parameters of the equivariance-coherence plug-in (paper defaults)."""
 
     weight: float = 1.0
-    mode: Literal["decoupled", "faithful"] = "decoupled"
+    mode: Literal["faithful", "decoupled"] = "faithful"
     transform: Literal["rotation", "translation", "se2", "colour", "all"] = "all"
     n_intermediate: int = 2  # K
     max_rotation: float = 45.0  # degrees
@@ -70,12 +79,12 @@ class EquivarianceConfig(PluginConfig):
     contrast: float = 0.4
     saturation: float = 0.4
     hue: float = 0.1  # fraction of a full hue turn
-    crop_size: int = 224
+    crop_size: int = 224  # decoupled mode's own views
     scale: tuple[float, float] = (0.32, 1.0)
     color_jitter_p: float = 0.8
     grayscale_p: float = 0.2
-    features: Literal["projection", "ibot_head"] = "projection"
-    d_equi: int = 256
+    features: Literal["head", "projection"] = "head"
+    d_equi: int = 0  # 0: a quarter of the patch head's width (features: head) or of the embedding (projection)
     decoder_dim: int = 256
 
     def validate(self) -> None:
@@ -97,8 +106,8 @@ class EquivarianceConfig(PluginConfig):
         lo, hi = self.scale
         if not 0 < lo <= hi <= 1:
             raise ValueError(f"scale must satisfy 0 < min <= max <= 1, got {self.scale}")
-        if self.d_equi < 1 or self.decoder_dim < 1:
-            raise ValueError("d_equi and decoder_dim must be >= 1")
+        if self.d_equi < 0 or self.decoder_dim < 1:
+            raise ValueError("d_equi must be >= 0 (0: a quarter of the head width) and decoder_dim >= 1")
 
 
 def sample_transform(rng: np.random.Generator, cfg: EquivarianceConfig) -> np.ndarray:
@@ -188,16 +197,24 @@ class EquiViewSampler:
 
 class EquiFaithfulHook:
     """Faithful mode's data half (picklable sample hook): turns the host's global view 1 (u) into
-    ``g_theta u`` in place and adds ``sample["equi"] = {"targets": (K, 3, S, S), "params": (7,)}``."""
+    ``v2 = g_theta u`` in place, marks it ``crop_agnostic`` (its box no longer describes it), and adds
+    ``sample["equi"] = {"targets": (K, 3, S, S), "params": (7,)}``."""
+
+    view = 1  # the host global view that becomes v2 (view 0 stays v1 = A1(I))
 
     def __init__(self, cfg: EquivarianceConfig):
         self.cfg = cfg
 
     def __call__(self, sample: dict, img: np.ndarray, rng: np.random.Generator, position: int | None) -> None:
         g = sample["global"]
-        u = np.ascontiguousarray(g["images"][1].transpose(1, 2, 0))
+        u = np.ascontiguousarray(g["images"][self.view].transpose(1, 2, 0))
         p = sample_transform(rng, self.cfg)
-        g["images"][1] = apply_transform(u, p).transpose(2, 0, 1)
+        g["images"][self.view] = apply_transform(u, p).transpose(2, 0, 1)
+        agnostic = g.get("crop_agnostic")
+        if agnostic is None:
+            agnostic = np.zeros(len(g["images"]), dtype=bool)
+        agnostic[self.view] = True
+        g["crop_agnostic"] = agnostic
         targets = intermediate_targets(u, p, self.cfg.n_intermediate)
         sample["equi"] = {"targets": np.stack([t.transpose(2, 0, 1) for t in targets]), "params": p.astype(np.float32)}
 
@@ -245,35 +262,32 @@ class Equivariance(Plugin):
         super().__init__(cfg, embed_dim)
         if cfg.mode == "faithful":
             self.student_views = ()  # the pair is the host's global views
-        # every owned parameter must be used each step (DDP): no projection when the head is split
-        self.proj = nn.Linear(embed_dim, cfg.d_equi) if cfg.features == "projection" else None
+            self.alters_host_views = True
+        self.proj: nn.Linear | None = None  # features: projection (built in setup, when d_equi is known)
         self.decoders = nn.ModuleList()
+        self.d_equi = cfg.d_equi
         mean, std = torch.tensor(IMAGENET_MEAN) * 255, torch.tensor(IMAGENET_STD) * 255
         self.register_buffer("mean", mean.view(1, 1, 3, 1, 1), persistent=False)
         self.register_buffer("std", std.view(1, 1, 3, 1, 1), persistent=False)
 
-    @classmethod
-    def check_run_config(cls, cfg: EquivarianceConfig, run: Any) -> None:
-        super().check_run_config(cfg, run)
-        if cfg.features == "ibot_head" and not run.ibot.enabled:
-            raise ConfigError("plugins.equivariance.features: 'ibot_head' splits the iBOT patch head; set ibot.enabled: "
-                              "true or use features: projection")
-        if cfg.mode == "faithful":
-            for other in ("posfield", "scrl"):
-                section = run.plugins.get(other)
-                if other in run.plugins and (section or {}).get("weight", 1.0) > 0:
-                    raise ConfigError(f"plugins.equivariance.mode: 'faithful' transforms the host's global view 1, so "
-                                      f"plugins.{other} would read its box against content it no longer shows; use "
-                                      "mode: decoupled")
-
     def setup(self, host: HostSpec) -> None:
         super().setup(host)
-        if self.cfg.mode == "decoupled" and self.cfg.crop_size % host.patch_size:
-            raise PluginError(f"plugins.equivariance.crop_size ({self.cfg.crop_size}) must be a multiple of the patch "
+        c = self.cfg
+        if c.mode == "decoupled" and c.crop_size % host.patch_size:
+            raise PluginError(f"plugins.equivariance.crop_size ({c.crop_size}) must be a multiple of the patch "
                               f"size ({host.patch_size})")
+        if c.features == "head":
+            self.d_equi = c.d_equi or max(1, host.patch_head_dim // 4)  # the paper's split: a quarter of the head
+            if self.d_equi >= host.patch_head_dim:
+                raise PluginError(f"plugins.equivariance.d_equi ({self.d_equi}) must be smaller than the patch head's "
+                                  f"{host.patch_head_dim} output channels: the SSL losses keep the rest")
+            self.reserved_head_channels = self.d_equi
+        else:
+            self.d_equi = c.d_equi or max(1, self.embed_dim // 4)
+            self.proj = nn.Linear(self.embed_dim, self.d_equi)
         try:
-            self.decoders = nn.ModuleList(EquiDecoder(2 * self.cfg.d_equi, self.cfg.decoder_dim, host.patch_size)
-                                          for _ in range(self.cfg.n_intermediate))
+            self.decoders = nn.ModuleList(EquiDecoder(2 * self.d_equi, c.decoder_dim, host.patch_size)
+                                          for _ in range(c.n_intermediate))
         except ValueError as e:
             raise PluginError(f"plugins.equivariance: {e}") from e
 
@@ -287,21 +301,22 @@ class Equivariance(Plugin):
         """uint8 (B, K, 3, S, S) -> normalised float, as the backbone sees images."""
         return (x.float() - self.mean) / self.std
 
+    def equivariant_features(self, patch: torch.Tensor, ctx: StepContext | None) -> torch.Tensor:
+        """z_equi (..., N, d_equi) of patch tokens (..., N, D): the reserved leading channels of the
+        student's patch head (``features: head``) or the projection."""
+        if self.proj is not None:
+            return self.proj(patch)
+        if ctx is None or ctx.student_patch_head is None:
+            raise PluginError("plugins.equivariance.features: 'head' needs the host's patch head (ctx.student_patch_head)")
+        return ctx.student_patch_head(patch, channels=slice(0, self.d_equi))
+
     def forward(self, student: Mapping[str, BackboneFeatures], teacher: Mapping[str, BackboneFeatures],
                 batch: Mapping[str, Any], ctx: StepContext | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         faithful = self.cfg.mode == "faithful"
         B = batch["equi"]["targets"].shape[0]
-        f = student["global" if faithful else "equi"]  # view-major: v1 (u) for every sample, then g_theta u
+        f = student["global" if faithful else "equi"]  # view-major: view 0 (v1 / u) of every sample, then view 1
         f = f[: 2 * B]
-        if self.proj is not None:
-            z = self.proj(f.patch)
-        else:
-            z = ctx.student_patch_head(f.patch)
-            if z.shape[-1] < self.cfg.d_equi:
-                raise PluginError(f"plugins.equivariance.d_equi ({self.cfg.d_equi}) exceeds the iBOT patch head's "
-                                  f"{z.shape[-1]} output channels")
-            z = z[..., : self.cfg.d_equi]
-        z1, z2 = z.chunk(2)
+        z1, z2 = self.equivariant_features(f.patch, ctx).chunk(2)
         tokens = torch.cat([z1, z2], dim=-1)
         targets = self._pixels(batch["equi"]["targets"])  # (B, K, 3, S, S)
         losses = [F.mse_loss(dec(tokens, f.grid).float(), targets[:, k]) for k, dec in enumerate(self.decoders)]

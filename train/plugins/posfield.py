@@ -9,11 +9,25 @@ embedding. The DINO views (and the groups a plug-in lists in ``crop_aligned_view
 crop-aligned; every other plug-in group gets the crop-agnostic embedding -- the field over the full
 frame at the export setting, the same for every box -- so no geometric target leaks.
 
-Positional masking: of the global crops the iBOT hook masked, a share (default half) is masked
-positionally instead -- content kept, positional embedding replaced by a learned ``pos_mask_token``
-at a cross-wise pattern (whole rows and columns) of the same size -- never both. The iBOT loss at
-the position-masked sites is this plug-in's loss (L_pos); the host's iBOT loss covers the
-content-masked ones (L_content).
+Positional masking (content kept, positional embedding replaced by a learned ``pos_mask_token`` at
+a cross-wise pattern of whole rows and columns) never overlaps content masking on a crop. Which
+crops get it (``pos_mask_on``):
+
+* ``content_masked`` (default; the paper as our second-hand reading has it: 50:50 per image) -- of
+  the global crops the iBOT hook masked, a share ``pos_mask_share`` (0.5) is masked positionally
+  instead, with as many sites. DINO + iBOT + posfield then content-masks half as many crops as
+  DINO + iBOT.
+* ``unmasked`` (an option, used by the study) -- of the global crops iBOT left unmasked, a share
+  ``pos_mask_share`` gets a positional mask at a ratio drawn from ``ibot.mask_ratio``; content
+  masking is exactly DINO + iBOT's (the iBOT hook's own generator draws the same masks), so a
+  contrast against DINO + iBOT isolates the field and L_pos. With iBOT's 0.5 probability and share
+  0.5, a quarter of the crops is position-masked in both modes.
+
+The iBOT loss at the position-masked sites is this plug-in's loss (L_pos); the host's iBOT loss
+covers the content-masked ones (L_content).
+
+A host view whose content no longer matches its box (per-view field ``crop_agnostic``, set by EC's
+faithful mode) gets the crop-agnostic embedding as well.
 
 Export bakes the field, sampled over the full image at ``export_scale`` ("mean": s = E[s], centred;
 "full": s = 1), into timm's standard ``pos_embed`` and drops ``pos_field``: the exported backbone is
@@ -47,7 +61,8 @@ class PosFieldConfig(PluginConfig):
     init_std: float = 0.02
     augment: bool = True  # per-image scale/translation of the positions
     scale_beta: tuple[float, float] = (2.0, 5.0)  # s ~ Beta(a, b)
-    pos_mask_share: float = 0.5  # share of masked global crops masked positionally (0: no positional masking)
+    pos_mask_share: float = 0.5  # share of the pos_mask_on crops masked positionally (0: no positional masking)
+    pos_mask_on: Literal["content_masked", "unmasked"] = "content_masked"  # which global crops (module doc)
     mask_pattern: str = "cross"  # positional mask pattern: "cross" (rows and columns), "block" or "random"
     export_scale: Literal["mean", "full"] = "mean"  # field region baked into pos_embed at export
 
@@ -125,8 +140,10 @@ def _bake_check(backbone: nn.Module, with_field: dict, baked: dict, pos: torch.T
 class PosFieldHook:
     """Sample hook (picklable): the image's (s, tx, ty) and the positional masks of the global crops."""
 
-    def __init__(self, cfg: PosFieldConfig, global_grid: tuple[int, int], n_global: int):
+    def __init__(self, cfg: PosFieldConfig, global_grid: tuple[int, int], n_global: int,
+                 mask_ratio: tuple[float, float] = (0.1, 0.5)):
         self.cfg, self.grid, self.n_global = cfg, tuple(global_grid), n_global
+        self.mask_ratio = tuple(mask_ratio)
 
     def __call__(self, sample: dict, img: np.ndarray, rng: np.random.Generator, position: int | None) -> None:
         c = self.cfg
@@ -140,11 +157,16 @@ class PosFieldHook:
         pos = np.zeros((self.n_global, *self.grid), dtype=bool)
         masks = grp.get("masks")
         if masks is not None and c.pos_mask_share > 0:
+            n_sites = self.grid[0] * self.grid[1]
             for v in range(self.n_global):
                 n = int(masks[v].sum())
-                if n and rng.random() < c.pos_mask_share:  # exclusive: this crop keeps its content
-                    pos[v] = make_mask(c.mask_pattern, rng, self.grid, n)
-                    masks[v] = False
+                if c.pos_mask_on == "content_masked":
+                    if n and rng.random() < c.pos_mask_share:  # exclusive: this crop keeps its content
+                        pos[v] = make_mask(c.mask_pattern, rng, self.grid, n)
+                        masks[v] = False
+                elif not n and rng.random() < c.pos_mask_share:  # a crop iBOT left unmasked
+                    ratio = rng.uniform(*self.mask_ratio)
+                    pos[v] = make_mask(c.mask_pattern, rng, self.grid, max(1, int(round(ratio * n_sites))))
         grp["pos_masks"] = pos
 
 
@@ -183,21 +205,28 @@ class PositionalField(Plugin):
 
     def data_hook(self) -> PosFieldHook:
         g = self.host.crops.global_size // self.host.patch_size
-        return PosFieldHook(self.cfg, (g, g), self.host.crops.n_global)
+        return PosFieldHook(self.cfg, (g, g), self.host.crops.n_global, self.host.ibot.mask_ratio)
 
     def positions(self, backbone: nn.Module, group: str, batch: Mapping[str, Any], crop_aligned: bool) -> torch.Tensor:
         grp = batch[group]
         B, V = grp["images"].shape[:2]
         grid = patch_grid(backbone, tuple(grp["images"].shape[-2:]))
         field = backbone.pos_field
-        if not crop_aligned:  # one full-frame embedding for every view: nothing about the box leaks
-            full = _FULL_FRAME.to(field.device)
-            affine = torch.tensor([export_affine(self.cfg)], device=field.device)
-            pos = sample_field(field, field_grid(patch_centres(full, torch.zeros(1, device=field.device), grid), affine))
-            return pos.expand(V * B, -1, -1)
+        full = self.agnostic_positions(field, grid)  # (1, N, D): one full-frame embedding, nothing of the box
+        if not crop_aligned:
+            return full.expand(V * B, -1, -1)
         boxes, flips = view_major(grp["boxes"]), view_major(grp["flips"])
         affine = batch["posfield"]["affine"].float().repeat(V, 1)  # view v, sample b -> row v * B + b
-        return sample_field(field, field_grid(patch_centres(boxes, flips, grid), affine))
+        pos = sample_field(field, field_grid(patch_centres(boxes, flips, grid), affine))
+        if "crop_agnostic" in grp:  # views whose content no longer matches their box (EC's v2)
+            pos = torch.where(view_major(grp["crop_agnostic"]).bool()[:, None, None], full, pos)
+        return pos
+
+    def agnostic_positions(self, field: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+        """The crop-agnostic embedding (1, gh * gw, D): the field over the full frame at the export setting."""
+        full = _FULL_FRAME.to(field.device)
+        affine = torch.tensor([export_affine(self.cfg)], device=field.device)
+        return sample_field(field, field_grid(patch_centres(full, torch.zeros(1, device=field.device), grid), affine))
 
     def forward(self, student: Mapping[str, BackboneFeatures], teacher: Mapping[str, BackboneFeatures],
                 batch: Mapping[str, Any], ctx: StepContext | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:

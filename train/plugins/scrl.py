@@ -29,8 +29,15 @@ Where we differ from the source, and why:
   momentum (source: its own target network, m = 0.97 -> 1 at batch 256);
 * the feature map is the ViT's patch-token grid (the source's ResNet has a C5 map); SCRL replaces
   BYOL's loss, here it is added to DINO's with ``weight``;
-* the boxes are drawn between the host's global views 0 and 1 (SCRL has exactly two views); with
-  iBOT on, the student side is the host's masked forward of those views, as for DINO;
+* the boxes are drawn between two views (SCRL has exactly two). ``views: auto`` (default) uses the
+  host's global views 0 and 1 -- SCRL's two views are its SSL views, as in the source; with iBOT on,
+  the student side is the host's masked forward of those views, as for DINO. When the crop-aligned
+  positional field is on (matched RoIs would carry identical positional embeddings, a shortcut to
+  the answer: the composition rule in docs/METHODS.md) or another plug-in transforms the host's
+  global views (EC's faithful mode: view 1's box no longer describes its content), ``auto`` draws
+  SCRL's own pair ``scrl`` instead (the host's global-crop augmentation; crop-agnostic positions
+  under the field; two more student and teacher forwards). ``host`` / ``own`` force either, and
+  ``host`` is refused in those two cases;
 * batch normalisation in the heads normalises over the boxes of the *global* batch (all ranks),
   so a run on N ranks computes what one process would; the per-box mean is also taken over the
   global number of valid boxes.
@@ -40,7 +47,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any, Literal, Mapping
 
 import numpy as np
 import torch
@@ -49,10 +56,12 @@ from torch import nn
 
 from wherevit.base.config import ConfigError
 from wherevit.train.backbone import BackboneFeatures
-from wherevit.train.plugins.base import Plugin, PluginConfig, StepContext, register_plugin
+from wherevit.train.data.dataset import stack_views
+from wherevit.train.data.views import ViewSpec, make_view
+from wherevit.train.plugins.base import HostSpec, Plugin, PluginConfig, PluginError, StepContext, register_plugin
 from wherevit.train.plugins.roi import cxcywh_to_xyxy, roi_tokens
 
-__all__ = ["SCRL", "SCRLBoxHook", "SCRLConfig", "scrl_box_pairs", "box_iou_xyxy", "SCRLHead", "GlobalBatchNorm1d", "scrl_loss", "global_count"]
+__all__ = ["SCRL", "SCRLBoxHook", "SCRLViewSampler", "SCRLConfig", "scrl_box_pairs", "box_iou_xyxy", "SCRLHead", "GlobalBatchNorm1d", "scrl_loss", "global_count"]
 
 
 @dataclass
@@ -69,6 +78,7 @@ class SCRLConfig(PluginConfig):
     pool_size: int = 1
     hidden_dim: int = 4096
     out_dim: int = 256
+    views: Literal["auto", "host", "own"] = "auto"  # whose two views the boxes are drawn in (module doc)
 
     def validate(self) -> None:
         if self.weight < 0:
@@ -218,20 +228,31 @@ def scrl_loss(q1: torch.Tensor, q2: torch.Tensor, z1: torch.Tensor, z2: torch.Te
     return _regression(q1, z2.detach()) + _regression(q2, z1.detach())
 
 
-class SCRLBoxHook:
-    """Data-side half of SCRL (picklable sample hook): matched boxes for the host's global views 0
-    and 1, as ``sample["scrl"] = {"boxes": (2, K, 4) view pixels, "valid": ()}``."""
+class SCRLViewSampler:
+    """SCRL's own pair (picklable): group ``scrl``, two views made like the host's global crops."""
 
-    def __init__(self, cfg: SCRLConfig, size: int):
-        self.cfg, self.size = cfg, size
+    def __init__(self, spec: ViewSpec):
+        self.spec = spec
+
+    def __call__(self, img: np.ndarray, rng: np.random.Generator) -> dict:
+        return {"scrl": stack_views([make_view(img, self.spec, rng) for _ in range(2)])}
+
+
+class SCRLBoxHook:
+    """Data-side half of SCRL (picklable sample hook): matched boxes for views 0 and 1 of ``group``
+    (the host's ``global`` or SCRL's own ``scrl``), as ``sample["scrl_boxes"] = {"boxes": (2, K, 4)
+    view pixels, "valid": ()}``."""
+
+    def __init__(self, cfg: SCRLConfig, size: int, group: str = "global"):
+        self.cfg, self.size, self.group = cfg, size, group
 
     def __call__(self, sample: dict, img: np.ndarray, rng: np.random.Generator, position: int | None) -> None:
-        g = sample["global"]
+        g = sample[self.group]
         c = self.cfg
         b1, b2, ok = scrl_box_pairs(g["boxes"][0].astype(np.float64), bool(g["flips"][0]),
                                     g["boxes"][1].astype(np.float64), bool(g["flips"][1]), self.size, rng,
                                     c.n_boxes, c.min_size, c.iou_threshold, c.max_tries, c.grid_boxes)
-        sample["scrl"] = {"boxes": np.stack([b1, b2]), "valid": np.array(ok)}
+        sample["scrl_boxes"] = {"boxes": np.stack([b1, b2]), "valid": np.array(ok)}
 
 
 def _world_size() -> int:
@@ -259,9 +280,23 @@ class SCRL(Plugin):
 
     def __init__(self, cfg: SCRLConfig, embed_dim: int):
         super().__init__(cfg, embed_dim)
-        self.projector = SCRLHead(embed_dim, cfg.hidden_dim, cfg.out_dim)
+        # a pool_size x pool_size RoI is flattened into the projector's input
+        self.projector = SCRLHead(embed_dim * cfg.pool_size**2, cfg.hidden_dim, cfg.out_dim)
         self.predictor = SCRLHead(cfg.out_dim, cfg.hidden_dim, cfg.out_dim)
         self.add_ema_target("target_projector", self.projector)
+        self.group = "global"
+
+    def setup(self, host: HostSpec) -> None:
+        super().setup(host)
+        why = ("the crop-aligned positional field is on (matched boxes would carry identical positions)"
+               if host.positions_provided else
+               "another plug-in transforms the host's global views (their boxes no longer describe them)"
+               if host.host_views_altered else "")
+        if self.cfg.views == "host" and why:
+            raise PluginError(f"plugins.scrl.views: 'host' reads the host's global views, but {why}; use views: auto or own")
+        if self.cfg.views == "own" or (self.cfg.views == "auto" and why):
+            self.group = "scrl"
+            self.student_views = self.teacher_views = ("scrl",)
 
     @classmethod
     def check_run_config(cls, cfg: SCRLConfig, run: Any) -> None:
@@ -271,8 +306,15 @@ class SCRL(Plugin):
             raise ConfigError(f"plugins.scrl.min_size ({cfg.min_size} px) must be smaller than the global crop "
                               f"(data.crops.global_size = {size}): no box could ever be drawn")
 
+    def view_sampler(self) -> SCRLViewSampler | None:
+        if self.group != "scrl":
+            return None
+        c = self.host.crops
+        return SCRLViewSampler(ViewSpec(c.global_size, c.global_scale, flip_p=c.flip_p, color_jitter_p=c.color_jitter_p,
+                                        grayscale_p=c.grayscale_p, blur_p=c.blur_p, solarize_p=c.solarize_p))
+
     def data_hook(self) -> SCRLBoxHook:
-        return SCRLBoxHook(self.cfg, self.host.crops.global_size)
+        return SCRLBoxHook(self.cfg, self.host.crops.global_size, self.group)
 
     def _roi(self, feats: BackboneFeatures, boxes: torch.Tensor, B: int) -> torch.Tensor:
         """1 x 1 (pool_size) RoI features of boxes (B, 2, K, 4) in global views 0 and 1 -> (2, B*K, D')."""
@@ -287,13 +329,13 @@ class SCRL(Plugin):
 
     def forward(self, student: Mapping[str, BackboneFeatures], teacher: Mapping[str, BackboneFeatures],
                 batch: Mapping[str, Any], ctx: StepContext | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        boxes, valid = batch["scrl"]["boxes"], batch["scrl"]["valid"].bool()  # (B, 2, K, 4), (B,)
+        boxes, valid = batch["scrl_boxes"]["boxes"], batch["scrl_boxes"]["valid"].bool()  # (B, 2, K, 4), (B,)
         B, K = boxes.shape[0], boxes.shape[2]
         keep = valid.repeat_interleave(K)  # pairs without a usable intersection contribute nothing
-        s = self._roi(student["global"], boxes, B)[:, keep]
+        s = self._roi(student[self.group], boxes, B)[:, keep]
         q = self.predictor(self.projector(s.flatten(0, 1)).float()).float().reshape(2, -1, self.cfg.out_dim)
         with torch.no_grad():
-            t = self._roi(teacher["global"], boxes, B)[:, keep]
+            t = self._roi(teacher[self.group], boxes, B)[:, keep]
             z = self.target_projector(t.flatten(0, 1)).float().reshape(2, -1, self.cfg.out_dim)
         per_box = scrl_loss(q[0], q[1], z[0], z[1])
         # mean over the boxes of all ranks (DDP averages gradients over ranks, hence * world)

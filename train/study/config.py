@@ -62,10 +62,13 @@ class StudyConfig:
     train: str = "quickstart_sharp"  # training preset (name or YAML path) every trained variant starts from
     budget: list[str] = field(default_factory=list)  # key=value overrides for every trained variant
     plugin_settings: dict[str, dict[str, Any]] = field(default_factory=dict)  # per plug-in, over the preset's section
-    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2, 3, 4])
     baseline: str = "dino"  # paired differences are taken against this variant
     # variant -> its own reference variant, compared too (a plug-in on the iBOT host against DINO + iBOT)
     contrasts: dict[str, str] = field(default_factory=dict)
+    # multiple-comparison correction over each table's comparisons: "holm" (family-wise error) or "bh"
+    # (Benjamini-Hochberg, false-discovery rate); verdicts are read off the adjusted p-values
+    correction: Literal["holm", "bh"] = "holm"
     evaluation: SuiteConfig = field(default_factory=SuiteConfig)
     # A weights file every trained variant starts from (model.weights: continued pretraining); the
     # runs' cache keys hash its content, so a replaced file is trained again

@@ -2,9 +2,13 @@
 a Markdown table and a plot (torch-free; matplotlib only for the plot).
 
 Each cell is one metric of one variant over its seeds (mean, 95% Student-t interval). Each variant
-is compared with the baseline on the seeds both have: the interval of the mean paired difference
-either contains 0 ("noise": indistinguishable at this number of seeds) or not ("better"/"worse",
-by the metric's direction). The table bolds only differences outside the noise.
+is compared with the baseline on the seeds both have: the mean paired difference with its 95%
+interval, and the two-sided p-value of the paired t-test. The p-values of one table (every
+comparison it marks) are adjusted together for multiple comparisons (Holm by default, or
+Benjamini-Hochberg; the study file's ``correction``), and a verdict is read off the *adjusted*
+p-value: "better"/"worse" (by the metric's direction) below 1 - level, "noise" otherwise, "n/a"
+below two shared seeds. The table bolds only the differences that survive the correction; the
+contrasts table is a second family, corrected on its own.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from typing import Any, Mapping, Sequence
 
 from wherevit.base.cpu import parse_cpu_flags
 from wherevit.base.io import atomic_write_text, atomic_write_with
-from wherevit.train.study.stats import paired_difference, t_interval
+from wherevit.train.study.stats import CORRECTIONS, adjust_pvalues, paired_difference, paired_t_test, t_interval
 
 __all__ = ["summarise", "markdown_table", "plot_study", "machine_info", "package_versions", "write_report"]
 
@@ -49,13 +53,16 @@ def _values_by_variant(variants: Sequence[Mapping[str, Any]], baseline: str, rec
 
 def summarise(variants: Sequence[Mapping[str, Any]], baseline: str, records: Sequence[Mapping[str, Any]],
               metrics: Mapping[str, tuple[str, str, bool]], level: float = 0.95,
-              contrasts_of: Mapping[str, str] | None = None) -> dict[str, Any]:
-    """Intervals and paired differences for every (variant, metric) that has values.
+              contrasts_of: Mapping[str, str] | None = None, correction: str = "holm") -> dict[str, Any]:
+    """Intervals, paired differences and corrected verdicts for every (variant, metric) with values.
 
     ``variants``: dicts with ``name`` and ``kind``; ``metrics``: name -> (task, title, higher is better);
     ``contrasts_of``: variant -> its own reference variant (e.g. a plug-in on the iBOT host against
-    DINO + iBOT), whose paired differences go to ``contrasts`` beside the baseline's.
+    DINO + iBOT), whose paired differences go to ``contrasts`` beside the baseline's. ``correction``
+    (``holm`` or ``bh``) adjusts the p-values of each table as one family.
     """
+    if correction not in CORRECTIONS:
+        raise ValueError(f"unknown multiple-comparison correction {correction!r}; choose from {', '.join(CORRECTIONS)}")
     values = _values_by_variant(variants, baseline, records)
     base = values.get(baseline, {})
     cells: dict[str, dict[str, Any]] = {}
@@ -81,21 +88,41 @@ def summarise(variants: Sequence[Mapping[str, Any]], baseline: str, records: Seq
             if vals and ref_vals:
                 rows[metric] = _compare(vals, ref_vals, higher, level)
         contrasts.append({"variant": name, "reference": ref, "cells": rows})
+    alpha = 1.0 - level
+    family = _correct([c for n in cells for c in cells[n].values() if c.get("verdict") != "baseline"], correction, alpha)
+    contrast_family = _correct([c for con in contrasts for c in con["cells"].values()], correction, alpha)
     return {"level": level, "baseline": baseline, "kinds": {v["name"]: v.get("kind", "trained") for v in variants},
-            "cells": cells, "contrasts": contrasts}
+            "cells": cells, "contrasts": contrasts,
+            "correction": {"method": correction, "name": CORRECTIONS[correction], "alpha": alpha,
+                           "family_size": family, "contrast_family_size": contrast_family}}
 
 
 def _compare(vals: Mapping[int, float], ref: Mapping[int, float], higher: bool, level: float) -> dict[str, Any]:
-    """Paired difference ``vals - ref`` over their shared seeds and its verdict: better/worse by the
-    metric's direction when the interval excludes 0, noise when it contains it, n/a below two seeds."""
+    """Paired difference ``vals - ref`` over their shared seeds (interval and t-test); the verdict is
+    set by ``_correct`` once the whole table's p-values are known ("n/a" below two shared seeds)."""
     diff = paired_difference(vals, ref, level)
-    if diff is None or diff.half_width is None:
-        verdict = "n/a"  # fewer than two shared seeds: no interval, no claim
-    elif diff.contains(0.0):
-        verdict = "noise"
-    else:
-        verdict = "better" if (diff.mean > 0) == higher else "worse"
-    return {"diff": diff.to_dict() if diff else None, "verdict": verdict}
+    test = paired_t_test(vals, ref)
+    out: dict[str, Any] = {"diff": diff.to_dict() if diff else None, "higher": higher}
+    if test is None:
+        return out | {"verdict": "n/a"}  # fewer than two shared seeds: no test, no claim
+    return out | {"test": test.to_dict()}
+
+
+def _correct(cells: list[dict[str, Any]], method: str, alpha: float) -> int:
+    """Adjust the p-values of ``cells`` (one table) together and set each verdict from its adjusted
+    p-value: better/worse by the metric's direction below ``alpha``, noise otherwise. Returns the
+    family's size."""
+    tested = [c for c in cells if "test" in c]
+    adjusted = adjust_pvalues([c["test"]["p"] for c in tested], method)
+    for c, p_adj in zip(tested, adjusted):
+        c["p_adj"] = float(p_adj)
+        if p_adj < alpha:
+            c["verdict"] = "better" if (c["test"]["mean"] > 0) == c["higher"] else "worse"
+        else:
+            c["verdict"] = "noise"
+    for c in cells:
+        c.pop("higher", None)
+    return len(tested)
 
 
 def _fmt(x: float | None, digits: int) -> str:
@@ -134,14 +161,19 @@ def markdown_table(summary: Mapping[str, Any], metrics: Mapping[str, tuple[str, 
         lines.append("| " + " | ".join(row) + " |")
     ns = sorted({iv["interval"]["n"] for n in names for iv in cells[n].values()}) or [0]
     seeds = f"{ns[0]}" if len(ns) == 1 else f"{ns[0]}-{ns[-1]}"  # a partial study: say so, not the most
+    corr = summary.get("correction") or {"name": "no", "alpha": 1 - summary["level"], "family_size": 0}
+    alpha = f"{corr['alpha']:.2g}"
     lines.append("")
     lines.append(f"Mean ± half-width of the {pct}% Student-t interval over {seeds} seeds; in brackets the mean paired "
-                 f"difference to {labels.get(baseline, baseline)} on the same seeds with its {pct}% interval: "
-                 "**bold** where the interval excludes 0 (better/worse by the arrow's direction), \"noise\" where it "
-                 "contains 0. Chance rows are each evaluation's trivial baseline on the same split.")
+                 f"difference to {labels.get(baseline, baseline)} on the same seeds with its {pct}% interval and its "
+                 f"paired t-test's p-value adjusted by the **{corr['name']} correction** over the "
+                 f"{corr['family_size']} comparisons of this table (p_adj): **bold** with better/worse (by the arrow's "
+                 f"direction) where p_adj < {alpha}, \"noise\" otherwise -- an interval that excludes 0 is not enough "
+                 "on its own. Chance rows are each evaluation's trivial baseline on the same split.")
     contrasts = [c for c in summary.get("contrasts", []) if c["cells"]]
     if contrasts:
-        lines += ["", "Paired differences against each variant's own reference (same seeds, same marks):", "",
+        lines += ["", f"Paired differences against each variant's own reference (same seeds, same marks; "
+                      f"{corr['name']} over this table's {corr.get('contrast_family_size', 0)} comparisons):", "",
                   "| evaluation | " + " | ".join(f"{labels.get(c['variant'], c['variant'])} vs "
                                                  f"{labels.get(c['reference'], c['reference'])}" for c in contrasts) + " |",
                   "|" + " --- |" * (len(contrasts) + 1)]
@@ -156,18 +188,20 @@ def markdown_table(summary: Mapping[str, Any], metrics: Mapping[str, tuple[str, 
 
 
 def _fmt_diff(cell: Mapping[str, Any], digits: int) -> str:
-    """``-0.100 ± 0.025`` with the verdict: bold when outside the noise, empty without an interval."""
+    """``-0.100 ± 0.025`` with the verdict and the adjusted p-value: bold when the difference survives
+    the correction, empty without a test."""
     diff, verdict = cell.get("diff"), cell.get("verdict")
     if not diff or verdict not in ("better", "worse", "noise"):
         return ""
     text = f"{diff['mean']:+.{digits}f} ± {diff['half_width']:.{digits}f}"
-    return f"**{text}** {verdict}" if verdict != "noise" else f"{text}, noise"
+    p = f", p_adj {cell['p_adj']:.3f}" if cell.get("p_adj") is not None else ""
+    return f"**{text}** {verdict}{p}" if verdict != "noise" else f"{text}, noise{p}"
 
 
 def plot_study(summary: Mapping[str, Any], metrics: Mapping[str, tuple[str, str, bool]], path: str | os.PathLike,
                labels: Mapping[str, str] | None = None, title: str = "") -> Path:
     """One panel per evaluation, variants side by side with their intervals; ``*`` marks a paired
-    difference to the baseline outside the noise; chance is a dashed line."""
+    difference to the baseline that survives the table's correction; chance is a dashed line."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -209,8 +243,9 @@ def plot_study(summary: Mapping[str, Any], metrics: Mapping[str, tuple[str, str,
     for ax in list(axes.flat)[len(shown):]:
         ax.axis("off")
     pct = int(round(summary["level"] * 100))
+    corr = (summary.get("correction") or {}).get("name", "no")
     fig.suptitle(f"{title} (mean and {pct}% interval over seeds; * = paired difference to {labels.get(baseline, baseline)} "
-                 "outside the noise)", fontsize=9)
+                 f"that survives the {corr} correction)", fontsize=9)
     fig.tight_layout()
     out = atomic_write_with(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
     plt.close(fig)
@@ -250,7 +285,8 @@ def write_report(out_dir: str | os.PathLike, study: Mapping[str, Any], records: 
     ``study.png`` in ``out_dir``; returns their paths."""
     out = Path(out_dir)
     variants = study["variants"]
-    summary = summarise(variants, study["baseline"], records, metrics, contrasts_of=study.get("contrasts"))
+    summary = summarise(variants, study["baseline"], records, metrics, contrasts_of=study.get("contrasts"),
+                        correction=study.get("correction", "holm"))
     table = markdown_table(summary, metrics, labels)
     slim = [{k: r[k] for k in ("variant", "kind", "seed", "key", "train_key", "scores", "chance", "eval_seconds",
                                "train", "finished") if k in r} | {"results": r.get("results")} for r in records]

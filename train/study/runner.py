@@ -14,8 +14,10 @@ machine): a run being worked on holds ``locks/<train key or key>.lock`` (its pro
 others skip; the lock of a process that died is taken over.
 
 Keys hash the configs' non-default values only, so a config field added later (whose default
-keeps the old behaviour) does not invalidate finished runs. Code changes that should invalidate
-them (a fixed evaluation, a changed default) bump ``RESULT_FORMAT``.
+keeps the old behaviour) does not invalidate finished runs. A training key also hashes
+``train.config.METHODS_VERSION``, bumped whenever a default changes what a config trains, so runs
+trained under older defaults are never reused. Code changes that should invalidate every result
+(a fixed evaluation) bump ``RESULT_FORMAT``.
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ from wherevit.base.io import atomic_write_text, sha256_file
 from wherevit.train import loop
 from wherevit.train.backbone import create_backbone, timm_kwargs
 from wherevit.train.checkpoint import latest_checkpoint, load_backbone
-from wherevit.train.config import TrainConfig
+from wherevit.train.config import METHODS_VERSION, TrainConfig
 from wherevit.train.evals import suite
 from wherevit.train.study.config import StudyConfig, StudyError, budget_of, resolve_train_config
 from wherevit.train.weights import backbone_from_weights, read_weights
@@ -142,7 +144,8 @@ def plan_runs(study: StudyConfig) -> list[RunSpec]:
             ev_key = {k: val for k, val in _non_default(ev).items() if k != "cache_dir"} | {"folder_digest": folder}
             if v.kind == "trained":
                 budgets[v.name] = budget_of(cfg)
-                train_key = _digest({"format": RESULT_FORMAT, "train": _train_identity(cfg)})
+                # the methods version: a changed default changes what the same non-default values train
+                train_key = _digest({"format": RESULT_FORMAT, "methods": METHODS_VERSION, "train": _train_identity(cfg)})
                 key = _digest({"format": RESULT_FORMAT, "kind": "trained", "train": train_key, "eval": ev_key})
             elif v.kind == "start":
                 if not cfg.model.weights:
