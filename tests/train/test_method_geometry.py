@@ -77,12 +77,7 @@ def test_patch_centres_by_hand_and_mirrored():
     np.testing.assert_allclose(g[1, 1, 1].numpy(), [2 * (2 * 0.25) - 1, 2 * (2 * 0.7 - 0.1) - 1], atol=1e-6)
 
 
-def _ramp_field(D=4, S=16):
-    ax = torch.linspace(-1, 1, S)
-    f = torch.zeros(1, D, S, S)
-    f[0, 0] = ax[None, :].expand(S, S)
-    f[0, 1] = ax[:, None].expand(S, S)
-    return f
+from test_posfield import _ramp_field  # noqa: E402 -- linear ramps in x and y that bilinear sampling reproduces
 
 
 def test_positions_use_each_samples_own_affine_and_flag_crop_agnostic_views():
