@@ -314,6 +314,8 @@ def test_the_content_masker_masks_the_planned_share_of_each_crop():
     ContentMasker(plan, (4, 4), "random")(sample, None, np.random.default_rng(0), 0)
     assert sample["global"]["masks"].shape == (2, 4, 4)
     assert sample["global"]["masks"].reshape(2, -1).sum(1).tolist() == [4, 4]
+    with pytest.raises(ValueError, match="unknown mask pattern 'blocks'"):  # at construction, not in a worker
+        ContentMasker(plan, (4, 4), "blocks")
 
 
 # ---------------------------------------------------------------- small pieces the training tests reach

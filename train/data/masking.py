@@ -141,7 +141,8 @@ class ContentMasker:
     per global crop, per ``MaskPlan`` and ``pattern``."""
 
     def __init__(self, plan: MaskPlan, grid: tuple[int, int], pattern: str = "block"):
-        make_mask(pattern, np.random.default_rng(0), (2, 2), 0)  # fail early on an unknown pattern
+        if pattern not in MASK_PATTERNS:  # fail here, not in a data worker at the first masked crop
+            raise ValueError(f"unknown mask pattern {pattern!r}; choose from {', '.join(MASK_PATTERNS)}")
         self.plan, self.grid, self.pattern = plan, tuple(grid), pattern
 
     def __call__(self, sample: dict, img: np.ndarray, rng: np.random.Generator, position: int | None) -> None:
