@@ -203,6 +203,25 @@ def test_ibot_loss_is_positive_with_masks_and_uses_the_masked_forward_for_dino()
     assert logs["ibot/masked_share"].item() >= 0.1 - 1e-6
 
 
+def test_content_masks_reach_the_student_and_never_the_teacher():
+    """The same batch with its masks cleared: the student's DINO loss changes (its masked forward feeds DINO)
+    and the iBOT loss vanishes, while everything the teacher computes stays bit for bit the same."""
+    import copy
+
+    cfg = _masked_cfg(plugins={}, **{"ibot.mask_probability": 1.0})
+    torch.manual_seed(0)
+    meta = SSLMetaArch(cfg).eval()
+    batch = _batch(meta, cfg)
+    clear = copy.deepcopy(batch)
+    clear["global"]["masks"] = torch.zeros_like(clear["global"]["masks"])
+    _, masked = copy.deepcopy(meta).forward_losses(batch, 0.04)
+    _, plain = copy.deepcopy(meta).forward_losses(clear, 0.04)
+    assert abs(masked["loss/dino"].item() - plain["loss/dino"].item()) > 1e-4
+    assert masked["loss/ibot"].item() > 0 and plain["loss/ibot"].item() == 0
+    teacher = [k for k in masked if k.startswith("dino/teacher")]
+    assert teacher and all(masked[k].item() == plain[k].item() for k in teacher)
+
+
 # --- configuration errors --------------------------------------------------------------------------
 
 
