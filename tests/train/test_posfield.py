@@ -1,6 +1,7 @@
 """The crop-aligned positional field: geometry, the crop-agnostic rule, and baking for export."""
 
 import numpy as np
+import pytest
 import torch
 from conftest import tiny_train_dict
 
@@ -99,3 +100,12 @@ def test_baked_pos_embed_equals_the_field_forward_over_the_full_frame():
     # a plain timm ViT: builds from timm alone and loads the state strictly
     fresh = create_backbone("vit_tiny_patch16_224", img_size=32, patch_size=8, embed_dim=64, depth=2, num_heads=2)
     fresh.load_state_dict(plain.state_dict(), strict=True)
+
+
+def test_the_exported_region_is_the_mean_scale_centred_or_the_full_frame():
+    """Beta(2, 5) has mean 2/7: the centred region starts at (1 - 2/7) / 2 = 5/14 on both axes; an asymmetric
+    Beta(3, 1) (mean 3/4, start 1/8) tells a and b apart; "full" and augment off bake the whole frame."""
+    assert export_affine(PosFieldConfig()) == pytest.approx((2 / 7, 5 / 14, 5 / 14))
+    assert export_affine(PosFieldConfig(scale_beta=(3.0, 1.0))) == pytest.approx((0.75, 0.125, 0.125))
+    assert export_affine(PosFieldConfig(export_scale="full")) == (1.0, 0.0, 0.0)
+    assert export_affine(PosFieldConfig(augment=False)) == (1.0, 0.0, 0.0)
