@@ -226,6 +226,40 @@ def test_gtsa_pairs_every_teacher_global_with_every_other_student_view(monkeypat
         assert s_rot == [v % 4, (v + 1) % 4] and t_rot == [t % 4, (t + 1) % 4] and s_size == (16 if v < 2 else 8)
 
 
+def test_gtsa_takes_the_big_roi_and_match_counts_only_for_maps_over_roi_tokens(monkeypatch):
+    """Student maps of more than roi_tokens tokens (the 2 x 2 globals; roi_tokens is 1, the locals' size) get
+    roi_size[0] and num_matches[0]; the 1 x 1 locals get the second entries, whatever the teacher's map."""
+    cfg = GTSAConfig(n_local=2, global_size=16, local_size=8, projector_dim=4, out_dim=4, predictor_dim=4, rot_hidden=4,
+                     rot_bottleneck=4, roi_size=(3, 2), roi_tokens=1, num_matches=(4, 1), pc_warmup=0.0)
+    plugin = GTSA(cfg, embed_dim=4)
+    plugin.setup(SimpleNamespace(patch_size=8))
+    B, seen = 2, []
+
+    def rois(s_map, t_map, s_box, t_box, s_rot, t_rot, s_size, t_size, patch, out):
+        seen.append(("roi", s_size, out))
+        return torch.zeros(B, 4, out, out) + s_map.mean(), torch.ones(B, 4, out, out)
+
+    def matches(s_map, t_map, k):
+        seen.append(("pc", s_map.shape[-1] * s_map.shape[-2], k))
+        return s_map.mean() * 0
+
+    monkeypatch.setattr(gtsa_mod, "crop_rois", rois)
+    monkeypatch.setattr(gtsa_mod, "patch_correspondence_loss", matches)
+    g = torch.Generator().manual_seed(0)
+
+    def group(V, size):
+        return {"images": torch.zeros(B, V, 3, size, size), "boxes": torch.full((B, V, 4), 0.5),
+                "rot": torch.zeros(B, V, dtype=torch.long)}
+
+    batch = {"gtsa_global": group(2, 16), "gtsa_local": group(2, 8)}
+    student = {"gtsa_global": BackboneFeatures(torch.zeros(2 * B, 4), torch.randn(2 * B, 4, 4, generator=g), (2, 2)),
+               "gtsa_local": BackboneFeatures(torch.zeros(2 * B, 4), torch.randn(2 * B, 1, 4, generator=g), (1, 1))}
+    teacher = {"gtsa_global": BackboneFeatures(torch.zeros(2 * B, 4), torch.randn(2 * B, 4, 4, generator=g), (2, 2))}
+    plugin(student, teacher, batch, SimpleNamespace(progress=1.0))
+    assert sorted(x for x in seen if x[0] == "roi") == [("roi", 8, 2)] * 4 + [("roi", 16, 3)] * 2
+    assert sorted(x for x in seen if x[0] == "pc") == [("pc", 1, 1)] * 4 + [("pc", 4, 4)] * 2
+
+
 def test_gtsa_rotation_labels_follow_the_views_and_the_pc_warmup(monkeypatch):
     cfg = GTSAConfig(n_local=1, global_size=16, local_size=8, projector_dim=4, out_dim=4, predictor_dim=4, rot_hidden=4,
                      rot_bottleneck=4, roi_size=(1, 1), num_matches=(1, 1), pc_warmup=0.5, crop_weight=0.0,
