@@ -45,7 +45,7 @@ from wherevit.base.sidecar_sections import (
 
 __all__ = ["SIDECAR_FORMAT", "SidecarError", "Sidecar", "TensorSpec", "BatchRange", "ArtifactRecord",
            "sidecar_path", "write_sidecar", "read_sidecar", "artifact_record", "TENSOR_DTYPES",
-           "default_model_name", "triton_platform", "TRITON_PLATFORMS",
+           "default_model_name", "triton_platform", "TRITON_PLATFORMS", "TRITON_TYPES",
            # the typed sections (base/sidecar_sections.py)
            "ModelSection", "HeadSection", "OnnxSection", "EngineSection", "EngineProfile", "Pt2Section", "QuantizationSection",
            "SourceRecord"]
@@ -58,6 +58,9 @@ TENSOR_DTYPES = ("float32", "float16", "uint8", "int8", "int32", "int64", "bool"
 # Artifact kind -> the Triton platform that runs it, and the model file name Triton expects. A kind
 # missing here (pt2: Triton's PyTorch backend runs TorchScript, not AOTInductor packages) has none.
 TRITON_PLATFORMS: dict[str, tuple[str, str]] = {"onnx": ("onnxruntime_onnx", "model.onnx"), "engine": ("tensorrt_plan", "model.plan")}
+# sidecar dtype -> Triton model-config data type (the graph's config and the encoded-image models' configs)
+TRITON_TYPES: dict[str, str] = {"float32": "TYPE_FP32", "float16": "TYPE_FP16", "bfloat16": "TYPE_BF16", "int64": "TYPE_INT64",
+                                "int32": "TYPE_INT32", "uint8": "TYPE_UINT8", "int8": "TYPE_INT8", "bool": "TYPE_BOOL"}
 
 
 class SidecarError(WherevitError, ValueError):

@@ -31,7 +31,7 @@ from wherevit.base.errors import WherevitError
 from wherevit.base.io import atomic_write_text, check_writable_dir
 from wherevit.base.options import option
 from wherevit.base.precision import precision_names
-from wherevit.base.sidecar import TRITON_PLATFORMS, Sidecar, TensorSpec, default_model_name, read_sidecar, sidecar_path
+from wherevit.base.sidecar import TRITON_PLATFORMS, TRITON_TYPES, Sidecar, TensorSpec, default_model_name, read_sidecar, sidecar_path
 from wherevit.export.formats.base import ExportContext, ExportFormat, register_format
 from wherevit.export.formats.triton_images import ImagesOptions, TritonImageModels, check_images_models, write_images_models
 from wherevit.export.request import StepResult
@@ -39,9 +39,7 @@ from wherevit.export.request import StepResult
 __all__ = ["TritonOptions", "TritonModel", "TritonRepositoryError", "triton_config_text", "write_triton_model",
            "TritonOnnxFormat", "TritonEngineFormat", "default_model_name"]
 
-# sidecar dtype -> Triton model-config data type
-_TRITON_TYPES = {"float32": "TYPE_FP32", "float16": "TYPE_FP16", "bfloat16": "TYPE_BF16", "int64": "TYPE_INT64",
-                 "int32": "TYPE_INT32", "uint8": "TYPE_UINT8", "bool": "TYPE_BOOL"}
+_TRITON_TYPES = TRITON_TYPES  # sidecar dtype -> Triton data type: one table, in base/sidecar.py
 _PLATFORMS = TRITON_PLATFORMS  # artifact kind -> (platform, model file): decided once, in base/sidecar.py
 TRITON_BACKENDS = ("default", "openvino")  # "default": the platform of the artifact's kind
 _KINDS = {"auto": "KIND_AUTO", "gpu": "KIND_GPU", "cpu": "KIND_CPU", "model": "KIND_MODEL"}

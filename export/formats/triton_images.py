@@ -36,14 +36,13 @@ from wherevit import __version__
 from wherevit.base.errors import WherevitError
 from wherevit.base.io import atomic_write_text, check_writable_dir
 from wherevit.base.options import option
-from wherevit.base.sidecar import Sidecar
+from wherevit.base.sidecar import TRITON_TYPES, Sidecar
 from wherevit.runtime import triton_python_model as _model
 
 __all__ = ["ImagesOptions", "TritonImageModels", "images_model_names", "preprocess_config_text", "ensemble_config_text",
            "check_images_models", "write_images_models", "vendored_sources"]
 
-_TRITON_TYPES = {"float32": "TYPE_FP32", "float16": "TYPE_FP16", "bfloat16": "TYPE_BF16", "int64": "TYPE_INT64",
-                 "int32": "TYPE_INT32", "uint8": "TYPE_UINT8", "int8": "TYPE_INT8", "bool": "TYPE_BOOL"}
+_TRITON_TYPES = TRITON_TYPES  # sidecar dtype -> Triton data type: one table, in base/sidecar.py
 _MARK = "wherevit.images_of"  # a config with this parameter (the graph's name) was written here and may be replaced
 
 
